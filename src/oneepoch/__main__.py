@@ -1,0 +1,3 @@
+from oneepoch.cli import main
+
+raise SystemExit(main())

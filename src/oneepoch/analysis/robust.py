@@ -1,0 +1,241 @@
+"""Robust nonlinear fitting shared by the learning-curve and scaling-law fits.
+
+Every fit minimises  sum_i w_i * huber(log_pred_i - log y_i; delta),  the objective of
+Hoffmann et al. (2022) and Besiroglu et al. (2024): residuals live in log-loss space and
+the Huber loss keeps a few bad points from steering the fit.
+
+A model is any object with ``bounds`` (array [p, 2]) and ``log_pred_jac(theta)`` mapping a
+batch of parameter vectors [B, p] to predictions [B, n] and their Jacobian [B, n, p]; it is
+bound to its inputs, so only the observed ``log y`` and the weights vary between fits. That
+lets one batched solver refit hundreds of bootstrap replicates at once.
+
+- ``fit_multistart``: point estimate. The objective is evaluated on a whole grid of
+  starts in one vectorised pass; L-BFGS-B runs from the most promising few, and the best
+  result is polished by the batched Levenberg-Marquardt solver below.
+- ``refine_batch``: Levenberg-Marquardt on the Huber objective (iteratively reweighted
+  Gauss-Newton with damping), for B problems at once.
+- ``bootstrap``: resample, refit every replicate warm-started from the point estimate.
+- ``estimate``: percentile interval and standard error from the replicates.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+DEFAULT_LEVEL = 0.9
+
+
+class Model(Protocol):
+    bounds: np.ndarray  # [p, 2] box for the internal parameters
+
+    def log_pred_jac(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Log predictions [B, n] and their Jacobian [B, n, p] for theta [B, p]."""
+        ...
+
+
+def log_pred(model: Model, theta: np.ndarray) -> np.ndarray:
+    """Predictions only; models may define a cheaper ``log_pred`` than the Jacobian path."""
+    fn = getattr(model, "log_pred", None)
+    if fn is not None:
+        return fn(theta)
+    return model.log_pred_jac(theta)[0]
+
+
+def numeric_jac(fn, theta: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Central-difference Jacobian of a batched ``fn``, for models without an analytic one."""
+    base = fn(theta)
+    B, p = theta.shape
+    jac = np.empty(base.shape + (p,))
+    h = 1e-6 * np.maximum(1.0, np.abs(theta))
+    for k in range(p):
+        up, down = theta.copy(), theta.copy()
+        up[:, k] = np.minimum(theta[:, k] + h[:, k], bounds[k, 1])
+        down[:, k] = np.maximum(theta[:, k] - h[:, k], bounds[k, 0])
+        width = (up[:, k] - down[:, k])[:, None]
+        jac[..., k] = (fn(up) - fn(down)) / np.where(width > 0, width, 1.0)
+    return base, jac
+
+
+def huber(r: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Huber loss, its derivative (psi) and the IRLS weight psi(r)/r."""
+    a = np.abs(r)
+    small = a <= delta
+    rho = np.where(small, 0.5 * r * r, delta * (a - 0.5 * delta))
+    psi = np.clip(r, -delta, delta)
+    weight = np.where(small, 1.0, delta / np.maximum(a, delta))
+    return rho, psi, weight
+
+
+def objective(model: Model, theta, logy, delta: float, weights=None) -> np.ndarray:
+    """Huber objective [B] for a batch of parameter vectors."""
+    r = log_pred(model, np.atleast_2d(theta)) - logy
+    rho = huber(r, delta)[0]
+    if weights is not None:
+        rho = rho * weights
+    return np.where(np.isfinite(rho), rho, np.inf).sum(axis=-1)
+
+
+def fit_multistart(
+    model: Model,
+    logy: np.ndarray,
+    starts: np.ndarray,
+    delta: float,
+    n_polish: int = 4,
+) -> tuple[np.ndarray, float]:
+    """Best (theta, objective) over L-BFGS-B runs from the ``n_polish`` best grid starts."""
+    from scipy.optimize import minimize
+
+    lo, hi = model.bounds[:, 0], model.bounds[:, 1]
+    starts = np.clip(np.atleast_2d(starts), lo, hi)
+    grid_obj = objective(model, starts, logy, delta)
+    order = np.argsort(grid_obj)[:n_polish]
+
+    def fun(theta, scale):
+        pred, jac = model.log_pred_jac(theta[None])
+        rho, psi, _ = huber(pred[0] - logy, delta)
+        return rho.sum() / scale, (psi @ jac[0]) / scale
+
+    best_theta, best_obj = starts[order[0]], grid_obj[order[0]]
+    for i in order:
+        if not np.isfinite(grid_obj[i]):
+            continue
+        # L-BFGS-B's stopping rules are absolute below 1; scale the objective to ~1.
+        scale = max(grid_obj[i], 1e-300)
+        res = minimize(
+            fun,
+            starts[i],
+            args=(scale,),
+            jac=True,
+            method="L-BFGS-B",
+            bounds=model.bounds,
+            options={"maxiter": 1000, "ftol": 1e-13, "gtol": 1e-9},
+        )
+        obj = objective(model, res.x, logy, delta)[0]
+        if obj < best_obj:
+            best_theta, best_obj = res.x, obj
+    polished = refine_batch(model, best_theta[None], logy, delta)[0]
+    return polished, float(objective(model, polished, logy, delta)[0])
+
+
+def refine_batch(
+    model: Model,
+    theta0: np.ndarray,
+    logy: np.ndarray,
+    delta: float,
+    weights: np.ndarray | None = None,
+    max_iter: int = 100,
+    rtol: float = 1e-10,
+) -> np.ndarray:
+    """Minimise the (weighted) Huber objective for B problems at once by Levenberg-Marquardt.
+
+    ``logy`` and ``weights`` are [n] (shared) or [B, n] (one row per problem). Each problem
+    keeps its own damping; a step is kept only if it lowers that problem's objective, so
+    the result is never worse than the start.
+    """
+    theta = np.array(theta0, dtype=float)
+    B, p = theta.shape
+    n = np.shape(logy)[-1]
+    logy = np.broadcast_to(logy, (B, n))
+    w = np.ones((B, n)) if weights is None else np.broadcast_to(weights, (B, n))
+    lo, hi = model.bounds[:, 0], model.bounds[:, 1]
+
+    pred, jac = model.log_pred_jac(theta)
+    rho, psi, irls = huber(pred - logy, delta)
+    f = (w * rho).sum(-1)
+    damping = np.full(B, 1e-3)
+    active = np.isfinite(f)
+    for _ in range(max_iter):
+        idx = np.flatnonzero(active)
+        if idx.size == 0:
+            break
+        J, ww = jac[idx], w[idx]
+        grad = np.einsum("bnp,bn->bp", J, ww * psi[idx])
+        hess = np.einsum("bnp,bn,bnq->bpq", J, ww * irls[idx], J)
+        diag = np.diagonal(hess, axis1=1, axis2=2)
+        scale = np.maximum(diag, 1e-12 * np.maximum(diag.max(-1, keepdims=True), 1e-300))
+        lhs = hess + damping[idx, None, None] * (scale[:, :, None] * np.eye(p))
+        step = np.linalg.solve(lhs, -grad[..., None])[..., 0]
+        cand = np.clip(theta[idx] + step, lo, hi)
+        c_pred, c_jac = model.log_pred_jac(cand)
+        c_rho, c_psi, c_irls = huber(c_pred - logy[idx], delta)
+        c_f = (ww * c_rho).sum(-1)
+        better = np.isfinite(c_f) & (c_f < f[idx])
+
+        gain = np.where(better, (f[idx] - c_f) / np.maximum(f[idx], 1e-300), 0.0)
+        moved = np.abs(cand - theta[idx]).max(-1)
+        keep = idx[better]
+        theta[keep], f[keep] = cand[better], c_f[better]
+        pred[keep], jac[keep] = c_pred[better], c_jac[better]
+        psi[keep], irls[keep] = c_psi[better], c_irls[better]
+        damping[idx] = np.where(better, damping[idx] / 3.0, damping[idx] * 4.0)
+
+        done = (better & ((gain < rtol) | (moved < 1e-12))) | (damping[idx] > 1e12)
+        active[idx[done]] = False
+    return theta
+
+
+def bootstrap(
+    model: Model,
+    theta_hat: np.ndarray,
+    logy: np.ndarray,
+    delta: float,
+    n_boot: int,
+    rng: np.random.Generator,
+    kind: str = "residual",
+) -> np.ndarray:
+    """Bootstrap replicates [n_boot, p] of the internal parameters.
+
+    ``residual``: keep the design, add resampled residuals (inflated by sqrt(n / (n - p))
+    so their spread matches the noise, not the fit's smaller residuals) to the fitted
+    curve. Suits a learning curve, whose points sit at fixed, distinct t.
+    ``pairs``: resample the data points with replacement (as multinomial weights on the
+    original points), as Besiroglu et al. (2024) did for the Chinchilla fit.
+    """
+    if n_boot <= 0:
+        return np.empty((0, theta_hat.size))
+    n, p = logy.size, theta_hat.size
+    start = np.tile(theta_hat, (n_boot, 1))
+    if kind == "residual":
+        fitted = log_pred(model, theta_hat[None])[0]
+        resid = (logy - fitted) * np.sqrt(n / max(n - p, 1))
+        logy_b = fitted + rng.choice(resid, size=(n_boot, n))
+        return refine_batch(model, start, logy_b, delta)
+    if kind == "pairs":
+        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)
+        return refine_batch(model, start, logy, delta, weights=counts)
+    raise ValueError(f"unknown bootstrap kind {kind!r}")
+
+
+def quantiles(samples: np.ndarray, probs, axis: int = 0) -> np.ndarray:
+    """Quantiles that tolerate +inf samples (a target never reached) without NaNs."""
+    samples = np.asarray(samples, dtype=float)
+    if np.all(np.isfinite(samples)):
+        return np.quantile(samples, probs, axis=axis)
+    return np.quantile(samples, probs, axis=axis, method="nearest")
+
+
+def estimate(value: float, samples: np.ndarray, level: float = DEFAULT_LEVEL) -> dict:
+    """{"value", "ci_low", "ci_high", "se"}: the point estimate and percentile interval.
+
+    Infinite bounds (an unbounded interval) are returned as None so the dict is valid JSON.
+    """
+    samples = np.asarray(samples, dtype=float)
+    samples = samples[~np.isnan(samples)]
+    if samples.size == 0:
+        return {"value": _finite_or_none(value), "ci_low": None, "ci_high": None, "se": None}
+    lo, hi = quantiles(samples, [(1 - level) / 2, (1 + level) / 2])
+    finite = samples[np.isfinite(samples)]
+    se = float(np.std(finite, ddof=1)) if finite.size > 1 and finite.size == samples.size else None
+    return {
+        "value": _finite_or_none(value),
+        "ci_low": _finite_or_none(lo),
+        "ci_high": _finite_or_none(hi),
+        "se": se,
+    }
+
+
+def _finite_or_none(x) -> float | None:
+    x = float(x)
+    return x if np.isfinite(x) else None

@@ -1,0 +1,198 @@
+"""Reading run directories (docs/formats.md): metrics.jsonl, run.json, config.toml.
+
+Only the files are read; nothing from the trainer is imported, so analysis works on runs
+made elsewhere and without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from oneepoch.errors import UserError
+
+# Columns kept from metrics.jsonl; absent or non-numeric values become NaN.
+COLUMNS = ("step", "tokens", "unique_tokens", "epoch", "lr", "train_loss", "wall_s", "flops")
+
+
+@dataclass
+class Run:
+    path: Path
+    lines: dict[str, np.ndarray]  # every logged step (train and eval lines), sorted by step
+    evals: dict[str, np.ndarray]  # eval lines only (adds "val_loss"), sorted by step
+    info: dict = field(default_factory=dict)  # run.json, {} when absent
+    config: dict = field(default_factory=dict)  # config.toml, {} when absent
+
+    @property
+    def name(self) -> str:
+        return self.path.name or str(self.path)
+
+    @property
+    def final_tokens(self) -> float:
+        return float(np.nanmax(self.lines["tokens"]))
+
+    @property
+    def warmup_steps(self) -> int:
+        return int(self.config.get("optim", {}).get("warmup_steps", 0) or 0)
+
+    @property
+    def flops_per_token(self) -> float | None:
+        """From run.json, else from the logged flops/tokens; None when neither is there."""
+        value = self.info.get("flops_per_token")
+        if isinstance(value, (int, float)) and value > 0:
+            return float(value)
+        ok = np.isfinite(self.lines["flops"]) & (self.lines["tokens"] > 0)
+        if ok.any():
+            return float(self.lines["flops"][ok][-1] / self.lines["tokens"][ok][-1])
+        return None
+
+    def steps_to_tokens(self, steps) -> np.ndarray:
+        return _interp_extrapolate(steps, *self._step_token_table())
+
+    def tokens_to_steps(self, tokens) -> np.ndarray:
+        s, t = self._step_token_table()
+        return _interp_extrapolate(tokens, t, s)
+
+    def _step_token_table(self) -> tuple[np.ndarray, np.ndarray]:
+        ok = np.isfinite(self.lines["tokens"])
+        steps = np.concatenate([[0.0], self.lines["step"][ok]])
+        tokens = np.concatenate([[0.0], self.lines["tokens"][ok]])
+        return steps, tokens
+
+    def lr_log(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(steps, lr) of every line that logged a positive LR, or None."""
+        ok = np.isfinite(self.lines["lr"]) & (self.lines["lr"] >= 0)
+        if not ok.any() or np.nanmax(self.lines["lr"][ok]) <= 0:
+            return None
+        return self.lines["step"][ok], self.lines["lr"][ok]
+
+    def wall_rate(self, max_tokens: float | None = None) -> tuple[float, float] | None:
+        """(offset_s, tokens_per_s) from a least-squares line wall_s = offset + tokens / rate.
+
+        Only lines with tokens <= max_tokens are used, so an extrapolation from the first
+        part of a run does not peek at its later throughput. None without wall_s.
+        """
+        t, w = self.lines["tokens"], self.lines["wall_s"]
+        ok = np.isfinite(t) & np.isfinite(w)
+        if max_tokens is not None:
+            ok &= t <= max_tokens
+        if ok.sum() < 2 or np.ptp(t[ok]) == 0:
+            return None
+        slope, offset = np.polyfit(t[ok], w[ok], 1)
+        if slope <= 0:
+            return None
+        return float(offset), float(1.0 / slope)
+
+
+def load_run(path: str | Path) -> Run:
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(
+            f"run directory {path} does not exist; pass a directory written by `oneepoch train`."
+        )
+    metrics = path / "metrics.jsonl"
+    if not metrics.is_file():
+        raise UserError(f"{metrics} is missing; pass a run directory written by `oneepoch train`.")
+    records = _read_jsonl(metrics)
+    if not records:
+        raise UserError(f"{metrics} has no metrics lines; train the run before analysing it.")
+
+    # A resumed run appends: when a step appears twice, the later line is the one that holds.
+    lines = _columns(_last_per_step(records), COLUMNS)
+    eval_records = [r for r in records if _number(r.get("val_loss")) is not None]
+    evals = _columns(_last_per_step(eval_records), COLUMNS + ("val_loss",))
+    good = (evals["val_loss"] > 0) & np.isfinite(evals["val_loss"])
+    evals = {k: v[good] for k, v in evals.items()}
+    if not np.isfinite(lines["tokens"]).any():
+        raise UserError(f"{metrics} has no `tokens` values; it does not follow docs/formats.md.")
+    info = _read_json(path / "run.json")
+    return Run(path, lines, evals, info=info, config=_read_toml(path / "config.toml"))
+
+
+def eval_curve(run: Run, x: str = "tokens") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x, steps, val_loss) of every evaluation with x > 0, sorted by step."""
+    if x not in ("tokens", "steps"):
+        raise UserError(f"--x must be tokens or steps, not {x!r}.")
+    steps = run.evals["step"]
+    xs = steps if x == "steps" else run.evals["tokens"]
+    ok = np.isfinite(xs) & (xs > 0)
+    return xs[ok], steps[ok], run.evals["val_loss"][ok]
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    text = path.read_text(encoding="utf-8", errors="replace")
+    raw = text.splitlines()
+    records = []
+    for number, line in enumerate(raw, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(raw) and not text.endswith("\n"):
+                continue  # the trainer is mid-write; the last line is not complete yet
+            raise UserError(f"{path} line {number} is not valid JSON; fix or remove it.") from None
+        if not isinstance(obj, dict) or _number(obj.get("step")) is None:
+            raise UserError(f"{path} line {number} has no numeric `step`; fix or remove it.")
+        records.append(obj)
+    return records
+
+
+def _last_per_step(records: list[dict]) -> list[dict]:
+    by_step = {}
+    for r in records:
+        by_step[float(r["step"])] = r
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def _columns(records: list[dict], names) -> dict[str, np.ndarray]:
+    return {
+        name: np.array([_number(r.get(name), math.nan) for r in records], dtype=float)
+        for name in names
+    }
+
+
+def _number(value, default=None):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return default
+    return float(value)
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        raise UserError(f"{path} is not valid JSON; fix or remove it.") from None
+    return obj if isinstance(obj, dict) else {}
+
+
+def _read_toml(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            return {}
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError:
+        raise UserError(f"{path} is not valid TOML; fix or remove it.") from None
+
+
+def _interp_extrapolate(x, xp: np.ndarray, fp: np.ndarray) -> np.ndarray:
+    """Linear interpolation, continued past the last point with the last segment's slope."""
+    x = np.asarray(x, dtype=float)
+    y = np.interp(x, xp, fp)
+    if xp.size >= 2 and xp[-1] > xp[-2]:
+        slope = (fp[-1] - fp[-2]) / (xp[-1] - xp[-2])
+        y = np.where(x > xp[-1], fp[-1] + slope * (x - xp[-1]), y)
+    return y

@@ -1,0 +1,59 @@
+"""Command-line entry point.
+
+Each subcommand lives in its own module, which exposes ``register(subparsers)``; that
+function adds the parser and sets ``func`` (called with the parsed args, returns an exit
+code or None). Command modules import heavy libraries (torch, scipy, matplotlib) inside
+their functions, so ``oneepoch --help`` is fast and the analysis commands run without torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from oneepoch import __version__
+from oneepoch.errors import UserError
+
+# Modules that register subcommands, in the order they appear in --help.
+COMMAND_MODULES = [
+    "oneepoch.data.cli",  # prepare, data inspect
+    "oneepoch.train_cli",  # train, sample
+    "oneepoch.analysis.cli",  # fit, compare, scaling
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="oneepoch",
+        description="Train Transformer language models one epoch at a time, sized for the "
+        "budget, and analyse their learning curves.",
+    )
+    parser.add_argument("--version", action="version", version=f"oneepoch {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("oneepoch"):
+                continue  # a command module not written yet
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        code = args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)

@@ -1,0 +1,204 @@
+"""Typed configuration: one small dataclass per component, composed into ``RunConfig``.
+
+Precedence: defaults < ``--config FILE.toml`` < command-line flags. The resolved config
+is written to the run directory as ``config.toml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from oneepoch.errors import UserError
+
+SCHEDULES = ("cosine", "linear", "constant")
+DTYPES = ("float32", "bfloat16", "auto")
+DEVICES = ("auto", "cpu", "cuda")
+PARALLEL = ("ddp", "fsdp")
+
+
+@dataclass
+class ModelConfig:
+    n_layer: int = 2
+    n_head: int = 2
+    d_model: int = 128
+    seq_len: int = 128
+    vocab_size: int = 0  # 0: taken from the dataset
+    dropout: float = 0.0  # one-epoch training needs no regularisation (Komatsuzaki 2019)
+
+
+@dataclass
+class DataConfig:
+    path: str = ""
+    epochs: float = 1.0  # 1: one pass, every window at most once; >1: repeat a smaller subset
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = -1  # -1: 2% of the steps, at least 10 (fewer if the run is shorter)
+    schedule: str = "cosine"
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 16  # global sequences per optimizer step, whatever the number of ranks
+    grad_accum: int = 1
+    steps: int = 0  # budget: exactly one of steps, tokens, time_s
+    tokens: int = 0
+    time_s: float = 0.0
+    seed: int = 0
+    eval_every: int = 0  # 0: about 20 evaluations per run, plus log-spaced early ones
+    eval_tokens: int = 32768
+    log_every: int = 10
+    checkpoint_every: int = 0  # 0: about 10 checkpoints per run
+    keep_checkpoints: int = 2
+    dtype: str = "float32"
+    compile: bool = False
+    device: str = "auto"
+    parallel: str = "ddp"
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        import tomli_w
+
+        return tomli_w.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], origin: str = "config") -> RunConfig:
+        cfg = cls()
+        cfg.update(raw, origin)
+        return cfg
+
+    def update(self, raw: dict[str, Any], origin: str = "config") -> None:
+        """Set values from a nested dict, checking section and key names and types."""
+        for section, values in raw.items():
+            target = getattr(self, section, None)
+            if (
+                target is None
+                or not dataclasses.is_dataclass(target)
+                or not isinstance(values, dict)
+            ):
+                known = ", ".join(f.name for f in dataclasses.fields(self))
+                raise UserError(f"{origin}: unknown section [{section}]; sections are {known}.")
+            fields = {f.name: f for f in dataclasses.fields(target)}
+            for key, value in values.items():
+                if key not in fields:
+                    raise UserError(
+                        f"{origin}: unknown key {section}.{key}; known keys are {', '.join(fields)}."
+                    )
+                setattr(
+                    target,
+                    key,
+                    _coerce(value, type(getattr(target, key)), f"{section}.{key}", origin),
+                )
+
+
+def _coerce(value: Any, kind: type, name: str, origin: str) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind is str and isinstance(value, str):
+        return value
+    raise UserError(f"{origin}: {name} must be a {kind.__name__}, got {value!r}.")
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file {p} does not exist.")
+    try:
+        return tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"config file {p} is not valid TOML ({exc}).") from None
+
+
+def validate(cfg: RunConfig) -> None:
+    """Reject impossible or inconsistent settings with one clear sentence."""
+    m, o, t = cfg.model, cfg.optim, cfg.train
+    for name, value in [
+        ("n_layer", m.n_layer),
+        ("n_head", m.n_head),
+        ("d_model", m.d_model),
+        ("seq_len", m.seq_len),
+        ("batch_size", t.batch_size),
+        ("grad_accum", t.grad_accum),
+    ]:
+        if value < 1:
+            raise UserError(f"{name} must be at least 1, got {value}.")
+    if m.d_model % m.n_head:
+        raise UserError(
+            f"n_head ({m.n_head}) must divide d_model ({m.d_model}); try n_head "
+            f"{max(h for h in range(1, m.n_head + 1) if m.d_model % h == 0)}."
+        )
+    if not 0.0 <= m.dropout < 1.0:
+        raise UserError(f"dropout must be in [0, 1), got {m.dropout}.")
+    if o.schedule not in SCHEDULES:
+        raise UserError(f"unknown schedule {o.schedule!r}; choose one of {', '.join(SCHEDULES)}.")
+    if o.lr <= 0:
+        raise UserError(f"lr must be positive, got {o.lr}.")
+    if not 0.0 <= o.min_lr_ratio <= 1.0:
+        raise UserError(f"min_lr_ratio must be in [0, 1], got {o.min_lr_ratio}.")
+    if t.dtype not in DTYPES:
+        raise UserError(f"unknown dtype {t.dtype!r}; choose one of {', '.join(DTYPES)}.")
+    if t.device not in DEVICES:
+        raise UserError(f"unknown device {t.device!r}; choose one of {', '.join(DEVICES)}.")
+    if t.parallel not in PARALLEL:
+        raise UserError(
+            f"unknown parallel mode {t.parallel!r}; choose one of {', '.join(PARALLEL)}."
+        )
+    if t.batch_size % t.grad_accum:
+        raise UserError(f"grad_accum ({t.grad_accum}) must divide batch_size ({t.batch_size}).")
+    budgets = [b for b in (t.steps, t.tokens, t.time_s) if b]
+    if any(b < 0 for b in budgets):
+        raise UserError("the budget (--steps, --tokens or --time) must be positive.")
+    if len(budgets) != 1:
+        raise UserError("give exactly one budget: --steps N, --tokens N or --time SECONDS.")
+    tokens_per_step = t.batch_size * m.seq_len
+    if t.tokens and t.tokens < tokens_per_step:
+        raise UserError(
+            f"a budget of {t.tokens} tokens is smaller than one batch "
+            f"({t.batch_size} x {m.seq_len} = {tokens_per_step} tokens); raise --tokens or lower --batch-size."
+        )
+    if cfg.data.epochs < 1:
+        raise UserError(f"epochs must be at least 1, got {cfg.data.epochs}.")
+    if cfg.data.epochs > 1 and t.time_s:
+        raise UserError(
+            "--epochs needs a --steps or --tokens budget, so the repeated subset can be sized."
+        )
+
+
+def total_steps(cfg: RunConfig) -> int | None:
+    """Optimizer steps the budget allows (None for a wall-clock budget)."""
+    t = cfg.train
+    if t.steps:
+        return t.steps
+    if t.tokens:
+        return max(1, t.tokens // (t.batch_size * cfg.model.seq_len))
+    return None

@@ -1,0 +1,1 @@
+"""Corpus ingestion, tokenizers, token shards and the dataset the trainer reads."""

@@ -1,0 +1,128 @@
+"""A prepared dataset directory, as the trainer sees it: splits of concatenated tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from oneepoch.data.shards import open_tokens, payload_sha256, read_header
+from oneepoch.errors import UserError
+
+MANIFEST = "manifest.json"
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class Split:
+    """The shards of one split seen as one long token array (read-only, memory-mapped)."""
+
+    def __init__(self, shards: list[np.ndarray]):
+        self._shards = [s for s in shards if len(s)]
+        self._starts = np.cumsum([0] + [len(s) for s in self._shards])
+        self.num_tokens = int(self._starts[-1])
+
+    def read(self, start: int, length: int) -> np.ndarray:
+        """Tokens [start, start + length) as int64, crossing shard boundaries as needed."""
+        if start < 0 or start + length > self.num_tokens:
+            raise IndexError(f"range {start}+{length} outside split of {self.num_tokens} tokens")
+        out = np.empty(length, dtype=np.int64)
+        i = int(np.searchsorted(self._starts, start, side="right")) - 1
+        filled = 0
+        while filled < length:
+            offset = start + filled - int(self._starts[i])
+            take = min(length - filled, len(self._shards[i]) - offset)
+            out[filled : filled + take] = self._shards[i][offset : offset + take]
+            filled += take
+            i += 1
+        return out
+
+
+@dataclass
+class Dataset:
+    path: Path
+    manifest: dict
+    train: Split
+    val: Split
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.manifest["tokenizer"]["vocab_size"])
+
+    @property
+    def eot_id(self) -> int:
+        return int(self.manifest["tokenizer"]["eot_id"])
+
+    @property
+    def tokenizer_sha256(self) -> str:
+        return self.manifest["tokenizer"]["sha256"]
+
+
+def read_manifest(data_dir: str | Path) -> dict:
+    path = Path(data_dir)
+    if not path.is_dir():
+        raise UserError(
+            f"data directory {path} does not exist; create it with `oneepoch prepare --source ... --out {path}`."
+        )
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise UserError(
+            f"{path} is not a prepared dataset (no {MANIFEST}; an interrupted prepare leaves none); "
+            f"run `oneepoch prepare --source ... --out {path}`."
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(
+            f"{manifest_path} is not valid JSON; run `oneepoch prepare` again."
+        ) from None
+    if manifest.get("format") != "oneepoch-dataset":
+        raise UserError(f"{manifest_path} is not a oneepoch dataset manifest.")
+    return manifest
+
+
+def open_dataset(data_dir: str | Path, verify_checksums: bool = True) -> Dataset:
+    """Open and check a prepared dataset.
+
+    Always checks every shard's header and size against the manifest and that the
+    tokenizer file is the one the shards were made with; with ``verify_checksums`` also
+    re-hashes every shard (about 1 GB/s), which catches corruption that keeps the size.
+    """
+    path = Path(data_dir)
+    manifest = read_manifest(path)
+    tok = manifest["tokenizer"]
+    if tok.get("file"):
+        tok_path = path / tok["file"]
+        if not tok_path.is_file():
+            raise UserError(f"tokenizer file {tok_path} is missing; run `oneepoch prepare` again.")
+        if file_sha256(tok_path) != tok["sha256"]:
+            raise UserError(
+                f"tokenizer {tok_path} is not the one the shards were made with (hash differs); "
+                "restore it or run `oneepoch prepare` again."
+            )
+    splits = {}
+    for name in ("train", "val"):
+        info = manifest["splits"].get(name)
+        if info is None:
+            raise UserError(f"dataset {path} has no {name} split; run `oneepoch prepare` again.")
+        arrays = []
+        for entry in info["shards"]:
+            shard_path = path / entry["file"]
+            _, count = read_header(shard_path)
+            if count != entry["tokens"]:
+                raise UserError(
+                    f"shard {shard_path} holds {count} tokens but the manifest says {entry['tokens']}; "
+                    "run `oneepoch prepare` again."
+                )
+            if verify_checksums and payload_sha256(shard_path) != entry["sha256"]:
+                raise UserError(
+                    f"shard {shard_path} is corrupted (checksum differs); run `oneepoch prepare` again."
+                )
+            arrays.append(open_tokens(shard_path))
+        splits[name] = Split(arrays)
+    return Dataset(path=path, manifest=manifest, train=splits["train"], val=splits["val"])

@@ -1,0 +1,67 @@
+"""Progress display: one redrawn status line on a terminal, plain log lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+def _fmt_seconds(s: float | None) -> str:
+    if s is None or s != s or s < 0:
+        return "?"
+    s = int(s)
+    return (
+        f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+    )
+
+
+class Progress:
+    def __init__(self, enabled: bool = True, stream=None, log_interval_s: float = 10.0):
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tty = self.stream.isatty()
+        self.log_interval_s = log_interval_s
+        self._last_print = 0.0
+        self.last_val: float | None = None
+
+    def update(
+        self,
+        step: int,
+        total: int | None,
+        train_loss: float,
+        tokens_per_s: float,
+        eta_s: float | None,
+        mfu: float | None,
+        force: bool = False,
+    ) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not (self.tty or force or now - self._last_print >= self.log_interval_s):
+            return
+        self._last_print = now
+        steps = f"{step}/{total}" if total else f"{step}"
+        val = f" val {self.last_val:.4f}" if self.last_val is not None else ""
+        mfu_s = f" mfu {mfu:.1%}" if mfu is not None else ""
+        line = (
+            f"step {steps} loss {train_loss:.4f}{val} | {tokens_per_s:,.0f} tok/s{mfu_s} "
+            f"| eta {_fmt_seconds(eta_s)}"
+        )
+        if self.tty:
+            self.stream.write("\r\033[K" + line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def message(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.tty:
+            self.stream.write("\r\033[K")
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            self.stream.write("\n")
+            self.stream.flush()

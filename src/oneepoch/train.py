@@ -1,0 +1,497 @@
+"""The trainer: composes data, sampler, model, optimizer, schedule and run directory.
+
+The batch at step s is a pure function of (seed, s, dataset), and the random state used
+by dropout is re-seeded from (seed, s, rank) every step, so resuming from a checkpoint
+reproduces the uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from oneepoch import __version__, checkpoint
+from oneepoch.config import RunConfig, load_toml, total_steps, validate
+from oneepoch.data.dataset import Dataset, Split, open_dataset
+from oneepoch.errors import UserError
+from oneepoch.flops import Shape, param_counts, train_flops_per_token
+from oneepoch.hardware import cpu_supports_bf16, hardware_info, peak_flops
+from oneepoch.model import GPT
+from oneepoch.progress import Progress
+from oneepoch.rundir import MetricsLog, read_json, write_json
+from oneepoch.sampler import OnePassSampler, RepeatedSampler, num_windows
+from oneepoch.schedule import lr_at
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; a checkpoint was written."""
+
+    def __init__(self, signum: int, step: int, message: str):
+        super().__init__(message)
+        self.signum, self.step = signum, step
+
+
+# ---------------------------------------------------------------------------------------
+# Small pieces the loop composes
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_kind: str) -> Dist:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if device_kind == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def pick_device(name: str, d: Dist) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(
+                "--device cuda was asked for but no CUDA GPU is visible; use --device cpu."
+            )
+        torch.cuda.set_device(d.local_rank)
+        return torch.device("cuda", d.local_rank)
+    return torch.device("cpu")
+
+
+def pick_dtype(name: str, device: torch.device) -> str:
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if cpu_supports_bf16() else "float32"
+
+
+def log_spaced_steps(last: int, per_decade: int = 5) -> set[int]:
+    """1, 2, 3, 4, 6, 10, 16, 25, 40, 63, 100, ...: evaluation points across decades."""
+    out, k = set(), 0
+    while (s := round(10 ** (k / per_decade))) <= last:
+        out.add(s)
+        k += 1
+    return out
+
+
+def read_windows(split: Split, windows: np.ndarray, seq_len: int) -> torch.Tensor:
+    """(n, seq_len + 1) int64 tokens: window i is tokens [i*T, i*T + T + 1)."""
+    return torch.from_numpy(np.stack([split.read(int(w) * seq_len, seq_len + 1) for w in windows]))
+
+
+class TrainClock:
+    """Training wall-clock that pauses for evaluation and checkpointing."""
+
+    def __init__(self, device: torch.device, elapsed: float = 0.0):
+        self.device, self.elapsed, self._since = device, elapsed, None
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def start(self) -> None:
+        self._sync()
+        self._since = time.perf_counter()
+
+    def now(self) -> float:
+        """Elapsed training time, including the running segment (no device sync)."""
+        running = time.perf_counter() - self._since if self._since is not None else 0.0
+        return self.elapsed + running
+
+    def stop(self) -> float:
+        self._sync()
+        if self._since is not None:
+            self.elapsed += time.perf_counter() - self._since
+            self._since = None
+        return self.elapsed
+
+
+# ---------------------------------------------------------------------------------------
+# Run setup
+
+
+def resolve_config(base: RunConfig, out: Path, resume: bool, overrides: dict) -> RunConfig:
+    """The run's config: the saved one when resuming (flags may not change it)."""
+    saved = out / "config.toml"
+    if resume and saved.is_file():
+        cfg = RunConfig.from_dict(load_toml(saved), str(saved))
+        wanted = RunConfig.from_dict(cfg.to_dict())
+        wanted.update(overrides, "command line")
+        changed = [
+            f"{sec}.{k}"
+            for sec, values in wanted.to_dict().items()
+            for k, v in values.items()
+            if cfg.to_dict()[sec][k] != v and not (sec == "data" and k == "path")
+        ]
+        if changed:
+            raise UserError(
+                f"--resume continues {out} exactly as configured in its config.toml, but the command "
+                f"line changes {', '.join(changed)}; drop those flags or start a new run with another --out."
+            )
+        if overrides.get("data", {}).get("path"):
+            cfg.data.path = overrides["data"]["path"]
+        return cfg
+    if not resume and (saved.exists() or (out / "metrics.jsonl").exists()):
+        raise UserError(
+            f"{out} already holds a run; pass --resume to continue it or choose another --out."
+        )
+    return base
+
+
+def make_sampler(cfg: RunConfig, data: Dataset, steps: int | None):
+    t = cfg.train
+    if cfg.data.epochs > 1:
+        sampler = RepeatedSampler(
+            data.train.num_tokens, cfg.model.seq_len, t.batch_size, t.seed, cfg.data.epochs, steps
+        )
+    else:
+        sampler = OnePassSampler(data.train.num_tokens, cfg.model.seq_len, t.batch_size, t.seed)
+        if steps is not None:
+            sampler.check_budget(steps)
+    return sampler
+
+
+def build_optimizer(model: GPT, cfg: RunConfig, device: torch.device) -> torch.optim.AdamW:
+    o = cfg.optim
+    return torch.optim.AdamW(
+        model.param_groups(o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2), fused=True
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# The run
+
+
+def train(
+    cfg: RunConfig,
+    out: str | Path,
+    resume: bool = False,
+    overrides: dict | None = None,
+    show_progress: bool = True,
+) -> dict:
+    """Train according to ``cfg`` into run directory ``out``; returns run.json's content."""
+    out = Path(out)
+    cfg = resolve_config(cfg, out, resume, overrides or {})
+    validate(cfg)
+    m, t = cfg.model, cfg.train
+    dist = init_distributed(
+        t.device if t.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    device = pick_device(t.device, dist)
+    dtype_name = pick_dtype(t.dtype, device)
+    if not cfg.data.path:
+        raise UserError("no dataset given; pass --data DATA_DIR (made by `oneepoch prepare`).")
+    data = open_dataset(cfg.data.path, verify_checksums=dist.is_main)
+    if m.vocab_size and m.vocab_size != data.vocab_size:
+        raise UserError(
+            f"the config's vocab_size ({m.vocab_size}) does not match the dataset's tokenizer "
+            f"({data.vocab_size}); remove vocab_size from the config or use the matching dataset."
+        )
+    m.vocab_size = data.vocab_size
+    steps = total_steps(cfg)
+    sampler = make_sampler(cfg, data, steps)
+    micro = t.batch_size // t.grad_accum
+    if micro % dist.world_size:
+        raise UserError(
+            f"the micro-batch ({t.batch_size} / grad_accum {t.grad_accum} = {micro}) must divide "
+            f"evenly over {dist.world_size} ranks; change --batch-size or --grad-accum."
+        )
+    per_rank = micro // dist.world_size
+    val_windows = min(
+        max(1, t.eval_tokens // m.seq_len), num_windows(data.val.num_tokens, m.seq_len)
+    )
+    if val_windows < 1:
+        raise UserError(
+            f"the validation split has fewer than {m.seq_len + 1} tokens; prepare with a larger validation split."
+        )
+
+    shape = Shape(m.n_layer, m.n_head, m.d_model, m.seq_len, m.vocab_size)
+    flops_per_token = train_flops_per_token(shape)
+    eval_every = t.eval_every or (max(1, steps // 20) if steps else 100)
+    ckpt_every = t.checkpoint_every or (max(1, steps // 10) if steps else 500)
+    eval_steps = log_spaced_steps(steps or 10**9)
+    tokens_per_step = t.batch_size * m.seq_len
+
+    torch.manual_seed(t.seed)
+    model = GPT(m).to(device)
+    optimizer = build_optimizer(model, cfg, device)
+    start_step, clock_s, metrics_offset = 0, 0.0, None
+    # Training-loss accounting: `acc` sums per-step losses on the device (no sync per step);
+    # it is folded into loss_sum at each log line.
+    loss_sum, loss_count, acc, acc_steps = 0.0, 0, torch.zeros((), device=device), 0
+    ckpt_root = out / "checkpoints"
+    last_ckpt = checkpoint.latest(ckpt_root) if resume else None
+    if last_ckpt is not None:
+        model_state, state = checkpoint.load(last_ckpt)
+        if state["tokenizer_sha256"] != data.tokenizer_sha256:
+            raise UserError(
+                f"{cfg.data.path} was made with a different tokenizer than the run in {out}; "
+                "resume with the dataset the run started on."
+            )
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(state["optimizer"])
+        start_step, clock_s, metrics_offset = state["step"], state["wall_s"], state["metrics_bytes"]
+        loss_sum, loss_count, acc_steps = state["loss_sum"], state["loss_count"], state["acc_steps"]
+        acc = state["acc"].to(device)
+    elif resume:
+        metrics_offset = 0  # killed before the first checkpoint: start over
+
+    train_model = model
+    if t.compile:
+        train_model = torch.compile(model)
+    if dist.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(
+            train_model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if dtype_name == "bfloat16"
+        else contextlib.nullcontext()
+    )
+    peak = peak_flops(device, dtype_name)
+    counts = param_counts(shape)
+    run_info = {
+        "oneepoch_version": __version__,
+        "torch_version": torch.__version__,
+        "python": sys.version.split()[0],
+        "status": "running",
+        "hardware": hardware_info(device, dist.world_size),
+        "dtype": dtype_name,
+        "params": counts,
+        "flops_per_token": flops_per_token,
+        "peak_flops": peak,
+        "sampler": {"kind": sampler.kind, "pool_windows": sampler.pool, "epochs": cfg.data.epochs},
+        "data": {
+            "path": str(Path(cfg.data.path).resolve()),
+            "tokenizer_sha256": data.tokenizer_sha256,
+            "vocab_size": data.vocab_size,
+            "train_tokens": data.train.num_tokens,
+            "val_tokens_evaluated": val_windows * m.seq_len,
+        },
+    }
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.toml").write_text(cfg.to_toml())
+        metrics = MetricsLog(out / "metrics.jsonl", truncate_to=metrics_offset)
+        write_json(out / "run.json", run_info)
+
+    val_tokens = read_windows(data.val, np.arange(val_windows), m.seq_len)
+
+    @torch.no_grad()
+    def evaluate() -> float:
+        model.eval()
+        mine = val_tokens[dist.rank :: dist.world_size]
+        total = torch.zeros(2, dtype=torch.float64, device=device)
+        for chunk in mine.split(max(1, per_rank)):
+            chunk = chunk.to(device)
+            with autocast:
+                loss = model(chunk[:, :-1], chunk[:, 1:])
+            total += torch.stack(
+                [
+                    loss.double() * len(chunk),
+                    torch.tensor(float(len(chunk)), device=device, dtype=torch.float64),
+                ]
+            )
+        if dist.world_size > 1:
+            torch.distributed.all_reduce(total)
+        model.train()
+        return (total[0] / total[1]).item()
+
+    def step_batch(step: int) -> torch.Tensor:
+        windows = sampler.windows(step)
+        mine = windows.reshape(t.grad_accum, dist.world_size, per_rank)[:, dist.rank]
+        return read_windows(data.train, mine.reshape(-1), m.seq_len).view(
+            t.grad_accum, per_rank, -1
+        )
+
+    def train_step(batch: torch.Tensor, lr: float) -> torch.Tensor:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        total = torch.zeros((), device=device)
+        for k in range(t.grad_accum):
+            x = batch[k].to(device, non_blocking=True)
+            sync = (
+                contextlib.nullcontext()
+                if k == t.grad_accum - 1 or dist.world_size == 1
+                else train_model.no_sync()
+            )
+            with sync, autocast:
+                loss = train_model(x[:, :-1], x[:, 1:]) / t.grad_accum
+                loss.backward()
+            total += loss.detach()
+        if cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return total
+
+    def seed_step(step: int) -> None:
+        # Dropout masks become a function of (seed, step, rank): nothing to save for resume.
+        torch.manual_seed((t.seed * 1_000_003 + step) * 1009 + dist.rank)
+
+    def save_checkpoint(step: int) -> None:
+        if dist.is_main:
+            metrics.sync()
+            checkpoint.save(
+                ckpt_root,
+                step,
+                model.state_dict(),
+                {
+                    "step": step,
+                    "wall_s": clock.elapsed,
+                    "optimizer": optimizer.state_dict(),
+                    "loss_sum": loss_sum,
+                    "loss_count": loss_count,
+                    "acc": acc.cpu(),
+                    "acc_steps": acc_steps,
+                    "metrics_bytes": metrics.offset(),
+                    "tokenizer_sha256": data.tokenizer_sha256,
+                    "config": cfg.to_dict(),
+                },
+                keep=t.keep_checkpoints,
+            )
+
+    # Untimed warm-up: one forward/backward on the first batch (allocations, compilation),
+    # gradients discarded and the random state re-seeded afterwards, so results don't change.
+    seed_step(start_step)
+    warm = step_batch(start_step)[0].to(device)
+    with autocast:
+        train_model(warm[:, :-1], warm[:, 1:]).backward()
+    optimizer.zero_grad(set_to_none=True)
+
+    stop_signal: list[int] = []
+
+    def on_signal(signum, _frame):
+        stop_signal.append(signum)
+
+    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    progress = Progress(enabled=show_progress and dist.is_main)
+    clock = TrainClock(device, clock_s)
+    rates: list[float] = []
+    last_log_step, last_log_wall, last_val = start_step, clock_s, None
+    step = start_step
+    try:
+        clock.start()
+        while not (steps is not None and step >= steps):
+            if stop_signal:
+                clock.stop()
+                save_checkpoint(step)
+                raise Interrupted(stop_signal[0], step, "")
+            elapsed_frac = None if steps else clock.now() / t.time_s
+            lr = lr_at(cfg.optim, step, steps, elapsed_frac)
+            seed_step(step)
+            acc += train_step(step_batch(step), lr)
+            acc_steps += 1
+            step += 1
+            is_final = step == steps or (
+                steps is None and (clock.now() >= t.time_s or step >= sampler.max_steps)
+            )
+            do_eval = is_final or step in eval_steps or step % eval_every == 0
+            do_log = do_eval or step % t.log_every == 0
+            if not (do_log or step % ckpt_every == 0):
+                continue
+            wall = clock.stop()
+            if do_log:
+                loss_sum, loss_count = loss_sum + acc.item(), loss_count + acc_steps  # the sync
+                acc.zero_()
+                acc_steps = 0
+                train_loss = loss_sum / loss_count
+                if not math.isfinite(train_loss):
+                    raise UserError(
+                        f"the training loss became {train_loss} at step {step}; lower --lr "
+                        f"(now {cfg.optim.lr:g}) and start again (checkpoints before it are in "
+                        f"{ckpt_root})."
+                    )
+                record = {
+                    "kind": "train",
+                    "step": step,
+                    **sampler.progress(step),
+                    "lr": lr,
+                    "train_loss": train_loss,
+                    "wall_s": wall,
+                }
+                record["flops"] = record["tokens"] * flops_per_token
+                if wall > last_log_wall:
+                    rates.append((step - last_log_step) * tokens_per_step / (wall - last_log_wall))
+                if do_eval:
+                    last_val = evaluate()
+                    record.update(kind="eval", val_loss=last_val)
+                    progress.last_val = last_val
+                if dist.is_main:
+                    metrics.write(record)
+                loss_sum, loss_count = 0.0, 0
+                last_log_step, last_log_wall = step, wall
+                rate = rates[-1] if rates else 0.0
+                remaining = (steps - step) * tokens_per_step / rate if steps and rate else None
+                if steps is None:
+                    remaining = t.time_s - wall
+                mfu = rate * flops_per_token / peak["value"]
+                progress.update(step, steps, train_loss, rate, remaining, mfu, force=is_final)
+            if step % ckpt_every == 0 or is_final:
+                save_checkpoint(step)
+            if is_final:
+                break
+            clock.start()
+        clock.stop()
+        status = "completed"
+    except Interrupted as exc:
+        status = "interrupted"
+        name = signal.Signals(exc.signum).name
+        exc.args = (
+            f"{name} at step {exc.step}: checkpoint written; continue with "
+            f"`oneepoch train --data {cfg.data.path} --out {out} --resume`",
+        )
+        raise
+    except BaseException:
+        status = "failed"
+        raise
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        progress.close()
+        if dist.is_main:
+            metrics.close()
+            tokens_per_s = statistics.median(rates) if rates else 0.0
+            prog = sampler.progress(step)
+            run_info.update(
+                status=status,
+                tokens_per_s=tokens_per_s,
+                mfu=tokens_per_s * flops_per_token / peak["value"],
+                final={
+                    "step": step,
+                    "tokens": prog["tokens"],
+                    "unique_tokens": prog["unique_tokens"],
+                    "wall_s": clock.elapsed,
+                    "val_loss": last_val,
+                },
+            )
+            write_json(out / "run.json", run_info)
+    return read_json(out / "run.json") if dist.is_main else run_info

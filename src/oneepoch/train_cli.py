@@ -1,0 +1,225 @@
+"""`oneepoch train` and `oneepoch sample`: flags -> RunConfig -> trainer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from oneepoch.errors import UserError
+
+# flag -> (section, key, type, help). Flags override --config, which overrides defaults.
+TRAIN_FLAGS = [
+    ("--n-layer", "model", "n_layer", int, "transformer blocks (default 2)"),
+    ("--n-head", "model", "n_head", int, "attention heads; must divide --d-model (default 2)"),
+    ("--d-model", "model", "d_model", int, "residual stream width (default 128)"),
+    ("--seq-len", "model", "seq_len", int, "context length in tokens (default 128)"),
+    (
+        "--dropout",
+        "model",
+        "dropout",
+        float,
+        "dropout probability (default 0: one epoch needs none)",
+    ),
+    (
+        "--epochs",
+        "data",
+        "epochs",
+        float,
+        "1 (default): one pass, no window twice. E > 1: the multi-epoch baseline, repeating the "
+        "first budget/E tokens E times, reshuffled each epoch",
+    ),
+    (
+        "--batch-size",
+        "train",
+        "batch_size",
+        int,
+        "sequences per optimizer step, summed over ranks and accumulation (default 16)",
+    ),
+    ("--grad-accum", "train", "grad_accum", int, "micro-batches per step (default 1)"),
+    ("--lr", "optim", "lr", float, "peak learning rate (default 2e-3)"),
+    (
+        "--min-lr-ratio",
+        "optim",
+        "min_lr_ratio",
+        float,
+        "final LR as a fraction of the peak (default 0.1)",
+    ),
+    (
+        "--warmup-steps",
+        "optim",
+        "warmup_steps",
+        int,
+        "linear warm-up steps (default: 2%% of the run)",
+    ),
+    (
+        "--schedule",
+        "optim",
+        "schedule",
+        str,
+        "LR after warm-up: cosine (default), linear or constant",
+    ),
+    (
+        "--weight-decay",
+        "optim",
+        "weight_decay",
+        float,
+        "AdamW decay of weight matrices (default 0.1)",
+    ),
+    (
+        "--grad-clip",
+        "optim",
+        "grad_clip",
+        float,
+        "clip the gradient norm to this; 0 disables (default 1)",
+    ),
+    ("--seed", "train", "seed", int, "seed of initialisation and data order (default 0)"),
+    (
+        "--eval-every",
+        "train",
+        "eval_every",
+        int,
+        "also evaluate every N steps (default: ~20 evaluations a run, plus log-spaced early ones)",
+    ),
+    (
+        "--eval-tokens",
+        "train",
+        "eval_tokens",
+        int,
+        "validation tokens, the same ones at every evaluation (default 32768)",
+    ),
+    ("--log-every", "train", "log_every", int, "write a metrics line every N steps (default 10)"),
+    (
+        "--checkpoint-every",
+        "train",
+        "checkpoint_every",
+        int,
+        "checkpoint every N steps (default: ~10 a run)",
+    ),
+    (
+        "--dtype",
+        "train",
+        "dtype",
+        str,
+        "float32 (default), bfloat16 (autocast) or auto (bf16 where the hardware is fast at it)",
+    ),
+    ("--device", "train", "device", str, "auto (default), cpu or cuda"),
+    ("--parallel", "train", "parallel", str, "under torchrun: ddp (default) or fsdp"),
+]
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a GPT on a prepared dataset",
+        description="Train a GPT on a dataset made by `oneepoch prepare`, one pass over the data "
+        "unless --epochs says otherwise, writing a run directory (config.toml, metrics.jsonl, "
+        "run.json, checkpoints/). Give exactly one budget: --tokens, --steps or --time.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data", help="dataset directory made by `oneepoch prepare`")
+    p.add_argument(
+        "--out", required=True, help="run directory to create (or continue with --resume)"
+    )
+    p.add_argument(
+        "--config", help="TOML file of settings (e.g. from `oneepoch plan`); flags override it"
+    )
+    budget = p.add_argument_group("budget (exactly one)")
+    budget.add_argument("--tokens", help="training tokens to process, e.g. 2M or 2e6")
+    budget.add_argument("--steps", type=int, help="optimizer steps")
+    budget.add_argument("--time", help="training wall-clock, e.g. 600, 90s, 20min, 1h")
+    for flag, _section, key, kind, text in TRAIN_FLAGS:
+        p.add_argument(flag, dest=key, type=kind, default=None, help=text)
+    p.add_argument("--compile", action="store_true", default=None, help="use torch.compile")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its latest checkpoint, exactly",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("--json", action="store_true", help="print run.json at the end")
+    p.set_defaults(func=run_train)
+
+    s = subparsers.add_parser("sample", help="generate text from a run's latest checkpoint")
+    s.add_argument("run_dir", metavar="RUN_DIR")
+    s.add_argument("--prompt", default="", help="text to continue")
+    s.add_argument("--max-new-tokens", type=int, default=100)
+    s.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding")
+    s.add_argument("--top-k", type=int, default=50)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--data", help="dataset directory, if it moved since training")
+    s.set_defaults(func=run_sample)
+
+
+def overrides_from_args(args) -> dict:
+    """Nested {section: {key: value}} of the settings given on the command line."""
+    from oneepoch.units import parse_count, parse_duration
+
+    out: dict[str, dict] = {}
+    for _flag, section, key, _kind, _text in TRAIN_FLAGS:
+        value = getattr(args, key)
+        if value is not None:
+            out.setdefault(section, {})[key] = value
+    if args.compile:
+        out.setdefault("train", {})["compile"] = True
+    if args.data:
+        out.setdefault("data", {})["path"] = args.data
+    given = [b for b in ("tokens", "steps", "time") if getattr(args, b) is not None]
+    if len(given) > 1:
+        raise UserError("give exactly one budget: --tokens, --steps or --time, not several.")
+    if given:
+        # A budget on the command line replaces whatever budget the config file had.
+        out.setdefault("train", {}).update(
+            steps=args.steps or 0,
+            tokens=parse_count(args.tokens, "token count") if args.tokens is not None else 0,
+            time_s=parse_duration(args.time) if args.time is not None else 0.0,
+        )
+    return out
+
+
+def run_train(args) -> int:
+    from oneepoch.config import RunConfig, load_toml
+    from oneepoch.train import Interrupted, train
+
+    overrides = overrides_from_args(args)
+    cfg = RunConfig()
+    if args.config:
+        cfg.update(load_toml(args.config), args.config)
+    cfg.update(overrides, "command line")
+    try:
+        info = train(
+            cfg, args.out, resume=args.resume, overrides=overrides, show_progress=not args.quiet
+        )
+    except Interrupted as exc:
+        print(str(exc), file=sys.stderr)
+        return 128 + exc.signum
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        final = info.get("final", {})
+        val = final.get("val_loss")
+        print(
+            f"done: {final.get('step')} steps, {final.get('tokens'):,} tokens, "
+            f"val_loss {val:.4f}, {info['tokens_per_s']:,.0f} tok/s, MFU {info['mfu']:.1%} "
+            f"of {info['peak_flops']['value'] / 1e9:,.0f} GFLOP/s ({info['peak_flops']['dtype']}) -> {args.out}"
+            if val is not None
+            else f"done -> {args.out}"
+        )
+    return 0
+
+
+def run_sample(args) -> int:
+    from oneepoch.sample import sample_text
+
+    print(
+        sample_text(
+            args.run_dir,
+            args.prompt,
+            args.max_new_tokens,
+            args.temperature,
+            args.top_k,
+            args.seed,
+            args.data,
+        )
+    )
+    return 0

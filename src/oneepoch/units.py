@@ -1,0 +1,40 @@
+"""Parsing human-friendly quantities: token counts ("2M", "1.5e9") and durations ("20min")."""
+
+from __future__ import annotations
+
+import re
+
+from oneepoch.errors import UserError
+
+_SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
+_DURATION = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
+
+
+def parse_count(text: str | int | float, what: str = "count") -> int:
+    """'2000000', '2M', '2e6', '2_000_000' -> 2000000."""
+    if isinstance(text, (int, float)):
+        return int(text)
+    match = re.fullmatch(r"\s*([0-9_]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmbgt]?)\s*", text.lower())
+    if not match:
+        raise UserError(f"cannot read {text!r} as a {what}; write e.g. 2000000, 2M or 2e6.")
+    return int(round(float(match.group(1).replace("_", "")) * _SUFFIX[match.group(2)]))
+
+
+def parse_duration(text: str | int | float) -> float:
+    """'90', '90s', '20min', '1.5h', '1h30m' -> seconds."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    s = text.strip().lower()
+    try:
+        return float(s)
+    except ValueError:
+        pass
+    parts = re.findall(r"([0-9]*\.?[0-9]+)\s*([a-z]+)", s)
+    if not parts or "".join(f"{n}{u}" for n, u in parts) != s.replace(" ", ""):
+        raise UserError(f"cannot read {text!r} as a duration; write e.g. 90s, 20min or 1.5h.")
+    total = 0.0
+    for number, unit in parts:
+        if unit not in _DURATION:
+            raise UserError(f"unknown time unit {unit!r} in {text!r}; use s, min or h.")
+        total += float(number) * _DURATION[unit]
+    return total
