@@ -1,0 +1,308 @@
+"""The trainer end to end, through the CLI as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import SRC, run_cli
+
+TINY = [
+    "--n-layer",
+    "2",
+    "--n-head",
+    "2",
+    "--d-model",
+    "64",
+    "--seq-len",
+    "64",
+    "--eval-tokens",
+    "4096",
+    "--quiet",
+]
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def comparable(lines: list[dict]) -> list[dict]:
+    """Everything but the clock: a resumed run must match these bit for bit."""
+    return [{k: v for k, v in line.items() if k != "wall_s"} for line in lines]
+
+
+def unigram_entropy(data_dir: Path) -> float:
+    from oneepoch.data.dataset import open_dataset
+
+    tokens = open_dataset(data_dir).train.read(0, open_dataset(data_dir).train.num_tokens)
+    p = np.bincount(tokens) / len(tokens)
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum())
+
+
+def test_short_run_learns_and_writes_the_run_directory(byte_dataset, tmp_path):
+    run = tmp_path / "run"
+    res = run_cli(
+        "train",
+        "--data",
+        str(byte_dataset),
+        "--out",
+        str(run),
+        "--steps",
+        "150",
+        "--batch-size",
+        "16",
+        "--log-every",
+        "10",
+        *TINY,
+    )
+    assert res.returncode == 0, res.stderr
+    lines = read_metrics(run)
+    for field in (
+        "step",
+        "tokens",
+        "unique_tokens",
+        "epoch",
+        "lr",
+        "train_loss",
+        "wall_s",
+        "flops",
+    ):
+        assert all(field in line for line in lines), field
+    evals = [line for line in lines if "val_loss" in line]
+    eval_steps = [line["step"] for line in evals]
+    assert eval_steps[:5] == [1, 2, 3, 4, 6]  # log-spaced early, for power-law fits
+    assert eval_steps[-1] == 150
+    assert all(b["wall_s"] >= a["wall_s"] for a, b in zip(lines, lines[1:]))
+    assert all(line["tokens"] == line["unique_tokens"] == line["step"] * 16 * 64 for line in lines)
+    # Learned something: clearly below the unigram entropy of the data.
+    assert evals[-1]["val_loss"] < unigram_entropy(byte_dataset) - 0.3
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "completed"
+    assert info["final"]["step"] == 150
+    assert info["tokens_per_s"] > 0 and 0 < info["mfu"] < 1
+    assert info["peak_flops"]["source"].startswith("measured")
+    assert info["params"]["non_embedding"] > 0
+    ckpts = sorted((run / "checkpoints").glob("step_*"))
+    assert ckpts[-1].name == "step_00000150"
+
+
+def _launch(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "oneepoch", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_step(run: Path, proc: subprocess.Popen, step: int, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        path = run / "metrics.jsonl"
+        if path.exists():
+            steps = [
+                json.loads(x)["step"] for x in path.read_text().splitlines() if x.endswith("}")
+            ]
+            if steps and steps[-1] >= step:
+                return
+        if proc.poll() is not None:
+            raise AssertionError(f"trainer ended early: {proc.stderr.read()}")
+        time.sleep(0.01)
+    raise AssertionError("trainer did not reach the step in time")
+
+
+RESUME_ARGS = [
+    "--steps",
+    "90",
+    "--batch-size",
+    "8",
+    "--checkpoint-every",
+    "7",
+    "--log-every",
+    "3",
+    "--dropout",
+    "0.1",
+    "--grad-accum",
+    "2",
+    *TINY,
+]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(byte_dataset, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("ref") / "run"
+    res = run_cli("train", "--data", str(byte_dataset), "--out", str(run), *RESUME_ARGS)
+    assert res.returncode == 0, res.stderr
+    return run
+
+
+def test_resume_after_sigkill_at_an_arbitrary_step_is_exact(byte_dataset, uninterrupted, tmp_path):
+    kill_at = random.Random().randint(5, 80)  # a different step each run
+    run = tmp_path / "run"
+    args = ["train", "--data", str(byte_dataset), "--out", str(run), *RESUME_ARGS]
+    proc = _launch(args)
+    _wait_for_step(run, proc, kill_at)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    res = run_cli(*args, "--resume")
+    assert res.returncode == 0, res.stderr
+    assert comparable(read_metrics(run)) == comparable(read_metrics(uninterrupted)), (
+        f"kill at {kill_at}"
+    )
+
+
+def test_sigterm_checkpoints_and_says_how_to_resume(byte_dataset, uninterrupted, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--data", str(byte_dataset), "--out", str(run), *RESUME_ARGS]
+    proc = _launch(args)
+    _wait_for_step(run, proc, random.Random().randint(5, 60))
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "--resume" in err and "Traceback" not in err
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    res = run_cli(*args, "--resume")
+    assert res.returncode == 0, res.stderr
+    assert comparable(read_metrics(run)) == comparable(read_metrics(uninterrupted))
+
+
+def test_repeated_run_accounts_epochs_and_unique_tokens(byte_dataset, tmp_path):
+    run = tmp_path / "run"
+    res = run_cli(
+        "train",
+        "--data",
+        str(byte_dataset),
+        "--out",
+        str(run),
+        "--steps",
+        "40",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "4",
+        "--log-every",
+        "5",
+        *TINY,
+    )
+    assert res.returncode == 0, res.stderr
+    lines = read_metrics(run)
+    pool_tokens = 40 * 4 // 4 * 64
+    assert lines[-1]["epoch"] == pytest.approx(4.0)
+    assert lines[-1]["unique_tokens"] == pool_tokens
+    assert lines[-1]["tokens"] == 4 * pool_tokens
+    assert all(line["unique_tokens"] == min(line["tokens"], pool_tokens) for line in lines)
+
+
+def test_wall_clock_budget_stops_on_time_with_a_final_evaluation(byte_dataset, tmp_path):
+    run = tmp_path / "run"
+    res = run_cli(
+        "train",
+        "--data",
+        str(byte_dataset),
+        "--out",
+        str(run),
+        "--time",
+        "3s",
+        "--batch-size",
+        "8",
+        *TINY,
+    )
+    assert res.returncode == 0, res.stderr
+    last = read_metrics(run)[-1]
+    assert "val_loss" in last and 3.0 <= last["wall_s"] < 6.0
+
+
+def test_nan_loss_is_a_clear_error(byte_dataset, tmp_path):
+    res = run_cli(
+        "train",
+        "--data",
+        str(byte_dataset),
+        "--out",
+        str(tmp_path / "r"),
+        "--steps",
+        "30",
+        "--lr",
+        "1e12",
+        "--grad-clip",
+        "0",
+        "--log-every",
+        "1",
+        "--batch-size",
+        "4",
+        *TINY,
+    )
+    assert res.returncode == 2
+    assert "loss became" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--n-head", "3", "--d-model", "64"], "must divide d_model"),
+        (["--tokens", "100"], "smaller than one batch"),
+        (["--schedule", "cosin"], "unknown schedule"),
+        ([], "exactly one budget"),
+        (["--steps", "10", "--tokens", "1M"], "exactly one budget"),
+        (["--steps", "100000000"], "unique tokens"),
+        (["--tokens", "2 apples"], "cannot read"),
+    ],
+)
+def test_config_mistakes_get_one_sentence(byte_dataset, tmp_path, extra, needle):
+    base = ["train", "--data", str(byte_dataset), "--out", str(tmp_path / "r"), "--quiet"]
+    res = run_cli(*base, *extra)
+    assert res.returncode == 2
+    assert needle in res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_missing_or_unprepared_data_and_existing_run(byte_dataset, tmp_path):
+    res = run_cli(
+        "train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), "--steps", "5"
+    )
+    assert res.returncode == 2 and "does not exist" in res.stderr
+    (tmp_path / "empty").mkdir()
+    res = run_cli(
+        "train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r"), "--steps", "5"
+    )
+    assert res.returncode == 2 and "not a prepared dataset" in res.stderr
+    run = tmp_path / "run"
+    args = [
+        "train",
+        "--data",
+        str(byte_dataset),
+        "--out",
+        str(run),
+        "--steps",
+        "3",
+        "--batch-size",
+        "2",
+        *TINY,
+    ]
+    assert run_cli(*args).returncode == 0
+    res = run_cli(*args)
+    assert res.returncode == 2 and "--resume" in res.stderr
+    res = run_cli(*args, "--resume", "--lr", "0.1")
+    assert res.returncode == 2 and "optim.lr" in res.stderr
+
+
+def test_train_help_explains_every_flag():
+    res = run_cli("train", "--help")
+    assert res.returncode == 0
+    from oneepoch.train_cli import TRAIN_FLAGS
+
+    for flag, *_ in TRAIN_FLAGS:
+        assert flag in res.stdout
+    for flag in ("--tokens", "--steps", "--time", "--resume", "--config", "--compile"):
+        assert flag in res.stdout
