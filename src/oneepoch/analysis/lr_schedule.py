@@ -29,8 +29,6 @@ DEFAULT_DECAY = 0.999
 
 class LRSchedule:
     def __init__(self, steps, lr, decay: float = DEFAULT_DECAY):
-        from scipy.signal import lfilter
-
         steps = np.asarray(steps, dtype=float)
         lr = np.asarray(lr, dtype=float)
         order = np.argsort(steps)
@@ -45,7 +43,7 @@ class LRSchedule:
 
         drop = np.concatenate([[0.0], eta[:-1] - eta[1:]])  # eta_{i-1} - eta_i
         drop[: int(np.argmax(eta)) + 1] = 0.0
-        momentum = lfilter([1.0], [1.0, -decay], drop)  # m_i = decay * m_{i-1} + drop_i
+        momentum = _momentum(drop, decay)
 
         # Index 0 is step 0 (before any update), so np.interp works on fractional steps.
         self._s1 = np.concatenate([[0.0], np.cumsum(eta)])
@@ -69,3 +67,20 @@ class LRSchedule:
         lam = self.decay
         s2 = s2 + self._m_end * lam * (1.0 - lam**k) / (1.0 - lam)
         return s1, s2
+
+
+def _momentum(drop: np.ndarray, decay: float) -> np.ndarray:
+    """m_i = decay * m_{i-1} + drop_i, vectorised.
+
+    Within a block m_{s+j} = decay^j * (decay * m_{s-1} + sum_{k<=j} drop_{s+k} decay^-k);
+    blocks are short enough that decay^-k stays far from overflow.
+    """
+    block = int(min(max(30.0 / -np.log(decay), 1.0), 1e6))
+    out = np.empty_like(drop)
+    carry = 0.0
+    for start in range(0, drop.size, block):
+        seg = drop[start : start + block]
+        powers = decay ** np.arange(seg.size)
+        out[start : start + seg.size] = powers * (decay * carry + np.cumsum(seg / powers))
+        carry = out[start + seg.size - 1]
+    return out

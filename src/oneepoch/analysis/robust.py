@@ -20,6 +20,8 @@ lets one batched solver refit hundreds of bootstrap replicates at once.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from typing import Protocol
 
 import numpy as np
@@ -44,18 +46,21 @@ def log_pred(model: Model, theta: np.ndarray) -> np.ndarray:
 
 
 def numeric_jac(fn, theta: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Central-difference Jacobian of a batched ``fn``, for models without an analytic one."""
-    base = fn(theta)
+    """Central-difference Jacobian of a batched ``fn``, for models without an analytic one.
+
+    All 2p perturbed parameter vectors go through ``fn`` in one batch.
+    """
     B, p = theta.shape
-    jac = np.empty(base.shape + (p,))
     h = 1e-6 * np.maximum(1.0, np.abs(theta))
-    for k in range(p):
-        up, down = theta.copy(), theta.copy()
-        up[:, k] = np.minimum(theta[:, k] + h[:, k], bounds[k, 1])
-        down[:, k] = np.maximum(theta[:, k] - h[:, k], bounds[k, 0])
-        width = (up[:, k] - down[:, k])[:, None]
-        jac[..., k] = (fn(up) - fn(down)) / np.where(width > 0, width, 1.0)
-    return base, jac
+    eye = np.eye(p)[:, None, :]  # [p, 1, p]: perturb coordinate k in slice k
+    up = np.minimum(theta + eye * h, bounds[:, 1])
+    down = np.maximum(theta - eye * h, bounds[:, 0])
+    values = fn(np.concatenate([theta, up.reshape(-1, p), down.reshape(-1, p)]))
+    base = values[:B]
+    f_up, f_down = values[B:].reshape(2, p, B, -1)
+    width = np.einsum("kbk->kb", up - down)[..., None]  # [p, B, 1]
+    jac = (f_up - f_down) / np.where(width > 0, width, 1.0)
+    return base, jac.transpose(1, 2, 0)
 
 
 def huber(r: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -98,25 +103,66 @@ def fit_multistart(
         return rho.sum() / scale, (psi @ jac[0]) / scale
 
     best_theta, best_obj = starts[order[0]], grid_obj[order[0]]
-    for i in order:
-        if not np.isfinite(grid_obj[i]):
-            continue
-        # L-BFGS-B's stopping rules are absolute below 1; scale the objective to ~1.
-        scale = max(grid_obj[i], 1e-300)
-        res = minimize(
-            fun,
-            starts[i],
-            args=(scale,),
-            jac=True,
-            method="L-BFGS-B",
-            bounds=model.bounds,
-            options={"maxiter": 1000, "ftol": 1e-13, "gtol": 1e-9},
-        )
-        obj = objective(model, res.x, logy, delta)[0]
-        if obj < best_obj:
-            best_theta, best_obj = res.x, obj
+    with _one_blas_thread():
+        for i in order:
+            if not np.isfinite(grid_obj[i]):
+                continue
+            # L-BFGS-B's stopping rules are absolute below 1; scale the objective to ~1.
+            # Loose tolerances suffice: Levenberg-Marquardt polishes the winner.
+            scale = max(grid_obj[i], 1e-300)
+            res = minimize(
+                fun,
+                starts[i],
+                args=(scale,),
+                jac=True,
+                method="L-BFGS-B",
+                bounds=model.bounds,
+                options={"maxiter": 500, "ftol": 1e-10, "gtol": 1e-8},
+            )
+            obj = objective(model, res.x, logy, delta)[0]
+            if obj < best_obj:
+                best_theta, best_obj = res.x, obj
     polished = refine_batch(model, best_theta[None], logy, delta)[0]
     return polished, float(objective(model, polished, logy, delta)[0])
+
+
+@contextlib.contextmanager
+def _one_blas_thread():
+    """Pin scipy's bundled OpenBLAS to one thread while L-BFGS-B runs.
+
+    L-BFGS-B makes many BLAS calls on tiny arrays; on a busy 2-core machine OpenBLAS
+    waking its thread pool for each made fits ~30x slower. This is what threadpoolctl
+    does, without the dependency; where the library is not found it changes nothing.
+    """
+    lib = _scipy_openblas()
+    if lib is None:
+        yield
+        return
+    before = lib.scipy_openblas_get_num_threads()
+    lib.scipy_openblas_set_num_threads(1)
+    try:
+        yield
+    finally:
+        lib.scipy_openblas_set_num_threads(before)
+
+
+@functools.cache
+def _scipy_openblas():
+    import ctypes
+    import glob
+    import os
+
+    import scipy
+
+    for path in glob.glob(os.path.join(os.path.dirname(scipy.__file__) + ".libs", "*openblas*")):
+        try:
+            lib = ctypes.CDLL(path)
+            lib.scipy_openblas_get_num_threads.restype = ctypes.c_int
+            lib.scipy_openblas_set_num_threads.argtypes = [ctypes.c_int]
+            return lib
+        except (OSError, AttributeError):
+            continue
+    return None
 
 
 def refine_batch(
@@ -187,19 +233,23 @@ def bootstrap(
 ) -> np.ndarray:
     """Bootstrap replicates [n_boot, p] of the internal parameters.
 
-    ``residual``: keep the design, add resampled residuals (inflated by sqrt(n / (n - p))
-    so their spread matches the noise, not the fit's smaller residuals) to the fitted
-    curve. Suits a learning curve, whose points sit at fixed, distinct t.
+    ``residual``: keep the design and add resampled residuals to the fitted curve. The
+    residuals are the "modified residuals" of Davison & Hinkley (1997, alg. 6.3), divided
+    by sqrt(1 - leverage) and centred, so their spread matches the noise rather than the
+    fit's smaller residuals. Suits a learning curve, whose points sit at fixed, distinct t.
     ``pairs``: resample the data points with replacement (as multinomial weights on the
     original points), as Besiroglu et al. (2024) did for the Chinchilla fit.
     """
     if n_boot <= 0:
         return np.empty((0, theta_hat.size))
-    n, p = logy.size, theta_hat.size
+    n = logy.size
     start = np.tile(theta_hat, (n_boot, 1))
     if kind == "residual":
-        fitted = log_pred(model, theta_hat[None])[0]
-        resid = (logy - fitted) * np.sqrt(n / max(n - p, 1))
+        fitted, jac = model.log_pred_jac(theta_hat[None])
+        fitted, jac = fitted[0], jac[0]
+        leverage = np.einsum("np,pq,nq->n", jac, np.linalg.pinv(jac.T @ jac), jac)
+        resid = (logy - fitted) / np.sqrt(1.0 - np.minimum(leverage, 0.99))
+        resid -= resid.mean()
         logy_b = fitted + rng.choice(resid, size=(n_boot, n))
         return refine_batch(model, start, logy_b, delta)
     if kind == "pairs":
@@ -208,32 +258,66 @@ def bootstrap(
     raise ValueError(f"unknown bootstrap kind {kind!r}")
 
 
-def quantiles(samples: np.ndarray, probs, axis: int = 0) -> np.ndarray:
-    """Quantiles that tolerate +inf samples (a target never reached) without NaNs."""
-    samples = np.asarray(samples, dtype=float)
-    if np.all(np.isfinite(samples)):
-        return np.quantile(samples, probs, axis=axis)
-    return np.quantile(samples, probs, axis=axis, method="nearest")
+def quantiles(samples: np.ndarray, probs) -> np.ndarray:
+    """Harrell-Davis quantiles of 1-D samples: a beta-weighted average of all order
+    statistics, much less noisy in the tails than a single order statistic, so a few
+    hundred bootstrap replicates give stable 5% and 95% points. Samples with +inf (a
+    target never reached) fall back to nearest-rank quantiles, which stay finite where
+    they can.
+    """
+    from scipy.special import betainc
+
+    x = np.sort(np.asarray(samples, dtype=float))
+    if not np.all(np.isfinite(x)):
+        return np.quantile(x, probs, method="nearest")
+    n = x.size
+    edges = np.arange(n + 1) / n
+    out = []
+    for p in np.atleast_1d(probs):
+        weights = np.diff(betainc(p * (n + 1), (1 - p) * (n + 1), edges))
+        out.append(weights @ x)
+    return np.array(out)
 
 
-def estimate(value: float, samples: np.ndarray, level: float = DEFAULT_LEVEL) -> dict:
-    """{"value", "ci_low", "ci_high", "se"}: the point estimate and percentile interval.
+def estimate(
+    value: float, samples: np.ndarray, level: float = DEFAULT_LEVEL, df: int | None = None
+) -> dict:
+    """{"value", "ci_low", "ci_high", "se"}: the point estimate and percentile interval
+    (Harrell-Davis quantiles of the bootstrap replicates).
 
-    Infinite bounds (an unbounded interval) are returned as None so the dict is valid JSON.
+    With ``df`` (residual degrees of freedom, n - p) each side of the interval is widened
+    by t_df / z, the small-sample correction the bootstrap lacks: it estimates the noise
+    from the same few residuals it resamples, as a Wald interval would with z instead of
+    t. Infinite bounds (an unbounded interval) are returned as None so the dict is JSON.
     """
     samples = np.asarray(samples, dtype=float)
     samples = samples[~np.isnan(samples)]
     if samples.size == 0:
         return {"value": _finite_or_none(value), "ci_low": None, "ci_high": None, "se": None}
     lo, hi = quantiles(samples, [(1 - level) / 2, (1 + level) / 2])
+    widen = t_over_z(level, df)
+    if widen != 1.0 and np.isfinite(value):
+        lo = value - (value - lo) * widen if lo <= value else lo
+        hi = value + (hi - value) * widen if hi >= value else hi
     finite = samples[np.isfinite(samples)]
     se = float(np.std(finite, ddof=1)) if finite.size > 1 and finite.size == samples.size else None
     return {
         "value": _finite_or_none(value),
         "ci_low": _finite_or_none(lo),
         "ci_high": _finite_or_none(hi),
-        "se": se,
+        "se": se * widen if se is not None else None,
     }
+
+
+def t_over_z(level: float, df: int | None) -> float:
+    """Ratio of Student-t to normal quantiles at a two-sided ``level`` (1 without df)."""
+    if not df or df <= 0:
+        return 1.0
+    # scipy.special rather than scipy.stats: the latter probes sys.modules["torch"]
+    from scipy.special import ndtri, stdtrit
+
+    q = (1 + level) / 2
+    return float(stdtrit(df, q) / ndtri(q))
 
 
 def _finite_or_none(x) -> float | None:

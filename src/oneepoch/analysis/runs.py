@@ -113,14 +113,19 @@ def load_run(path: str | Path) -> Run:
     return Run(path, lines, evals, info=info, config=_read_toml(path / "config.toml"))
 
 
-def eval_curve(run: Run, x: str = "tokens") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(x, steps, val_loss) of every evaluation with x > 0, sorted by step."""
+def eval_curve(run: Run, x: str = "tokens") -> dict[str, np.ndarray]:
+    """Evaluations with x > 0, sorted by step: keys x, steps, tokens, loss."""
     if x not in ("tokens", "steps"):
         raise UserError(f"--x must be tokens or steps, not {x!r}.")
-    steps = run.evals["step"]
-    xs = steps if x == "steps" else run.evals["tokens"]
+    steps, tokens = run.evals["step"], run.evals["tokens"]
+    xs = steps if x == "steps" else tokens
     ok = np.isfinite(xs) & (xs > 0)
-    return xs[ok], steps[ok], run.evals["val_loss"][ok]
+    return {
+        "x": xs[ok],
+        "steps": steps[ok],
+        "tokens": tokens[ok],
+        "loss": run.evals["val_loss"][ok],
+    }
 
 
 def _read_jsonl(path: Path) -> list[dict]:

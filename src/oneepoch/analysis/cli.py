@@ -1,0 +1,394 @@
+"""`oneepoch fit`, `oneepoch compare` and `oneepoch scaling {fit,sweep-csv}`.
+
+Only argparse and the standard library are imported here; numpy, scipy and matplotlib
+load when a command runs, so `oneepoch --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from oneepoch.errors import UserError
+
+
+def register(subparsers) -> None:
+    _register_fit(subparsers)
+    _register_compare(subparsers)
+    _register_scaling(subparsers)
+
+
+def _add_uncertainty_args(p: argparse.ArgumentParser, n_boot: int = 200) -> None:
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=n_boot,
+        metavar="N",
+        help=f"bootstrap replicates for intervals (default {n_boot})",
+    )
+    p.add_argument(
+        "--level", type=float, default=0.9, help="two-sided interval level (default 0.9)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+
+
+def _register_fit(subparsers) -> None:
+    p = subparsers.add_parser(
+        "fit",
+        help="fit learning-curve laws to runs, with intervals and extrapolation",
+        description="Fit each run's validation curve with L = E + A t^-alpha and the "
+        "schedule-aware law of Tissue et al. (2024), report intervals, goodness of fit, the "
+        "range where the law holds, and which form predicts held-out tail points better.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="write loss vs tokens and wall-clock")
+    p.add_argument(
+        "--x", choices=("tokens", "steps"), default="tokens", help="what t counts (default tokens)"
+    )
+    p.add_argument(
+        "--forms",
+        default="power,schedule",
+        help="comma-separated forms to fit: power, schedule (default both)",
+    )
+    p.add_argument(
+        "--predict-at", type=float, metavar="T", help="predict the loss at T (in --x units)"
+    )
+    p.add_argument(
+        "--target-loss",
+        type=float,
+        metavar="X",
+        help="predict the tokens, steps and wall-clock to reach loss X",
+    )
+    p.add_argument(
+        "--use-first",
+        type=float,
+        metavar="FRACTION",
+        help="fit only evaluations within this fraction of the run's tokens",
+    )
+    p.add_argument(
+        "--min-step",
+        type=float,
+        metavar="STEP",
+        help="fit evaluations after this step (default: the warmup steps)",
+    )
+    p.add_argument(
+        "--tail-fraction",
+        type=float,
+        default=0.2,
+        help="share of the last points held out to compare forms (default 0.2)",
+    )
+    p.add_argument(
+        "--lr-decay-factor",
+        type=float,
+        default=0.999,
+        help="decay factor lambda of the annealing momentum S2 (default 0.999)",
+    )
+    _add_uncertainty_args(p)
+    p.set_defaults(func=_cmd_fit)
+
+
+def _register_compare(subparsers) -> None:
+    p = subparsers.add_parser(
+        "compare",
+        help="wall-clock, step, token and FLOP speedup of run B over run A",
+        description="Cost ratios (A's cost / B's cost) for reaching the same validation "
+        "loss, by default the best loss the worse run reached.",
+    )
+    p.add_argument("run_a", metavar="RUN_A")
+    p.add_argument("run_b", metavar="RUN_B")
+    p.add_argument("--target-loss", type=float, metavar="X", help="loss both runs must reach")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    _add_uncertainty_args(p)
+    p.set_defaults(func=_cmd_compare)
+
+
+def _register_scaling(subparsers) -> None:
+    p = subparsers.add_parser(
+        "scaling",
+        help="fit L(N, D[, U]) across runs; build the CSV from run directories",
+        description="Scaling-law fits (Chinchilla, data-constrained) with bootstrap intervals.",
+    )
+    actions = p.add_subparsers(dest="scaling_action", metavar="ACTION")
+
+    def needs_action(args) -> int:
+        p.print_help()
+        return 2
+
+    p.set_defaults(func=needs_action)
+
+    f = actions.add_parser("fit", help="fit a scaling law to a CSV")
+    f.add_argument("--csv", required=True, metavar="FILE", help="columns params, tokens, loss")
+    f.add_argument("--json", required=True, metavar="OUT", help="write the law here ('-': stdout)")
+    f.add_argument("--form", choices=("chinchilla", "data-constrained"), default="chinchilla")
+    f.add_argument("--plot", metavar="FILE.png", help="write IsoFLOP curves with the fitted law")
+    f.add_argument("--params-col", default="params")
+    f.add_argument("--tokens-col", default="tokens")
+    f.add_argument("--loss-col", default="loss")
+    f.add_argument(
+        "--unique-col",
+        default="unique_tokens",
+        help="unique tokens column, used by the data-constrained form",
+    )
+    f.add_argument("--huber-delta", type=float, default=1e-3)
+    _add_uncertainty_args(f)
+    f.set_defaults(func=_cmd_scaling_fit)
+
+    s = actions.add_parser("sweep-csv", help="print a scaling CSV built from run directories")
+    s.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    s.add_argument(
+        "--loss",
+        choices=("final", "best"),
+        default="final",
+        help="final or best validation loss (default final)",
+    )
+    s.add_argument(
+        "--params",
+        choices=("non_embedding", "total"),
+        default="non_embedding",
+        help="which run.json parameter count (default non_embedding)",
+    )
+    s.set_defaults(func=_cmd_sweep_csv)
+
+
+def _check_uncertainty_args(args) -> None:
+    if args.bootstrap < 0:
+        raise UserError(f"--bootstrap must be 0 or more, not {args.bootstrap}.")
+    if not 0 < args.level < 1:
+        raise UserError(f"--level must be between 0 and 1, not {args.level}.")
+
+
+def _cmd_fit(args) -> int:
+    from oneepoch.analysis.runfit import FORMS, fit_run
+    from oneepoch.analysis.runs import load_run
+
+    _check_uncertainty_args(args)
+    forms = tuple(f.strip() for f in args.forms.split(",") if f.strip())
+    unknown = [f for f in forms if f not in FORMS]
+    if unknown or not forms:
+        raise UserError(f"--forms takes a comma-separated list of {', '.join(FORMS)}.")
+    if not 0 < args.tail_fraction < 1:
+        raise UserError(f"--tail-fraction must be between 0 and 1, not {args.tail_fraction}.")
+    if not 0 < args.lr_decay_factor < 1:
+        raise UserError(f"--lr-decay-factor must be between 0 and 1, not {args.lr_decay_factor}.")
+    if args.predict_at is not None and not args.predict_at > 0:
+        raise UserError(f"--predict-at must be positive, not {args.predict_at}.")
+
+    results = []
+    for i, path in enumerate(args.runs):
+        rf = fit_run(
+            load_run(path),
+            x=args.x,
+            forms=forms,
+            use_first=args.use_first,
+            min_step=args.min_step,
+            tail_fraction=args.tail_fraction,
+            n_boot=args.bootstrap,
+            level=args.level,
+            seed=args.seed + i,
+            decay=args.lr_decay_factor,
+        )
+        if args.predict_at is not None:
+            rf.predict_at(args.predict_at)
+        if args.target_loss is not None:
+            rf.time_to_target(args.target_loss)
+        results.append(rf)
+    if args.plot:
+        from oneepoch.analysis.plots import plot_run_fits
+
+        plot_run_fits(results, args.plot, extend_to=args.predict_at)
+    if args.json:
+        _print_json({"runs": [rf.to_json() for rf in results]})
+    else:
+        for rf in results:
+            _print_run_fit(rf.to_json())
+        if args.plot:
+            print(f"plot: {args.plot}")
+    return 0
+
+
+def _cmd_compare(args) -> int:
+    from oneepoch.analysis.compare import SPEEDUPS, compare_runs
+    from oneepoch.analysis.runs import load_run
+
+    _check_uncertainty_args(args)
+    if args.target_loss is not None and not args.target_loss > 0:
+        raise UserError(f"--target-loss must be a positive loss, not {args.target_loss}.")
+    a, b = load_run(args.run_a), load_run(args.run_b)
+    for run in (a, b):
+        if run.evals["val_loss"].size == 0:
+            raise UserError(f"{run.path} has no evaluations with val_loss; nothing to compare.")
+    result = compare_runs(
+        a, b, args.target_loss, n_boot=args.bootstrap, level=args.level, seed=args.seed
+    )
+    if args.json:
+        _print_json(result)
+        return 0
+    print(f"target loss {result['target_loss']:.4f} ({result['target_source']})")
+    for key in ("A", "B"):
+        cost = result[key]
+        how = "reached" if cost["reached"] else "NEVER REACHED: extrapolated with a power-law fit"
+        parts = [f"{axis} {_fmt_value(cost[axis])}" for axis in SPEEDUPS if axis in cost]
+        print(f"  {key} {result['run_' + key.lower()]}: {how}; " + ", ".join(parts))
+    intervals = result.get("speedup_intervals", {})
+    for name in SPEEDUPS.values():
+        value = result[name]
+        text = "n/a" if value is None else f"{value:.4g}x"
+        if name in intervals:
+            est = intervals[name]
+            text += f" [{_fmt(est['ci_low'])}, {_fmt(est['ci_high'])}]"
+        print(f"  {name}: {text} (A's cost / B's cost)")
+    for note in result.get("notes", []):
+        print(f"  note: {note}")
+    return 0
+
+
+def _cmd_scaling_fit(args) -> int:
+    from oneepoch.analysis.scaling import fit_scaling, read_csv
+
+    _check_uncertainty_args(args)
+    if not args.huber_delta > 0:
+        raise UserError(f"--huber-delta must be positive, not {args.huber_delta}.")
+    data, columns = read_csv(
+        args.csv,
+        params_col=args.params_col,
+        tokens_col=args.tokens_col,
+        loss_col=args.loss_col,
+        unique_col=args.unique_col if args.form == "data-constrained" else None,
+    )
+    fit = fit_scaling(
+        data,
+        args.form,
+        n_boot=args.bootstrap,
+        level=args.level,
+        seed=args.seed,
+        delta=args.huber_delta,
+        columns=columns,
+    )
+    result = fit.to_json()
+    text = json.dumps(_jsonable(result), indent=2, allow_nan=False)
+    if args.json == "-":
+        print(text)
+    else:
+        Path(args.json).write_text(text + "\n", encoding="utf-8")
+    if args.plot:
+        from oneepoch.analysis.plots import plot_isoflops
+
+        plot_isoflops(fit, args.plot)
+    if args.json != "-":
+        print(
+            f"{result['form']}: {result['formula']}  ({result['n_points']} points, "
+            f"{result['n_bootstrap']} bootstrap replicates, {args.level:.0%} intervals)"
+        )
+        for name in fit.form.param_names:
+            print(_fmt_param(name, result[name]))
+        print(_fmt_param("N_opt ~ C^a", result["N_opt_exponent"]))
+        print(_fmt_param("D_opt ~ C^b", result["D_opt_exponent"]))
+        print(
+            _fmt_param("D/N at C", result["tokens_per_param"])
+            + f"  (C = {result['tokens_per_param_at_flops']:.3g} FLOPs)"
+        )
+        print(f"written: {args.json}" + (f", {args.plot}" if args.plot else ""))
+    return 0
+
+
+def _cmd_sweep_csv(args) -> int:
+    import csv
+
+    from oneepoch.analysis.runs import load_run
+    from oneepoch.analysis.scaling import SWEEP_COLUMNS, sweep_rows
+
+    rows = sweep_rows([load_run(p) for p in args.runs], loss=args.loss, params=args.params)
+    writer = csv.DictWriter(sys.stdout, fieldnames=SWEEP_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return 0
+
+
+def _print_run_fit(r: dict) -> None:
+    print(
+        f"run {r['run']}: {r['n_fit_points']} of {r['n_eval_points']} evaluations fitted "
+        f"(after step {r['min_step']:g}"
+        + (f", first {r['use_first']:.0%} of tokens" if r["use_first"] else "")
+        + f"), t = {r['x']}, {r['level']:.0%} intervals"
+    )
+    for name, form in r["forms"].items():
+        print(f"  {name}: {form['formula']}")
+        for p in form["param_names"]:
+            print("  " + _fmt_param(p, form[p]))
+        g, v = form["goodness"], form["valid_range"]
+        print(
+            f"    fit: rmse(log) {g['rmse_log']:.3g}, max error {g['max_abs_rel_error']:.2%}, "
+            f"R^2 {_fmt(g['r2'])}, residual lag-1 autocorrelation "
+            f"{_fmt(g['residual_lag1_autocorr'])}"
+        )
+        if v["n_points"]:
+            print(
+                f"    holds for t in [{v['t_min']:.4g}, {v['t_max']:.4g}] "
+                f"({v['decades']:.2f} decades, {v['n_points']} points)"
+            )
+    tail = r["tail_check"]
+    if tail.get("rmse_log"):
+        scores = ", ".join(f"{k} {v:.3g}" for k, v in tail["rmse_log"].items())
+        print(
+            f"  held-out last {tail['n_holdout']} points, rmse(log): {scores} -> "
+            f"{tail['better']} predicts better"
+        )
+    elif "skipped" in tail:
+        print(f"  held-out tail check skipped: {tail['skipped']}")
+    if "predict_at" in r:
+        pa = r["predict_at"]
+        for name, est in pa["forms"].items():
+            print(f"  loss at t = {pa['x']:.4g} ({name}): {_fmt_value(est)}")
+        if pa["observed_loss"] is not None:
+            print(f"  observed loss at t = {pa['x']:.4g}: {pa['observed_loss']:.4f}")
+    if "target" in r:
+        tg = r["target"]
+        for name, est in tg["forms"].items():
+            if not est["reached"]:
+                print(
+                    f"  loss {tg['loss']:g} ({name}): not reached by the fitted curve "
+                    f"(p_reach {est['p_reach']:.2f})"
+                )
+                continue
+            parts = [f"{k} {_fmt_value(est[k])}" for k in ("tokens", "steps", "wall_s") if k in est]
+            print(f"  to reach loss {tg['loss']:g} ({name}): " + ", ".join(parts))
+        if tg["observed"]:
+            obs = tg["observed"]
+            print(f"  observed: reached at tokens {obs['tokens']:.4g}, step {obs['steps']:.4g}")
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.4g}"
+
+
+def _fmt_value(est) -> str:
+    if not isinstance(est, dict):
+        return _fmt(est)
+    hi = "inf" if est["ci_high"] is None and est["value"] is not None else _fmt(est["ci_high"])
+    return f"{_fmt(est['value'])} [{_fmt(est['ci_low'])}, {hi}]"
+
+
+def _fmt_param(name: str, est: dict) -> str:
+    se = f"  se {_fmt(est['se'])}" if est.get("se") is not None else ""
+    return f"  {name:>12} {_fmt_value(est)}{se}"
+
+
+def _jsonable(obj):
+    """Plain JSON types: numpy scalars to Python, non-finite floats to None."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(_jsonable(obj), indent=2, allow_nan=False))

@@ -1,0 +1,262 @@
+"""Learning-curve forms and their robust fit with bootstrap intervals.
+
+- ``power``: L(t) = E + A * t^(-alpha), the form of Komatsuzaki (2019) and Kaplan et al.
+  (2020), with t in tokens or steps.
+- ``schedule``: L(s) = L0 + A * S1(s)^(-alpha) - C * S2(s), Tissue et al. (2024), with the
+  LR areas S1, S2 of ``lr_schedule.LRSchedule`` at the step s reached at t.
+
+Both are fitted in log-loss space with the Huber loss (``robust``). Internally the power
+term is written at a reference point, A_ref = A * t_ref^(-alpha) with t_ref the geometric
+mean of the fitted t, which decorrelates A from alpha and keeps the solvers well
+conditioned; reported parameters are in the data's own units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from oneepoch.analysis import robust
+from oneepoch.analysis.lr_schedule import LRSchedule
+
+# Box for the internal parameters; the loss of any real run sits well inside it.
+_LOG_LEVEL = (-14.0, 7.0)  # log of E, L0 or A_ref (loss units: nats)
+_ALPHA = (1e-4, 4.0)
+
+
+class PowerForm:
+    name = "power"
+    formula = "L = E + A * t^(-alpha)"
+    param_names = ("E", "A", "alpha")
+
+    def __init__(self, t_ref: float):
+        self.t_ref = float(t_ref)
+        self.bounds = np.array([_LOG_LEVEL, _LOG_LEVEL, _ALPHA])
+
+    def model(self, x) -> _PowerModel:
+        return _PowerModel(np.log(np.asarray(x, dtype=float) / self.t_ref), self.bounds)
+
+    def starts(self, x, loss) -> np.ndarray:
+        floor_frac, alphas = np.meshgrid([0.01, 0.5, 0.8, 0.95], [0.05, 0.2, 0.5, 1.0])
+        E = floor_frac.ravel() * loss.min()
+        alpha = alphas.ravel()
+        # A_ref chosen so each start passes through the median point
+        mid = len(x) // 2
+        excess = np.maximum(loss[mid] - E, 1e-3 * loss[mid])
+        a_ref = np.log(excess) + alpha * np.log(x[mid] / self.t_ref)
+        return np.column_stack([np.log(E), a_ref, alpha])
+
+    def params(self, theta: np.ndarray) -> dict[str, np.ndarray]:
+        theta = np.atleast_2d(theta)
+        alpha = theta[:, 2]
+        return {
+            "E": np.exp(theta[:, 0]),
+            "A": np.exp(theta[:, 1] + alpha * np.log(self.t_ref)),
+            "alpha": alpha,
+        }
+
+
+class _PowerModel:
+    """log L = logaddexp(log E, log A_ref - alpha * z), z = log(t / t_ref)."""
+
+    def __init__(self, z: np.ndarray, bounds: np.ndarray):
+        self.z, self.bounds = z, bounds
+
+    def log_pred_jac(self, theta):
+        e, a, alpha = (theta[:, k, None] for k in range(3))
+        term = a - alpha * self.z
+        lp = np.logaddexp(e, term)
+        share_e, share_t = np.exp(e - lp), np.exp(term - lp)
+        return lp, np.stack([share_e, share_t, -self.z * share_t], axis=-1)
+
+
+class ScheduleForm:
+    name = "schedule"
+    formula = "L = L0 + A * S1^(-alpha) - C * S2"
+    param_names = ("L0", "A", "alpha", "C")
+
+    def __init__(self, schedule: LRSchedule, x_to_steps: Callable, fit_x):
+        self.schedule, self.x_to_steps = schedule, x_to_steps
+        s1, s2 = schedule.areas(x_to_steps(fit_x))
+        self.s1_ref = float(np.exp(np.mean(np.log(np.maximum(s1, 1e-12)))))
+        self.s2_ref = float(s2.max()) if s2.max() > 0 else 1.0
+        # Without any LR decay in the fitted range C cannot be told apart from L0: fix it at 0.
+        self.c_fixed = not s2.max() > 0
+        c_box = (0.0, 0.0) if self.c_fixed else (0.0, 1e3)
+        self.bounds = np.array([_LOG_LEVEL, _LOG_LEVEL, _ALPHA, c_box])
+
+    def model(self, x) -> _ScheduleModel:
+        s1, s2 = self.schedule.areas(self.x_to_steps(x))
+        u = np.maximum(s1 / self.s1_ref, 1e-12)
+        return _ScheduleModel(np.log(u), s2 / self.s2_ref, self.bounds)
+
+    def starts(self, x, loss) -> np.ndarray:
+        power = PowerForm(self.s1_ref).starts(self.schedule.areas(self.x_to_steps(x))[0], loss)
+        drops = [0.0] if self.c_fixed else [0.0, 0.02 * loss.min(), 0.1 * loss.min()]
+        return np.array([[*row, c] for row in power for c in drops])
+
+    def params(self, theta: np.ndarray) -> dict[str, np.ndarray]:
+        theta = np.atleast_2d(theta)
+        alpha = theta[:, 2]
+        return {
+            "L0": np.exp(theta[:, 0]),
+            "A": np.exp(theta[:, 1] + alpha * np.log(self.s1_ref)),
+            "alpha": alpha,
+            "C": theta[:, 3] / self.s2_ref,
+        }
+
+
+class _ScheduleModel:
+    """L = L0 + A_ref * u^(-alpha) - C_ref * v with u = S1 / S1_ref, v = S2 / S2_ref."""
+
+    def __init__(self, log_u: np.ndarray, v: np.ndarray, bounds: np.ndarray):
+        self.log_u, self.v, self.bounds = log_u, v, bounds
+
+    def log_pred_jac(self, theta):
+        l0, a, alpha, c = (theta[:, k, None] for k in range(4))
+        level = np.exp(l0)
+        power = np.exp(a - alpha * self.log_u)
+        # A negative prediction is a bad parameter vector: give it a huge, finite residual.
+        pred = np.maximum(level + power - c * self.v, 1e-12)
+        columns = np.broadcast_arrays(level, power, -self.log_u * power, -self.v)
+        return np.log(pred), np.stack(columns, axis=-1) / pred[..., None]
+
+
+@dataclass
+class CurveFit:
+    """A fitted form: point estimate, bootstrap replicates, and what they imply."""
+
+    form: PowerForm | ScheduleForm
+    x: np.ndarray
+    loss: np.ndarray
+    theta: np.ndarray
+    boot: np.ndarray
+    delta: float
+    objective: float
+    level: float
+
+    def predict(self, x) -> np.ndarray:
+        return np.exp(robust.log_pred(self.form.model(x), self.theta[None])[0])
+
+    def predict_samples(self, x) -> np.ndarray:
+        """Bootstrap predictions [n_boot, len(x)]."""
+        return np.exp(robust.log_pred(self.form.model(x), self.boot))
+
+    @property
+    def residuals(self) -> np.ndarray:
+        return np.log(self.loss) - np.log(self.predict(self.x))
+
+    def params(self) -> dict[str, dict]:
+        point = self.form.params(self.theta)
+        samples = self.form.params(self.boot)
+        return {k: robust.estimate(point[k][0], samples[k], self.level, self.df) for k in point}
+
+    @property
+    def df(self) -> int:
+        """Residual degrees of freedom, for the small-sample widening of intervals."""
+        free = int(np.sum(self.form.bounds[:, 1] > self.form.bounds[:, 0]))
+        return max(self.x.size - free, 1)
+
+    def goodness(self) -> dict:
+        r = self.residuals
+        fitted = self.predict(self.x)
+        ss_tot = float(np.sum((self.loss - self.loss.mean()) ** 2))
+        lag1 = float(np.corrcoef(r[:-1], r[1:])[0, 1]) if r.size > 3 and np.std(r) > 0 else None
+        return {
+            "n_points": int(r.size),
+            "n_params": len(self.form.param_names),
+            "rmse_log": float(np.sqrt(np.mean(r**2))),
+            "max_abs_rel_error": float(np.max(np.abs(self.loss / fitted - 1))),
+            "r2": 1.0 - float(np.sum((self.loss - fitted) ** 2)) / ss_tot if ss_tot > 0 else None,
+            "noise_sigma_log": noise_sigma(np.log(self.loss)),
+            "residual_lag1_autocorr": lag1,
+            "huber_delta": self.delta,
+            "objective": self.objective,
+        }
+
+    def valid_range(self) -> dict:
+        """The longest run of consecutive points where the form describes the curve.
+
+        A point fits when the mean of the residuals around it (itself and its neighbours)
+        is within 3 standard errors of zero, the noise measured from the data alone
+        (``noise_sigma``), so a misspecified form cannot hide its bend by inflating it. A
+        single outlier does not end the run; a systematic departure does.
+        """
+        r = self.residuals
+        sigma = max(noise_sigma(np.log(self.loss)), 3e-5)
+        window = np.ones(3)
+        counts = np.convolve(np.ones_like(r), window, mode="same")
+        mean = np.convolve(r, window, mode="same") / counts
+        ok = np.abs(mean) <= 3 * sigma / np.sqrt(counts)
+        best, start = (0, 0), None
+        for i, good in enumerate(np.append(ok, False)):
+            if good and start is None:
+                start = i
+            elif not good and start is not None:
+                if i - start > best[1] - best[0]:
+                    best = (start, i)
+                start = None
+        lo, hi = best
+        if hi == lo:
+            return {"t_min": None, "t_max": None, "decades": 0.0, "n_points": 0}
+        t_min, t_max = float(self.x[lo]), float(self.x[hi - 1])
+        return {
+            "t_min": t_min,
+            "t_max": t_max,
+            "decades": float(np.log10(t_max / t_min)),
+            "n_points": int(hi - lo),
+        }
+
+    def to_json(self) -> dict:
+        return {
+            "formula": self.form.formula,
+            "params": self.params(),
+            "goodness": self.goodness(),
+            "valid_range": self.valid_range(),
+            "n_bootstrap": int(len(self.boot)),
+        }
+
+
+def fit_curve(
+    form: PowerForm | ScheduleForm,
+    x: np.ndarray,
+    loss: np.ndarray,
+    *,
+    n_boot: int = 200,
+    level: float = robust.DEFAULT_LEVEL,
+    rng: np.random.Generator | None = None,
+    delta: float | str = "auto",
+) -> CurveFit:
+    """Huber fit in log space from a grid of starts, then a residual bootstrap.
+
+    ``delta="auto"`` first fits with Hoffmann et al.'s delta = 1e-3, then refits with
+    Huber's classic 1.345 * sigma, sigma the robust (MAD) spread of those residuals: close
+    to least squares on well-behaved curves, while a spike still cannot pull the fit.
+    """
+    rng = np.random.default_rng(0) if rng is None else rng
+    x, loss = np.asarray(x, dtype=float), np.asarray(loss, dtype=float)
+    model, logy = form.model(x), np.log(loss)
+    first_delta = 1e-3 if delta == "auto" else float(delta)
+    theta, obj = robust.fit_multistart(model, logy, form.starts(x, loss), first_delta)
+    if delta == "auto":
+        resid = logy - robust.log_pred(model, theta[None])[0]
+        delta = max(1.345 * _robust_sigma(resid), 1e-6)
+        theta = robust.refine_batch(model, theta[None], logy, delta)[0]
+        obj = float(robust.objective(model, theta, logy, delta)[0])
+    boot = robust.bootstrap(model, theta, logy, delta, n_boot, rng, kind="residual")
+    return CurveFit(form, x, loss, theta, boot, float(delta), obj, level)
+
+
+def noise_sigma(values: np.ndarray) -> float:
+    """Noise level of a smooth sequence, without a model: the robust spread of its second
+    differences, which remove any locally linear trend; iid noise of sd sigma gives second
+    differences of sd sqrt(6) sigma."""
+    if values.size < 4:
+        return 0.0
+    return _robust_sigma(np.diff(values, 2)) / np.sqrt(6.0)
+
+
+def _robust_sigma(r: np.ndarray) -> float:
+    return float(1.4826 * np.median(np.abs(r - np.median(r))))

@@ -1,0 +1,208 @@
+"""Fit one run's validation curve with every form, check them on held-out tail points,
+and extrapolate: loss at a later t, and the tokens and wall-clock to reach a target loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from oneepoch.analysis import extrapolate, robust
+from oneepoch.analysis.curves import CurveFit, PowerForm, ScheduleForm, fit_curve
+from oneepoch.analysis.lr_schedule import DEFAULT_DECAY, LRSchedule
+from oneepoch.analysis.runs import Run, eval_curve
+from oneepoch.errors import UserError
+
+FORM_CLASSES = {"power": PowerForm, "schedule": ScheduleForm}
+FORMS = tuple(FORM_CLASSES)
+
+
+@dataclass
+class RunFit:
+    run: Run
+    x_name: str  # "tokens" or "steps"
+    fits: dict[str, CurveFit]
+    settings: dict  # min_step, use_first, cutoff_tokens, ...
+    tail_check: dict
+    wall_rate: tuple[float, float] | None  # (offset_s, tokens_per_s)
+    predictions: dict = field(default_factory=dict)  # filled by predict_at / time_to_target
+
+    def tokens_at(self, x) -> np.ndarray:
+        x = np.asarray(x, dtype=float)
+        return x if self.x_name == "tokens" else self.run.steps_to_tokens(x)
+
+    def steps_at(self, x) -> np.ndarray:
+        x = np.asarray(x, dtype=float)
+        return x if self.x_name == "steps" else self.run.tokens_to_steps(x)
+
+    def wall_at(self, x) -> np.ndarray | None:
+        if self.wall_rate is None:
+            return None
+        offset, rate = self.wall_rate
+        return offset + self.tokens_at(x) / rate
+
+    def predict_at(self, x: float) -> dict:
+        """Loss at x (the fit's units) under each form; with the observed loss when the
+        full run got there (so an extrapolation from --use-first can be checked)."""
+        out = {"x": float(x), "forms": {}}
+        for name, fit in self.fits.items():
+            out["forms"][name] = extrapolate.predict_loss(fit, x)
+        observed = _observed_loss_at(self.run, self.x_name, x)
+        out["observed_loss"] = observed
+        self.predictions["predict_at"] = out
+        return out
+
+    def time_to_target(self, target: float) -> dict:
+        """Tokens, steps and wall-clock to first reach ``target`` under each form."""
+        if not target > 0:
+            raise UserError(f"--target-loss must be a positive loss, not {target}.")
+        out = {"loss": float(target), "forms": {}, "observed": _observed_cost(self.run, target)}
+        for name, fit in self.fits.items():
+            point, samples = extrapolate.x_to_reach(fit, target)
+            costs = {
+                "tokens": (self.tokens_at(point), self.tokens_at(samples)),
+                "steps": (self.steps_at(point), self.steps_at(samples)),
+            }
+            if self.wall_rate is not None:
+                costs["wall_s"] = (self.wall_at(point), self.wall_at(samples))
+            entry = {key: robust.estimate(p, s, fit.level, fit.df) for key, (p, s) in costs.items()}
+            entry["reached"] = bool(np.isfinite(point))
+            entry["p_reach"] = float(np.mean(np.isfinite(samples))) if samples.size else None
+            out["forms"][name] = entry
+        self.predictions["target"] = out
+        return out
+
+    def to_json(self) -> dict:
+        forms = {}
+        for name, fit in self.fits.items():
+            body = fit.to_json()
+            forms[name] = {**body.pop("params"), "param_names": list(fit.form.param_names), **body}
+        return {
+            "run": str(self.run.path),
+            "x": self.x_name,
+            **self.settings,
+            "forms": forms,
+            "tail_check": self.tail_check,
+            "throughput": None
+            if self.wall_rate is None
+            else {"offset_s": self.wall_rate[0], "tokens_per_s": self.wall_rate[1]},
+            **self.predictions,
+        }
+
+
+def fit_run(
+    run: Run,
+    *,
+    x: str = "tokens",
+    forms=FORMS,
+    use_first: float | None = None,
+    min_step: float | None = None,
+    tail_fraction: float = 0.2,
+    n_boot: int = 200,
+    level: float = robust.DEFAULT_LEVEL,
+    seed: int = 0,
+    decay: float = DEFAULT_DECAY,
+) -> RunFit:
+    """Fit ``forms`` to the run's evaluations after ``min_step`` (default: the warmup).
+
+    ``use_first`` keeps only evaluations within that fraction of the run's final tokens;
+    the throughput is then measured on that part too. The logged LR schedule is used in
+    full: it is an input planned in advance, not an outcome.
+    """
+    curve = eval_curve(run, x)
+    min_step = run.warmup_steps if min_step is None else float(min_step)
+    keep = curve["steps"] > min_step
+    cutoff = None
+    if use_first is not None:
+        if not 0 < use_first <= 1:
+            raise UserError(f"--use-first must be a fraction in (0, 1], not {use_first}.")
+        cutoff = use_first * run.final_tokens
+        keep &= curve["tokens"] <= cutoff
+    x_fit, loss_fit = curve["x"][keep], curve["loss"][keep]
+
+    built = {name: _build_form(name, run, x, x_fit, decay) for name in forms}
+    for name, form in built.items():
+        need = len(form.param_names) + 2
+        if x_fit.size < need:
+            raise UserError(
+                f"{run.path} has {x_fit.size} evaluations after step {min_step:g}"
+                f"{' within --use-first' if cutoff else ''}, but the {name} form needs at"
+                f" least {need}; evaluate more often, train longer or lower --min-step."
+            )
+    rng = np.random.default_rng(seed)
+    fits = {
+        name: fit_curve(form, x_fit, loss_fit, n_boot=n_boot, level=level, rng=rng)
+        for name, form in built.items()
+    }
+    settings = {
+        "min_step": min_step,
+        "use_first": use_first,
+        "cutoff_tokens": cutoff,
+        "n_eval_points": int(curve["x"].size),
+        "n_fit_points": int(x_fit.size),
+        "level": level,
+        "lr_decay_factor": decay if "schedule" in built else None,
+    }
+    tail = _tail_check(run, x, x_fit, loss_fit, forms, tail_fraction, decay)
+    return RunFit(run, x, fits, settings, tail, run.wall_rate(max_tokens=cutoff))
+
+
+def _build_form(name: str, run: Run, x_name: str, fit_x: np.ndarray, decay: float):
+    if name == "power":
+        return PowerForm(float(np.exp(np.mean(np.log(fit_x)))) if fit_x.size else 1.0)
+    if name == "schedule":
+        log = run.lr_log()
+        if log is None:
+            raise UserError(
+                f"{run.path} logs no learning rate, which the schedule form needs; "
+                "pass --forms power."
+            )
+        to_steps = _identity if x_name == "steps" else run.tokens_to_steps
+        return ScheduleForm(LRSchedule(*log, decay=decay), to_steps, fit_x)
+    raise UserError(f"unknown form {name!r}; choose from {', '.join(FORMS)}.")
+
+
+def _identity(x) -> np.ndarray:
+    return np.asarray(x, dtype=float)
+
+
+def _tail_check(run, x_name, x, loss, forms, tail_fraction, decay) -> dict:
+    """Refit each form without the last points and score its predictions of them."""
+    n_tail = max(2, int(round(tail_fraction * x.size)))
+    n_head = x.size - n_tail
+    need = max(len(FORM_CLASSES[f].param_names) for f in forms) + 2
+    if n_head < need:
+        return {"n_holdout": 0, "skipped": f"needs at least {need + n_tail} fitted points"}
+    rmse = {}
+    for name in forms:
+        form = _build_form(name, run, x_name, x[:n_head], decay)
+        fit = fit_curve(form, x[:n_head], loss[:n_head], n_boot=0)
+        err = np.log(fit.predict(x[n_head:])) - np.log(loss[n_head:])
+        rmse[name] = float(np.sqrt(np.mean(err**2)))
+    return {
+        "n_holdout": n_tail,
+        "holdout_from": float(x[n_head]),
+        "rmse_log": rmse,
+        "better": min(rmse, key=rmse.get),
+    }
+
+
+def _observed_loss_at(run: Run, x_name: str, x: float) -> float | None:
+    curve = eval_curve(run, x_name)
+    xs, loss = curve["x"], curve["loss"]
+    if xs.size == 0 or not xs[0] <= x <= xs[-1]:
+        return None
+    return float(np.exp(np.interp(np.log(x), np.log(xs), np.log(loss))))
+
+
+def _observed_cost(run: Run, target: float) -> dict | None:
+    """Tokens, steps and wall-clock at which the run's own eval curve first reached target."""
+    ev = run.evals
+    index, frac = extrapolate.first_crossing(ev["val_loss"][None], target)
+    if index[0] < 0:
+        return None
+    return {
+        key: float(extrapolate.value_at_crossing(ev[col], index, frac)[0])
+        for key, col in (("tokens", "tokens"), ("steps", "step"), ("wall_s", "wall_s"))
+    }

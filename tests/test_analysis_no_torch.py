@@ -1,0 +1,72 @@
+"""The analysis package and its commands work where torch is not installed."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.modules["torch"] = None  # any `import torch` now raises ImportError
+
+    import csv, json
+    from pathlib import Path
+
+    import oneepoch.analysis
+    from oneepoch.analysis import fit_run, load_run
+    from oneepoch.analysis.synthetic import cosine_lr, power_law, write_run
+    from oneepoch.cli import main
+
+    try:
+        import torch  # noqa: F401
+        raise SystemExit("torch was importable")
+    except ImportError:
+        pass
+
+    out = Path(sys.argv[1])
+    a = write_run(out / "a", power_law(2.0, 400.0, 0.3), noise=0.004, total_steps=1500,
+                  lr=lambda s: cosine_lr(s, 1e-3, 50, 1500), warmup_steps=50)
+    b = write_run(out / "b", power_law(2.0, 300.0, 0.3), noise=0.004, total_steps=1500)
+    assert fit_run(load_run(a), n_boot=20).fits["power"].params()["alpha"]["value"] > 0
+
+    with (out / "s.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["params", "tokens", "loss"])
+        for n in (1e6, 1e7, 1e8):
+            for d in (1e8, 1e9, 1e10):
+                w.writerow([n, d, 1.8 + 400 / n**0.34 + 400 / d**0.28])
+
+    commands = [
+        ["fit", str(a), "--json", "--bootstrap", "20", "--plot", str(out / "f.png")],
+        ["compare", str(a), str(b), "--json"],
+        ["scaling", "fit", "--csv", str(out / "s.csv"), "--json", str(out / "law.json"),
+         "--bootstrap", "20"],
+    ]
+    for argv in commands:
+        code = main(argv)
+        assert code == 0, (argv, code)
+    assert json.loads((out / "law.json").read_text())["n_points"] == 9
+    assert sys.modules["torch"] is None
+    print("ok")
+    """
+)
+
+
+def test_analysis_runs_without_torch(tmp_path):
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("ok")
