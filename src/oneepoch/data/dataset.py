@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from oneepoch.data.shards import open_tokens, payload_sha256, read_header
+from oneepoch.data.shards import file_sha256, open_tokens, payload_sha256, read_header
 from oneepoch.errors import UserError
 
 MANIFEST = "manifest.json"
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class Split:
@@ -86,6 +81,21 @@ def read_manifest(data_dir: str | Path) -> dict:
     return manifest
 
 
+def checked_tokenizer_file(data_dir: Path, info: dict) -> Path | None:
+    """The dataset's tokenizer file (None for bytes), refused unless it made the shards."""
+    if not info.get("file"):
+        return None
+    path = Path(data_dir) / info["file"]
+    if not path.is_file():
+        raise UserError(f"tokenizer file {path} is missing; run `oneepoch prepare` again.")
+    if file_sha256(path) != info["sha256"]:
+        raise UserError(
+            f"tokenizer {path} is not the one the shards were made with (hash differs); "
+            "restore it or run `oneepoch prepare` again."
+        )
+    return path
+
+
 def open_dataset(data_dir: str | Path, verify_checksums: bool = True) -> Dataset:
     """Open and check a prepared dataset.
 
@@ -95,16 +105,7 @@ def open_dataset(data_dir: str | Path, verify_checksums: bool = True) -> Dataset
     """
     path = Path(data_dir)
     manifest = read_manifest(path)
-    tok = manifest["tokenizer"]
-    if tok.get("file"):
-        tok_path = path / tok["file"]
-        if not tok_path.is_file():
-            raise UserError(f"tokenizer file {tok_path} is missing; run `oneepoch prepare` again.")
-        if file_sha256(tok_path) != tok["sha256"]:
-            raise UserError(
-                f"tokenizer {tok_path} is not the one the shards were made with (hash differs); "
-                "restore it or run `oneepoch prepare` again."
-            )
+    checked_tokenizer_file(path, manifest["tokenizer"])
     splits = {}
     for name in ("train", "val"):
         info = manifest["splits"].get(name)

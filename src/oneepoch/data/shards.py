@@ -97,10 +97,16 @@ def open_tokens(path: Path) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_SIZE, shape=(count,))
 
 
-def payload_sha256(path: Path, chunk_bytes: int = 1 << 24) -> str:
+def file_sha256(path: Path, offset: int = 0, chunk_bytes: int = 1 << 24) -> str:
+    """sha256 of a file's bytes from ``offset`` on, read in bounded chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        f.seek(HEADER_SIZE)
+        f.seek(offset)
         while chunk := f.read(chunk_bytes):
             h.update(chunk)
     return h.hexdigest()
+
+
+def payload_sha256(path: Path) -> str:
+    """Checksum of a shard's tokens, as recorded in the manifest."""
+    return file_sha256(path, offset=HEADER_SIZE)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from oneepoch.data.dataset import checked_tokenizer_file
+from oneepoch.data.shards import file_sha256
 from oneepoch.errors import UserError
 
 EOT = "<|endoftext|>"
@@ -24,14 +26,6 @@ EOT_CANDIDATES = (EOT, "<|end_of_text|>", "</s>", "<eos>", "[EOS]")
 # The bytes tokenizer has no file; its manifest hash names the scheme so it still pins it.
 BYTES_SHA256 = hashlib.sha256(b"oneepoch-bytes-v1").hexdigest()
 MIN_BPE_VOCAB = 258  # 256 byte symbols + end-of-text + at least one merge
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _workers(workers: int | None) -> int:
@@ -228,7 +222,7 @@ class HFTokenizer(Tokenizer):
     def save(self, data_dir: Path) -> dict:
         path = data_dir / self.file_name
         self.tok.save(str(path))
-        info = self._manifest(_sha256(path))
+        info = self._manifest(file_sha256(path))
         info["encoder"] = "tiktoken" if self.fast else "tokenizers"
         return info
 
@@ -343,14 +337,7 @@ def tokenizer_from_manifest(
         return BytesTokenizer()
     if data_dir is None:
         raise UserError("the dataset's tokenizer is a file; pass the data directory to load it.")
-    path = Path(data_dir) / info["file"]
-    if not path.is_file():
-        raise UserError(f"tokenizer file {path} is missing; run `oneepoch prepare` again.")
-    if _sha256(path) != info["sha256"]:
-        raise UserError(
-            f"tokenizer {path} is not the one the shards were made with (hash differs); "
-            "restore it or run `oneepoch prepare` again."
-        )
+    path = checked_tokenizer_file(Path(data_dir), info)
     if kind == "tiktoken":
         return TiktokenTokenizer(path, workers)
     if kind in ("bpe", "tokenizer.json"):
