@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "oneepoch.data.cli",  # prepare, data inspect
     "oneepoch.train_cli",  # train, sample
     "oneepoch.analysis.cli",  # fit, compare, scaling
+    "oneepoch.plan.cli",  # plan, sweep
     "oneepoch.demo",  # demo
 ]
 

@@ -61,7 +61,7 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 0  # 0: about 10 checkpoints per run
     keep_checkpoints: int = 2
-    dtype: str = "float32"
+    dtype: str = "auto"  # bf16 autocast where it is faster (see train.pick_dtype), else fp32
     compile: bool = False
     device: str = "auto"
     parallel: str = "ddp"

@@ -1,8 +1,10 @@
 """What machine this is, and the peak FLOP/s that MFU is measured against.
 
-On CPU the peak is measured: a short square-matmul benchmark per dtype, cached per CPU
-model, thread count and torch version (~1 s the first time). On known GPUs it comes from
-a table of dense (no-sparsity) vendor peaks; an unknown GPU is measured like a CPU.
+On known GPUs the peak comes from a table of dense (no-sparsity) datasheet figures per
+dtype. Elsewhere (CPUs, unknown GPUs) it is measured: square matmuls in the training dtype
+at a few sizes, the best rate kept, cached per device, thread count, torch version and dtype
+(a second or two, once). The matmul rate is what a training step can at best attain, so the
+MFU it gives is an honest fraction, not one against a number that no kernel here reaches.
 """
 
 from __future__ import annotations
@@ -10,23 +12,33 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import time
 from pathlib import Path
 
 import torch
 
-# Dense peak FLOP/s by (name fragment, dtype); checked in order, so specific names first.
+# Dense peak FLOP/s by device-name pattern (first match wins) and dtype. "float32" is the
+# TF32 tensor-core peak where the GPU has one, because the trainer enables TF32 for float32
+# on CUDA; GPUs without bf16 tensor cores have no "bfloat16" entry (so it gets measured).
 GPU_PEAKS: list[tuple[str, dict[str, float]]] = [
-    ("H200", {"bfloat16": 989e12, "float32": 67e12}),
-    ("H100 PCIe", {"bfloat16": 756e12, "float32": 51e12}),
-    ("H100", {"bfloat16": 989e12, "float32": 67e12}),
-    ("A100", {"bfloat16": 312e12, "float32": 19.5e12}),
-    ("L40S", {"bfloat16": 362e12, "float32": 91.6e12}),
-    ("L4", {"bfloat16": 121e12, "float32": 30.3e12}),
-    ("A10", {"bfloat16": 125e12, "float32": 31.2e12}),
-    ("V100", {"bfloat16": 125e12, "float32": 15.7e12}),  # no bf16: fp16 tensor-core peak
-    ("RTX 4090", {"bfloat16": 165e12, "float32": 82.6e12}),
+    (r"B200", {"bfloat16": 2250e12, "float32": 1125e12}),
+    (r"GH200|H200", {"bfloat16": 989e12, "float32": 495e12}),
+    (r"H100 NVL", {"bfloat16": 835e12, "float32": 418e12}),
+    (r"H100 PCIe", {"bfloat16": 756e12, "float32": 378e12}),
+    (r"H100", {"bfloat16": 989e12, "float32": 495e12}),  # SXM ("H100 80GB HBM3")
+    (r"A100", {"bfloat16": 312e12, "float32": 156e12}),
+    (r"L40S", {"bfloat16": 362e12, "float32": 183e12}),
+    (r"L40\b", {"bfloat16": 181e12, "float32": 90.5e12}),
+    (r"\bL4\b", {"bfloat16": 121e12, "float32": 60e12}),
+    (r"\bA10\b", {"bfloat16": 125e12, "float32": 62.5e12}),
+    (r"RTX 4090", {"bfloat16": 165e12, "float32": 82.6e12}),
+    (r"RTX 3090", {"bfloat16": 71e12, "float32": 35.6e12}),
+    (r"V100", {"float32": 15.7e12}),
+    (r"\bT4\b", {"float32": 8.1e12}),
 ]
+
+MATMUL_SIZES = (512, 1024, 2048, 4096)
 
 
 def cpu_name() -> str:
@@ -56,70 +68,115 @@ def hardware_info(device: torch.device, world_size: int = 1) -> dict:
     }
 
 
+def gpu_table_peak(name: str, dtype_name: str) -> dict | None:
+    """The datasheet peak for a GPU name like "NVIDIA H100 80GB HBM3", or None if unknown."""
+    for pattern, peaks in GPU_PEAKS:
+        if re.search(pattern, name):
+            if dtype_name not in peaks:
+                return None
+            return {
+                "value": peaks[dtype_name],
+                "dtype": dtype_name,
+                "source": f"table: {pattern} dense {dtype_name} peak",
+            }
+    return None
+
+
 def measure_matmul_flops(
-    device: torch.device, dtype: torch.dtype, size: int = 1024, seconds: float = 0.5
-) -> float:
-    """Best observed FLOP/s of a square matmul (the best run estimates the attainable peak)."""
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    for _ in range(3):  # warm-up: kernel selection, caches
-        a @ b
-    best, deadline = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
+    device: torch.device,
+    dtype: torch.dtype,
+    sizes: tuple[int, ...] = MATMUL_SIZES,
+    seconds: float = 1.5,
+) -> tuple[float, int]:
+    """(best FLOP/s, the size that gave it) over square matmuls of ``dtype``.
+
+    Small sizes under-use the cores and large ones can fall out of cache, so several are
+    tried; the best observed rate estimates the attainable peak.
+    """
+
+    def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        for _ in range(4):
+
+    best, best_size = 0.0, sizes[0]
+    for size in sizes:
+        a = torch.randn(size, size, device=device).to(dtype)
+        b = torch.randn(size, size, device=device).to(dtype)
+        a @ b  # warm-up: kernel selection, packing buffers
+        deadline = time.perf_counter() + seconds / len(sizes)
+        reps = 0
+        while reps < 2 or time.perf_counter() < deadline:
+            sync()
+            t0 = time.perf_counter()
             a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = max(best, 4 * 2 * size**3 / (time.perf_counter() - t0))
-    return best
+            sync()
+            rate = 2 * size**3 / (time.perf_counter() - t0)
+            if rate > best:
+                best, best_size = rate, size
+            reps += 1
+    return best, best_size
 
 
-def _cache_path() -> Path:
+def cache_path() -> Path:
     root = Path(os.environ.get("ONEEPOCH_CACHE", Path.home() / ".cache" / "oneepoch"))
     return root / "peak_flops.json"
 
 
 def peak_flops(device: torch.device, dtype_name: str) -> dict:
-    """{"value", "dtype", "source"}: the FLOP/s that MFU is a fraction of."""
+    """{"value", "dtype", "source"}: the per-device FLOP/s that MFU is a fraction of."""
     name = device_name(device)
     if device.type == "cuda":
-        for fragment, peaks in GPU_PEAKS:
-            if fragment in name and dtype_name in peaks:
-                return {
-                    "value": peaks[dtype_name],
-                    "dtype": dtype_name,
-                    "source": f"table: {fragment} dense peak",
-                }
+        found = gpu_table_peak(name, dtype_name)
+        if found:
+            return found
     key = f"{device.type}|{name}|threads={torch.get_num_threads()}|torch={torch.__version__}|{dtype_name}"
-    cache = _cache_path()
+    cache = cache_path()
     try:
         cached = json.loads(cache.read_text())
     except (OSError, ValueError):
         cached = {}
-    if key not in cached:
-        value = measure_matmul_flops(device, getattr(torch, dtype_name))
-        cached[key] = value
+    entry = cached.get(key)
+    if not isinstance(entry, dict):
+        value, size = measure_matmul_flops(device, getattr(torch, dtype_name))
+        entry = {"value": value, "size": size}
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp")
-            tmp.write_text(json.dumps(cached, indent=1))
+            tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({**cached, key: entry}, indent=1))
             tmp.replace(cache)
         except OSError:
             pass  # a read-only home only costs a re-measurement next time
     return {
-        "value": cached[key],
+        "value": entry["value"],
         "dtype": dtype_name,
-        "source": "measured: best 1024^3 matmul, cached",
+        "source": f"measured: best {dtype_name} square matmul (n={entry['size']}), cached",
     }
 
 
 def cpu_supports_bf16() -> bool:
-    """AMX or AVX512-BF16: bf16 matmuls run faster than fp32 (about 5x with AMX)."""
+    """AMX or AVX512-BF16: the instructions that make bf16 matmuls worth trying on a CPU."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+# bf16 autocast adds casts around every matmul; below this speed-up of the matmuls alone it
+# does not pay (AMX gives ~5x; AVX512-BF16 without AMX can even be slower than MKL's fp32).
+BF16_MIN_GAIN = 1.5
+
+
+def cpu_bf16_is_faster() -> bool:
+    """Whether bf16 autocast pays on this CPU, judged by the (cached) measured peaks."""
+    if not cpu_supports_bf16():
+        return False
+    cpu = torch.device("cpu")
+    return (
+        peak_flops(cpu, "bfloat16")["value"] >= BF16_MIN_GAIN * peak_flops(cpu, "float32")["value"]
+    )
+
+
+def gpu_supports_bf16(device: torch.device) -> bool:
+    """bf16 tensor cores (Ampere and newer); older GPUs only emulate bf16, slowly."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)

@@ -2,19 +2,20 @@
 
 The batch at step s is a pure function of (seed, s, dataset), and the random state used
 by dropout is re-seeded from (seed, s, rank) every step, so resuming from a checkpoint
-reproduces the uninterrupted run exactly.
+reproduces the uninterrupted run exactly. ``batch_size`` is global: each step's windows are
+split into ``grad_accum`` micro-batches and each of those over the ranks, so the global
+batch, and the one-pass guarantee, do not depend on the number of ranks (see
+``oneepoch.distributed``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
 import signal
 import statistics
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +24,20 @@ import torch
 from oneepoch import __version__, checkpoint
 from oneepoch.config import RunConfig, load_toml, total_steps, validate
 from oneepoch.data.dataset import Dataset, Split, open_dataset
+from oneepoch.distributed import (
+    Ranks,
+    clip_grad_norm_,
+    full_state,
+    grad_sync,
+    init_distributed,
+    load_full_state,
+    parallelize,
+)
 from oneepoch.errors import UserError
 from oneepoch.flops import Shape, param_counts, train_flops_per_token
-from oneepoch.hardware import cpu_supports_bf16, hardware_info, peak_flops
+from oneepoch.hardware import cpu_bf16_is_faster, gpu_supports_bf16, hardware_info, peak_flops
 from oneepoch.model import GPT
+from oneepoch.prefetch import Prefetcher
 from oneepoch.progress import Progress
 from oneepoch.rundir import MetricsLog, read_json, write_json
 from oneepoch.sampler import OnePassSampler, RepeatedSampler, num_windows
@@ -45,31 +56,7 @@ class Interrupted(Exception):
 # Small pieces the loop composes
 
 
-@dataclass
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_kind: str) -> Dist:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        backend = "nccl" if device_kind == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def pick_device(name: str, d: Dist) -> torch.device:
+def pick_device(name: str, ranks: Ranks) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
@@ -77,17 +64,22 @@ def pick_device(name: str, d: Dist) -> torch.device:
             raise UserError(
                 "--device cuda was asked for but no CUDA GPU is visible; use --device cpu."
             )
-        torch.cuda.set_device(d.local_rank)
-        return torch.device("cuda", d.local_rank)
+        torch.cuda.set_device(ranks.local_rank)
+        return torch.device("cuda", ranks.local_rank)
     return torch.device("cpu")
 
 
 def pick_dtype(name: str, device: torch.device) -> str:
+    """The compute dtype: "auto" means bf16 autocast where the hardware is fast at bf16.
+
+    GPUs: bf16 tensor cores (Ampere on). CPUs: measured (once, cached): bf16 only where its
+    matmuls clearly beat fp32's, as with AMX.
+    """
     if name != "auto":
         return name
     if device.type == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    return "bfloat16" if cpu_supports_bf16() else "float32"
+        return "bfloat16" if gpu_supports_bf16(device) else "float32"
+    return "bfloat16" if cpu_bf16_is_faster() else "float32"
 
 
 def log_spaced_steps(last: int, per_decade: int = 5) -> set[int]:
@@ -135,6 +127,11 @@ class TrainClock:
 # Run setup
 
 
+# Where the data lives and how ranks share the model may change between sessions of a run:
+# checkpoints do not depend on either.
+RESUME_MAY_CHANGE = {"data.path", "train.parallel"}
+
+
 def resolve_config(base: RunConfig, out: Path, resume: bool, overrides: dict) -> RunConfig:
     """The run's config: the saved one when resuming (flags may not change it)."""
     saved = out / "config.toml"
@@ -146,7 +143,9 @@ def resolve_config(base: RunConfig, out: Path, resume: bool, overrides: dict) ->
             f"{sec}.{k}"
             for sec, values in wanted.to_dict().items()
             for k, v in values.items()
-            if cfg.to_dict()[sec][k] != v and not (sec == "data" and k == "path")
+            if cfg.to_dict()[sec][k] != v
+            and f"{sec}.{k}" not in RESUME_MAY_CHANGE
+            and not (f"{sec}.{k}" == "train.dtype" and v == "auto")  # auto: as resolved before
         ]
         if changed:
             raise UserError(
@@ -155,6 +154,8 @@ def resolve_config(base: RunConfig, out: Path, resume: bool, overrides: dict) ->
             )
         if overrides.get("data", {}).get("path"):
             cfg.data.path = overrides["data"]["path"]
+        if overrides.get("train", {}).get("parallel"):
+            cfg.train.parallel = overrides["train"]["parallel"]
         return cfg
     if not resume and (saved.exists() or (out / "metrics.jsonl").exists()):
         raise UserError(
@@ -194,19 +195,27 @@ def train(
     overrides: dict | None = None,
     show_progress: bool = True,
 ) -> dict:
-    """Train according to ``cfg`` into run directory ``out``; returns run.json's content."""
+    """Train according to ``cfg`` into run directory ``out``; returns run.json's content.
+
+    Under torchrun every rank calls this; rank 0 alone reads and writes ``out``.
+    """
     out = Path(out)
-    cfg = resolve_config(cfg, out, resume, overrides or {})
+    auto_kind = "cuda" if torch.cuda.is_available() else "cpu"
+    ranks = init_distributed(auto_kind if cfg.train.device == "auto" else cfg.train.device)
+    cfg = ranks.from_main(lambda: resolve_config(cfg, out, resume, overrides or {}))
     validate(cfg)
     m, t = cfg.model, cfg.train
-    dist = init_distributed(
-        t.device if t.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    )
-    device = pick_device(t.device, dist)
-    dtype_name = pick_dtype(t.dtype, device)
+    device = pick_device(t.device, ranks)
+    # Rank 0 decides (on CPU by measuring, which ranks sharing cores must not do at once);
+    # config.toml records what ran, not "auto".
+    t.dtype = ranks.from_main(lambda: pick_dtype(t.dtype, device))
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # float32 matmuls on TF32 tensor cores
     if not cfg.data.path:
         raise UserError("no dataset given; pass --data DATA_DIR (made by `oneepoch prepare`).")
-    data = open_dataset(cfg.data.path, verify_checksums=dist.is_main)
+    # Rank 0 re-hashes the shards (and reports a mismatch to all); the others check sizes.
+    ranks.from_main(lambda: open_dataset(cfg.data.path, verify_checksums=True).path)
+    data = open_dataset(cfg.data.path, verify_checksums=False)
     if m.vocab_size and m.vocab_size != data.vocab_size:
         raise UserError(
             f"the config's vocab_size ({m.vocab_size}) does not match the dataset's tokenizer "
@@ -216,12 +225,12 @@ def train(
     steps = total_steps(cfg)
     sampler = make_sampler(cfg, data, steps)
     micro = t.batch_size // t.grad_accum
-    if micro % dist.world_size:
+    if micro % ranks.world_size:
         raise UserError(
             f"the micro-batch ({t.batch_size} / grad_accum {t.grad_accum} = {micro}) must divide "
-            f"evenly over {dist.world_size} ranks; change --batch-size or --grad-accum."
+            f"evenly over {ranks.world_size} ranks; change --batch-size or --grad-accum."
         )
-    per_rank = micro // dist.world_size
+    per_rank = micro // ranks.world_size
     val_windows = min(
         max(1, t.eval_tokens // m.seq_len), num_windows(data.val.num_tokens, m.seq_len)
     )
@@ -239,53 +248,56 @@ def train(
 
     torch.manual_seed(t.seed)
     model = GPT(m).to(device)
-    optimizer = build_optimizer(model, cfg, device)
+    train_model = parallelize(model, t.parallel, t.compile, device, ranks)
+    optimizer = build_optimizer(model, cfg, device)  # after FSDP has sharded the parameters
     start_step, clock_s, metrics_offset = 0, 0.0, None
-    # Training-loss accounting: `acc` sums per-step losses on the device (no sync per step);
-    # it is folded into loss_sum at each log line.
+    # Training-loss accounting: `acc` sums this rank's per-step losses on the device (no sync
+    # per step); at each log line its mean over ranks is folded into loss_sum.
     loss_sum, loss_count, acc, acc_steps = 0.0, 0, torch.zeros((), device=device), 0
     ckpt_root = out / "checkpoints"
-    last_ckpt = checkpoint.latest(ckpt_root) if resume else None
-    if last_ckpt is not None:
-        model_state, state = checkpoint.load(last_ckpt)
+    tensors: list[dict] = [{}, {}]  # model and optimizer state, read by rank 0 only
+
+    def read_checkpoint() -> dict | None:
+        last = checkpoint.latest(ckpt_root) if resume else None
+        if last is None:
+            return None
+        tensors[0], state = checkpoint.load(last)
         if state["tokenizer_sha256"] != data.tokenizer_sha256:
             raise UserError(
                 f"{cfg.data.path} was made with a different tokenizer than the run in {out}; "
                 "resume with the dataset the run started on."
             )
-        model.load_state_dict(model_state)
-        optimizer.load_state_dict(state["optimizer"])
+        tensors[1] = state.pop("optimizer")
+        return state
+
+    state = ranks.from_main(read_checkpoint)
+    if state is not None:
+        load_full_state(model, optimizer, tensors[0], tensors[1], ranks)
         start_step, clock_s, metrics_offset = state["step"], state["wall_s"], state["metrics_bytes"]
         loss_sum, loss_count, acc_steps = state["loss_sum"], state["loss_count"], state["acc_steps"]
         acc = state["acc"].to(device)
     elif resume:
         metrics_offset = 0  # killed before the first checkpoint: start over
-
-    train_model = model
-    if t.compile:
-        train_model = torch.compile(model)
-    if dist.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        train_model = DistributedDataParallel(
-            train_model, device_ids=[device.index] if device.type == "cuda" else None
-        )
+    tensors.clear()  # free rank 0's copy
 
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16)
-        if dtype_name == "bfloat16"
+        if t.dtype == "bfloat16"
         else contextlib.nullcontext()
     )
-    peak = peak_flops(device, dtype_name)
-    counts = param_counts(shape)
+    # Measured by rank 0 alone (the others would compete for the same cores), then shared.
+    peak = ranks.from_main(lambda: {**peak_flops(device, t.dtype), "devices": ranks.world_size})
+    peak_total = peak["value"] * ranks.world_size
     run_info = {
         "oneepoch_version": __version__,
         "torch_version": torch.__version__,
         "python": sys.version.split()[0],
         "status": "running",
-        "hardware": hardware_info(device, dist.world_size),
-        "dtype": dtype_name,
-        "params": counts,
+        "hardware": hardware_info(device, ranks.world_size),
+        "dtype": t.dtype,
+        "compile": t.compile,
+        "parallel": t.parallel if ranks.active else "none",
+        "params": param_counts(shape),
         "flops_per_token": flops_per_token,
         "peak_flops": peak,
         "sampler": {"kind": sampler.kind, "pool_windows": sampler.pool, "epochs": cfg.data.epochs},
@@ -297,7 +309,7 @@ def train(
             "val_tokens_evaluated": val_windows * m.seq_len,
         },
     }
-    if dist.is_main:
+    if ranks.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.toml").write_text(cfg.to_toml())
         metrics = MetricsLog(out / "metrics.jsonl", truncate_to=metrics_offset)
@@ -307,85 +319,88 @@ def train(
 
     @torch.no_grad()
     def evaluate() -> float:
+        """Mean loss over the fixed validation windows, shared out over the ranks."""
         model.eval()
-        mine = val_tokens[dist.rank :: dist.world_size]
+        mine = val_tokens[ranks.rank :: ranks.world_size]
+        chunks = math.ceil(math.ceil(val_windows / ranks.world_size) / per_rank)
         total = torch.zeros(2, dtype=torch.float64, device=device)
-        for chunk in mine.split(max(1, per_rank)):
-            chunk = chunk.to(device)
+        for i in range(chunks):
+            chunk = mine[i * per_rank : (i + 1) * per_rank]
+            # A rank short of windows still runs a forward pass, weighted 0, because FSDP's
+            # parameter gathers need every rank.
+            x = (chunk if len(chunk) else val_tokens[:1]).to(device)
             with autocast:
-                loss = model(chunk[:, :-1], chunk[:, 1:])
-            total += torch.stack(
-                [
-                    loss.double() * len(chunk),
-                    torch.tensor(float(len(chunk)), device=device, dtype=torch.float64),
-                ]
-            )
-        if dist.world_size > 1:
-            torch.distributed.all_reduce(total)
+                loss = model(x[:, :-1], x[:, 1:])
+            total[0] += loss.double() * len(chunk)
+            total[1] += len(chunk)
+        ranks.sum_(total)
         model.train()
         return (total[0] / total[1]).item()
 
     def step_batch(step: int) -> torch.Tensor:
+        """This rank's (grad_accum, per_rank, seq_len + 1) share of the global batch."""
         windows = sampler.windows(step)
-        mine = windows.reshape(t.grad_accum, dist.world_size, per_rank)[:, dist.rank]
+        mine = windows.reshape(t.grad_accum, ranks.world_size, per_rank)[:, ranks.rank]
         return read_windows(data.train, mine.reshape(-1), m.seq_len).view(
             t.grad_accum, per_rank, -1
         )
 
     def train_step(batch: torch.Tensor, lr: float) -> torch.Tensor:
+        """One optimizer step; returns the mean loss of this rank's share, on the device."""
         for group in optimizer.param_groups:
             group["lr"] = lr
+        batch = batch.to(device, non_blocking=True)
         total = torch.zeros((), device=device)
         for k in range(t.grad_accum):
-            x = batch[k].to(device, non_blocking=True)
-            sync = (
-                contextlib.nullcontext()
-                if k == t.grad_accum - 1 or dist.world_size == 1
-                else train_model.no_sync()
-            )
-            with sync, autocast:
-                loss = train_model(x[:, :-1], x[:, 1:]) / t.grad_accum
+            with grad_sync(train_model, k == t.grad_accum - 1), autocast:
+                loss = train_model(batch[k, :, :-1], batch[k, :, 1:]) / t.grad_accum
                 loss.backward()
             total += loss.detach()
         if cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            clip_grad_norm_(model, cfg.optim.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return total
 
     def seed_step(step: int) -> None:
         # Dropout masks become a function of (seed, step, rank): nothing to save for resume.
-        torch.manual_seed((t.seed * 1_000_003 + step) * 1009 + dist.rank)
+        torch.manual_seed((t.seed * 1_000_003 + step) * 1009 + ranks.rank)
 
     def save_checkpoint(step: int) -> None:
-        if dist.is_main:
+        # Every rank takes part (FSDP gathers the shards); rank 0 writes.
+        model_state, optim_state = full_state(model, optimizer)
+        acc_mean = ranks.mean(acc).cpu()
+        if ranks.is_main:
             metrics.sync()
             checkpoint.save(
                 ckpt_root,
                 step,
-                model.state_dict(),
+                model_state,
                 {
                     "step": step,
                     "wall_s": clock.elapsed,
-                    "optimizer": optimizer.state_dict(),
+                    "optimizer": optim_state,
                     "loss_sum": loss_sum,
                     "loss_count": loss_count,
-                    "acc": acc.cpu(),
+                    "acc": acc_mean,
                     "acc_steps": acc_steps,
                     "metrics_bytes": metrics.offset(),
                     "tokenizer_sha256": data.tokenizer_sha256,
                     "config": cfg.to_dict(),
+                    "world_size": ranks.world_size,
                 },
                 keep=t.keep_checkpoints,
             )
+        ranks.barrier()  # nobody leaves (e.g. on a signal) before the checkpoint is complete
 
     # Untimed warm-up: one forward/backward on the first batch (allocations, compilation),
     # gradients discarded and the random state re-seeded afterwards, so results don't change.
-    seed_step(start_step)
-    warm = step_batch(start_step)[0].to(device)
-    with autocast:
-        train_model(warm[:, :-1], warm[:, 1:]).backward()
-    optimizer.zero_grad(set_to_none=True)
+    if start_step < (steps or sampler.max_steps):  # not when resuming a finished run
+        seed_step(start_step)
+        warm = step_batch(start_step)[0].to(device)
+        with autocast:
+            train_model(warm[:, :-1], warm[:, 1:]).backward()
+        optimizer.zero_grad(set_to_none=True)
 
     stop_signal: list[int] = []
 
@@ -393,34 +408,35 @@ def train(
         stop_signal.append(signum)
 
     old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    progress = Progress(enabled=show_progress and dist.is_main)
+    progress = Progress(enabled=show_progress and ranks.is_main)
     clock = TrainClock(device, clock_s)
+    batches = Prefetcher(step_batch, steps or sampler.max_steps, device)
     rates: list[float] = []
     last_log_step, last_log_wall, last_val = start_step, clock_s, None
-    step = start_step
+    step, elapsed, status = start_step, clock_s, "failed"
     try:
         clock.start()
-        while not (steps is not None and step >= steps):
-            if stop_signal:
-                clock.stop()
-                save_checkpoint(step)
-                raise Interrupted(stop_signal[0], step, "")
-            elapsed_frac = None if steps else clock.now() / t.time_s
-            lr = lr_at(cfg.optim, step, steps, elapsed_frac)
+        while steps is None or step < steps:
+            lr = lr_at(cfg.optim, step, steps, None if steps else elapsed / t.time_s)
             seed_step(step)
-            acc += train_step(step_batch(step), lr)
+            acc += train_step(batches.get(step), lr)
             acc_steps += 1
             step += 1
+            # Host-side only (a gloo exchange under torchrun, nothing on one process): every
+            # rank stops at the same step, and sees the same clock.
+            signum, elapsed = ranks.agree(stop_signal[0] if stop_signal else 0, clock.now())
             is_final = step == steps or (
-                steps is None and (clock.now() >= t.time_s or step >= sampler.max_steps)
+                steps is None and (elapsed >= t.time_s or step >= sampler.max_steps)
             )
             do_eval = is_final or step in eval_steps or step % eval_every == 0
             do_log = do_eval or step % t.log_every == 0
-            if not (do_log or step % ckpt_every == 0):
+            do_ckpt = step % ckpt_every == 0 or is_final
+            if not (do_log or do_ckpt or signum):
                 continue
             wall = clock.stop()
             if do_log:
-                loss_sum, loss_count = loss_sum + acc.item(), loss_count + acc_steps  # the sync
+                mean_acc = ranks.mean(acc)
+                loss_sum, loss_count = loss_sum + mean_acc.item(), loss_count + acc_steps  # sync
                 acc.zero_()
                 acc_steps = 0
                 train_loss = loss_sum / loss_count
@@ -445,7 +461,7 @@ def train(
                     last_val = evaluate()
                     record.update(kind="eval", val_loss=last_val)
                     progress.last_val = last_val
-                if dist.is_main:
+                if ranks.is_main:
                     metrics.write(record)
                 loss_sum, loss_count = 0.0, 0
                 last_log_step, last_log_wall = step, wall
@@ -453,12 +469,14 @@ def train(
                 remaining = (steps - step) * tokens_per_step / rate if steps and rate else None
                 if steps is None:
                     remaining = t.time_s - wall
-                mfu = rate * flops_per_token / peak["value"]
+                mfu = rate * flops_per_token / peak_total
                 progress.update(step, steps, train_loss, rate, remaining, mfu, force=is_final)
-            if step % ckpt_every == 0 or is_final:
+            if do_ckpt or (signum and not is_final):
                 save_checkpoint(step)
             if is_final:
                 break
+            if signum:
+                raise Interrupted(signum, step, "")
             clock.start()
         clock.stop()
         status = "completed"
@@ -470,21 +488,19 @@ def train(
             f"`oneepoch train --data {cfg.data.path} --out {out} --resume`",
         )
         raise
-    except BaseException:
-        status = "failed"
-        raise
     finally:
         for s, h in old_handlers.items():
             signal.signal(s, h)
         progress.close()
-        if dist.is_main:
+        batches.close()
+        if ranks.is_main:
             metrics.close()
             tokens_per_s = statistics.median(rates) if rates else 0.0
             prog = sampler.progress(step)
             run_info.update(
                 status=status,
                 tokens_per_s=tokens_per_s,
-                mfu=tokens_per_s * flops_per_token / peak["value"],
+                mfu=tokens_per_s * flops_per_token / peak_total,
                 final={
                     "step": step,
                     "tokens": prog["tokens"],
@@ -494,4 +510,6 @@ def train(
                 },
             )
             write_json(out / "run.json", run_info)
-    return read_json(out / "run.json") if dist.is_main else run_info
+        if status != "failed":  # after a failure a peer may be gone: just exit
+            ranks.close()
+    return read_json(out / "run.json") if ranks.is_main else run_info

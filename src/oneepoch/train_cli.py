@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from oneepoch.errors import UserError
@@ -101,10 +102,18 @@ TRAIN_FLAGS = [
         "train",
         "dtype",
         str,
-        "float32 (default), bfloat16 (autocast) or auto (bf16 where the hardware is fast at it)",
+        "auto (default: bf16 autocast on GPUs with bf16 tensor cores and on CPUs whose "
+        "measured bf16 matmuls beat fp32, as with AMX; else float32), float32 or bfloat16",
     ),
     ("--device", "train", "device", str, "auto (default), cpu or cuda"),
-    ("--parallel", "train", "parallel", str, "under torchrun: ddp (default) or fsdp"),
+    (
+        "--parallel",
+        "train",
+        "parallel",
+        str,
+        "under torchrun: ddp (default; a model replica per process) or fsdp (FSDP2: parameters, "
+        "gradients and optimizer state sharded over processes, for models too big for one device)",
+    ),
 ]
 
 
@@ -130,7 +139,12 @@ def register(subparsers) -> None:
     budget.add_argument("--time", help="training wall-clock, e.g. 600, 90s, 20min, 1h")
     for flag, _section, key, kind, text in TRAIN_FLAGS:
         p.add_argument(flag, dest=key, type=kind, default=None, help=text)
-    p.add_argument("--compile", action="store_true", default=None, help="use torch.compile")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile the model (compilation is untimed warm-up; pays off on GPUs)",
+    )
     p.add_argument(
         "--resume",
         action="store_true",
@@ -182,6 +196,7 @@ def run_train(args) -> int:
     from oneepoch.train import Interrupted, train
 
     overrides = overrides_from_args(args)
+    is_main = os.environ.get("RANK", "0") == "0"
     cfg = RunConfig()
     if args.config:
         cfg.update(load_toml(args.config), args.config)
@@ -191,8 +206,15 @@ def run_train(args) -> int:
             cfg, args.out, resume=args.resume, overrides=overrides, show_progress=not args.quiet
         )
     except Interrupted as exc:
-        print(str(exc), file=sys.stderr)
+        if is_main:
+            print(str(exc), file=sys.stderr)
         return 128 + exc.signum
+    except UserError:
+        if is_main:
+            raise  # printed once, by the CLI
+        return 2
+    if not is_main:
+        return 0  # under torchrun rank 0 speaks for the run
     if args.json:
         print(json.dumps(info, indent=2))
     else:

@@ -1,0 +1,356 @@
+"""Putting a plan together: budget -> rule -> parameter target -> fastest shape -> run.
+
+For each rule: the budget becomes a compute budget C (FLOPs as given; tokens by solving the
+rule's D(C) = tokens; wall-clock by solving the run's estimated elapsed time = budget), the
+rule turns C into a parameter target, the near-equal shapes compete on measured tokens/s,
+and the winner's tokens are fixed so the run spends the budget (C / FLOPs per token, the
+token budget, or the tokens that fit the time once evaluation and checkpoints are paid).
+Then batch size, steps, epochs, learning rate and the time estimate follow.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from oneepoch.errors import UserError
+from oneepoch.flops import Shape, train_flops_per_token
+from oneepoch.plan.budget import Budget, format_seconds
+from oneepoch.plan.calibrate import Calibration
+from oneepoch.plan.estimate import Estimate, estimate_run
+from oneepoch.plan.heuristics import MIN_BATCH, MIN_STEPS, batch_size, learning_rate
+from oneepoch.plan.rules import MAX_EPOCHS, Allocation, RuleContext, solve_increasing
+from oneepoch.plan.shapes import NEAR_EQUAL, Candidate, FlopsCurve, near_equal, smallest
+from oneepoch.sampler import num_windows
+
+C_HIGHEST = 1e30
+MEASURE_CHOSEN, MEASURE_OTHERS = 3, 1  # near-equal shapes timed for the chosen rule / others
+MAX_ROUNDS = 8  # measuring can move a plan to a new batch or shape; measured pairs stay
+
+
+@dataclass
+class Corpus:
+    train_tokens: int
+    vocab_size: int
+    val_tokens: int | None = None  # unknown with --unique-tokens
+    path: str = ""
+    data_bytes: int = 0
+
+    def windows(self, seq_len: int) -> int:
+        return num_windows(self.train_tokens, seq_len)
+
+    def usable_tokens(self, seq_len: int) -> int:
+        """Tokens a one-pass run can see: whole windows of seq_len (sampler.py)."""
+        return self.windows(seq_len) * seq_len
+
+
+def corpus_from_data(path: str | Path) -> Corpus:
+    """Split sizes from the manifest alone: no shard is opened."""
+    from oneepoch.data.dataset import read_manifest
+
+    manifest = read_manifest(path)
+    try:
+        splits = manifest["splits"]
+        train = int(splits["train"]["tokens"])
+        vocab = int(manifest["tokenizer"]["vocab_size"])
+        shards = splits["train"].get("shards", []) + splits.get("val", {}).get("shards", [])
+    except (KeyError, TypeError, ValueError):
+        raise UserError(
+            f"{path}/manifest.json lacks split token counts or the vocabulary size; "
+            "run `oneepoch prepare` again."
+        ) from None
+    val = splits.get("val", {}).get("tokens")
+    width = 2 if manifest.get("dtype", "uint16") == "uint16" else 4
+    size = sum(int(s.get("tokens", 0)) for s in shards) * width
+    return Corpus(train, vocab, int(val) if val is not None else None, str(path), size)
+
+
+@dataclass
+class Settings:
+    """What the planner holds fixed (dtype and device live in the calibration)."""
+
+    seq_len: int = 128
+    tokens_per_param: float = 5.0
+    eval_tokens: int = 32768  # the trainer's default
+    fitted_count: str = "non_embedding"
+
+
+@dataclass
+class RulePlan:
+    rule: str
+    source: str
+    count: str  # the parameter count the rule speaks of
+    target_params: float = 0.0
+    candidate: Candidate | None = None
+    tokens: int = 0
+    unique_tokens: int = 0
+    epochs: float = 1.0
+    steps: int = 0
+    batch_size: int = 0
+    lr: float = 0.0
+    flops: float = 0.0
+    budget_flops: float = 0.0
+    estimate: Estimate | None = None
+    pred_loss: float | None = None
+    notes: list[str] = field(default_factory=list)
+    problem: str | None = None
+    contenders: list[Candidate] = field(default_factory=list)
+
+    @property
+    def shape(self) -> Shape | None:
+        return self.candidate.shape if self.candidate else None
+
+    def to_json(self) -> dict:
+        c, s = self.candidate, self.shape
+        return {
+            "params": c.total if c else None,
+            "params_non_embedding": c.non_embedding if c else None,
+            "count": self.count,
+            "target_params": self.target_params,
+            "tokens": self.tokens,
+            "unique_tokens": self.unique_tokens,
+            "epochs": self.epochs,
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "shape": (
+                {
+                    "n_layer": s.n_layer,
+                    "n_head": s.n_head,
+                    "d_model": s.d_model,
+                    "seq_len": s.seq_len,
+                    "vocab_size": s.vocab_size,
+                }
+                if s
+                else None
+            ),
+            "flops_per_token": c.flops_per_token if c else None,
+            "flops": self.flops,
+            "budget_flops": self.budget_flops,
+            "est_seconds": self.estimate.elapsed_s if self.estimate else None,
+            "est_train_seconds": self.estimate.train_s if self.estimate else None,
+            "estimate": self.estimate.to_json() if self.estimate else None,
+            "pred_loss": self.pred_loss,
+            "source": self.source,
+            "notes": self.notes,
+            "problem": self.problem,
+        }
+
+
+class Planner:
+    def __init__(self, corpus: Corpus, settings: Settings, calibration: Calibration):
+        self.corpus, self.settings, self.calib = corpus, settings, calibration
+        self.T, self.V = settings.seq_len, corpus.vocab_size
+        if corpus.windows(self.T) < MIN_BATCH:
+            raise UserError(
+                f"the training split holds {corpus.train_tokens:,} tokens, fewer than "
+                f"{MIN_BATCH} windows of {self.T + 1}; prepare more data or lower --seq-len."
+            )
+        self.curve = FlopsCurve(self.T, self.V)
+        self.ctx = RuleContext(self.curve, corpus.usable_tokens(self.T))
+        windows = max(1, settings.eval_tokens // self.T)
+        if corpus.val_tokens is not None:
+            windows = min(windows, max(1, num_windows(corpus.val_tokens, self.T)))
+        self.val_windows = windows
+
+    # -- one rule ------------------------------------------------------------------------
+
+    def plan(self, rule, budget: Budget) -> RulePlan:
+        # the least compute worth searching: one step of the smallest model
+        lowest = smallest(self.T, self.V).flops_per_token * MIN_BATCH * self.T
+        if budget.kind == "flops":
+            flops = budget.value
+        elif budget.kind == "tokens":
+            flops = solve_increasing(
+                lambda c: rule.allocate(c, self.ctx).tokens, budget.value, lowest, C_HIGHEST
+            )
+        else:
+            flops = solve_increasing(
+                lambda c: self._smooth_elapsed(rule, c), budget.value, lowest, C_HIGHEST
+            )
+        return self._realize(rule, flops, budget)
+
+    def _smooth_elapsed(self, rule, flops: float) -> float:
+        """Elapsed time of the rule's run at compute ``flops``, for the rule's own (N, D),
+        with FLOPs per token and throughput as smooth functions of N. Using the discrete
+        shapes here would make time jump between neighbouring shapes, and the search would
+        settle on the jump instead of on the rule's N."""
+        alloc = rule.allocate(flops, self.ctx)
+        tokens = min(alloc.tokens, alloc.max_tokens or alloc.tokens)
+        fpt = self.curve(alloc.params, alloc.count)
+        b = batch_size(tokens, self.T)
+        steps = max(1, int(tokens // (b * self.T)))
+        rate = self.calib.model_rate(fpt, alloc.params, b, self.T)
+        est = estimate_run(self.T, b, steps, rate, self.val_windows, self.corpus.data_bytes)
+        return est.elapsed_s
+
+    def _realize(self, rule, flops: float, budget: Budget) -> RulePlan:
+        """The run for compute ``flops``: the rule's parameter target, the fastest near-equal
+        shape, and the tokens that spend the budget."""
+        alloc = rule.allocate(flops, self.ctx)
+        if budget.kind == "seconds":
+            alloc, ranked, tokens, batch = self._fit_time(rule, alloc, budget.value)
+        else:
+            ranked, batch = self._ranked(alloc), None
+            tokens = flops / ranked[0].flops_per_token if budget.kind == "flops" else budget.value
+            if alloc.max_tokens is not None:
+                tokens = min(tokens, alloc.max_tokens)
+        best = ranked[0]
+        plan = RulePlan(rule.name, rule.source, alloc.count, alloc.params, budget_flops=flops)
+        plan.candidate, plan.contenders = best, ranked
+        self.finish(plan, rule, tokens, batch)
+        plan.budget_flops = flops if budget.kind == "flops" else plan.flops
+        if alloc.data_limited:
+            plan.notes.append(
+                f"the corpus holds {self.ctx.unique_tokens:,.0f} usable tokens, fewer than the "
+                f"budget wants: one epoch of all of it with N = U / {rule.r:g}"
+                + self._budget_share(plan, budget)
+            )
+        count = best.count(alloc.count)
+        if count < alloc.params / NEAR_EQUAL or count > alloc.params * NEAR_EQUAL:
+            plan.notes.append(
+                f"the rule's {alloc.params:,.0f} {alloc.count.replace('_', '-')} parameters "
+                f"became the nearest shape's {count:,}"
+            )
+        return plan
+
+    def _ranked(self, alloc: Allocation) -> list[Candidate]:
+        """Shapes near the rule's target, fastest (measured tokens/s) first."""
+        batch = batch_size(alloc.tokens, self.T)
+        return sorted(
+            near_equal(alloc.params, alloc.count, self.T, self.V),
+            key=lambda c: -self.calib.rate(c.shape, batch).tokens_per_s,
+        )
+
+    def _fit_time(self, rule, alloc: Allocation, seconds: float):
+        """Shape and tokens for a wall-clock budget, true to the rule at measured speed.
+
+        The search for the compute budget used smooth estimates; a real shape runs faster
+        or slower, so the tokens that fill the time change, and with them the compute, and
+        the rule's N for that compute. Iterate N -> fastest shape -> tokens in the time ->
+        compute -> N until the shape repeats, keeping the shape closest to the rule's N for
+        what it spends. The batch follows the rule's tokens, not the measured speed, so a run
+        near a batch boundary does not flip between two batches' rates.
+        """
+        best, seen = None, set()
+        for _ in range(6):
+            ranked, batch = self._ranked(alloc), batch_size(alloc.tokens, self.T)
+            shape = ranked[0].shape
+            tokens = self._tokens_for_time(shape, batch, seconds)
+            if alloc.max_tokens is not None:
+                tokens = min(tokens, alloc.max_tokens)
+            implied = rule.allocate(max(tokens, 1.0) * ranked[0].flops_per_token, self.ctx)
+            miss = abs(math.log(ranked[0].count(alloc.count) / implied.params))
+            if best is None or miss < best[0]:
+                best = (miss, (alloc, ranked, tokens, batch))
+            if shape in seen:
+                break
+            seen.add(shape)
+            alloc = implied
+        return best[1]
+
+    @staticmethod
+    def _budget_share(plan: RulePlan, budget: Budget) -> str:
+        if budget.kind == "tokens":
+            return ""
+        used = plan.flops if budget.kind == "flops" else plan.estimate.elapsed_s
+        return f", using {used / budget.value:.0%} of the budget"
+
+    def _tokens_for_time(self, shape: Shape, batch: int, seconds: float) -> float:
+        """The most tokens whose run, evaluation and checkpoints included, fits ``seconds``."""
+        rate = self.calib.rate(shape, batch)
+
+        def elapsed(tokens: float) -> float:
+            steps = max(1, int(tokens // (batch * self.T)))
+            est = estimate_run(self.T, batch, steps, rate, self.val_windows, self.corpus.data_bytes)
+            return est.elapsed_s
+
+        return solve_increasing(elapsed, seconds, MIN_BATCH * self.T, 1e16)
+
+    def finish(self, plan: RulePlan, rule, tokens: float, batch: int | None = None) -> None:
+        """Batch (the heuristic's unless given), steps, epochs, LR, cost and time of ``plan``
+        training its candidate shape on ``tokens`` tokens."""
+        cand, T = plan.candidate, self.T
+        b = batch or batch_size(tokens, T)
+        steps = int(tokens // (b * T))
+        windows = self.corpus.windows(T)
+        plan.batch_size, plan.steps = b, steps
+        plan.tokens = steps * b * T
+        samples = steps * b
+        if samples > windows:
+            plan.epochs = math.ceil(samples / windows * 1e4) / 1e4  # RepeatedSampler's pool fits
+            plan.unique_tokens = math.ceil(samples / plan.epochs) * T
+            plan.notes.append(f"repeats the corpus {plan.epochs:.2f} times")
+        else:
+            plan.epochs, plan.unique_tokens = 1.0, plan.tokens
+        plan.flops = plan.tokens * cand.flops_per_token
+        plan.lr = learning_rate(cand.non_embedding)
+        rate = self.calib.rate(cand.shape, b)
+        plan.estimate = estimate_run(
+            cand.shape.seq_len, b, max(steps, 1), rate, self.val_windows, self.corpus.data_bytes
+        )
+        counts = {"total": cand.total, "non_embedding": cand.non_embedding}
+        if steps >= 1:
+            plan.pred_loss = rule.predict_loss(counts, plan.tokens, plan.unique_tokens)
+        if steps < MIN_STEPS:
+            plan.problem = self._too_small(tokens)
+        elif plan.epochs > MAX_EPOCHS:
+            plan.problem = (
+                f"the corpus of {self.corpus.train_tokens:,} tokens is too small for this budget: "
+                f"the {rule.name} rule would repeat it {plan.epochs:,.0f} times, past "
+                f"{MAX_EPOCHS} where more repetition is worth almost nothing (Muennighoff et al. "
+                "2023); prepare more data or lower the budget."
+            )
+
+    def _too_small(self, tokens: float) -> str:
+        low = smallest(self.T, self.V)
+        need = MIN_STEPS * MIN_BATCH * self.T
+        if self.ctx.unique_tokens < need and tokens >= self.ctx.unique_tokens:
+            return (
+                f"the corpus holds only {self.ctx.unique_tokens:,.0f} usable tokens, fewer than "
+                f"{MIN_STEPS} steps of {MIN_BATCH} sequences of {self.T}; prepare more data or "
+                "lower --seq-len."
+            )
+        rate = self.calib.rate(low.shape, MIN_BATCH)
+        est = estimate_run(
+            low.shape.seq_len, MIN_BATCH, MIN_STEPS, rate, self.val_windows, self.corpus.data_bytes
+        )
+        return (
+            f"the budget cannot train even the smallest model (1 layer, d_model {low.shape.d_model}) "
+            f"for {MIN_STEPS} steps of {MIN_BATCH} sequences of {self.T} tokens; give at least "
+            f"{need * train_flops_per_token(low.shape):.2g} FLOPs, {need:,} tokens or "
+            f"{format_seconds(est.elapsed_s)}."
+        )
+
+    # -- all rules, calibrating as needed ----------------------------------------------------
+
+    def _plan_or_problem(self, rule, budget: Budget) -> RulePlan:
+        try:
+            return self.plan(rule, budget)
+        except UserError as exc:  # shown as this rule's problem; raised if it is the chosen
+            return RulePlan(rule.name, rule.source, rule.count, problem=str(exc))
+
+    def plan_all(self, rules: list, budget: Budget, chosen: str) -> dict[str, RulePlan]:
+        """Plans for every rule. Calibrates until each plan's leading shapes are measured:
+        the chosen rule's MEASURE_CHOSEN fastest near-equal shapes, the others' fastest."""
+        for _ in range(MAX_ROUNDS):
+            plans = {rule.name: self._plan_or_problem(rule, budget) for rule in rules}
+            if not self.calib.allow_measure:
+                break
+            todo: list[tuple[Shape, int]] = []
+            for name, p in plans.items():
+                if p.problem:
+                    continue
+                k = MEASURE_CHOSEN if name == chosen else MEASURE_OTHERS
+                for c in p.contenders[:k]:
+                    if (
+                        not self.calib.has(c.shape, p.batch_size)
+                        and (c.shape, p.batch_size) not in todo
+                    ):
+                        todo.append((c.shape, p.batch_size))
+            if not todo:
+                break
+            for shape, b in todo:
+                self.calib.measure(shape, b)
+        return plans

@@ -1,0 +1,209 @@
+"""`oneepoch plan` and `oneepoch sweep` as a user runs them, on the tiny byte dataset.
+
+The throughput cache lives in a temporary $ONEEPOCH_CACHE, seeded so nothing but one tiny
+calibration is measured; no test asserts on timings.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import pytest
+
+from oneepoch.cli import main
+from oneepoch.flops import Shape
+
+SEQ = 32
+FAST = ["--seq-len", str(SEQ), "--eval-tokens", "256", "--dtype", "float32"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: a shared machine's neighbours then slow these tests less."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch, one_thread):
+    """A throughput cache seeded with one made-up point, so plans measure nothing."""
+    from oneepoch.plan.calibrate import Calibration, point_key
+
+    monkeypatch.setenv("ONEEPOCH_CACHE", str(tmp_path / "cache"))
+    calib = Calibration("cpu", "float32", measure=False)
+    shape = Shape(1, 1, 32, SEQ, 257)
+    calib.points[point_key(shape, 8)] = {
+        "batch": 8,
+        "tokens_per_s": 20000.0,
+        "eval_tokens_per_s": 60000.0,
+        "checkpoint_s": 0.01,
+        "flops_per_step": 8 * SEQ * 135360.0,
+        "flops_per_s": 20000.0 * 135360.0,
+        "total_params": 20000,
+        "busy": False,
+    }
+    calib._save()
+    return tmp_path / "cache" / "throughput.json"
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_calibration_measures_once_and_caches(tmp_path, monkeypatch):
+    from oneepoch.plan.calibrate import Calibration
+
+    monkeypatch.setenv("ONEEPOCH_CACHE", str(tmp_path))
+    shape = Shape(1, 1, 32, 16, 257)
+    calib = Calibration("cpu", "float32", seconds=0.05)
+    assert not calib.has(shape, 8)
+    rate = calib.measure(shape, 8)
+    assert rate.source == "measured" and rate.tokens_per_s > 0 and rate.eval_tokens_per_s > 0
+    again = Calibration("cpu", "float32", measure=False)
+    assert again.rate(shape, 8).tokens_per_s == rate.tokens_per_s
+    assert again.rate(shape, 16).source == "measured at batch 8"
+    assert again.rate(Shape(2, 2, 64, 16, 257), 8).source == "interpolated"
+
+
+def test_plan_writes_a_config_train_runs_and_check_compares(tmp_path, capsys, cache, byte_dataset):
+    plan = tmp_path / "plan.toml"
+    code, out, err = run(
+        capsys, "plan", "--budget", "4e9", "--data", byte_dataset, "--out", plan, "--json",
+        "--no-calibrate", *FAST,
+    )  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["chosen"] == "komatsuzaki"
+    assert set(result["rules"]) == {"komatsuzaki", "chinchilla", "kaplan", "data-constrained"}
+    chosen = result["rules"]["komatsuzaki"]
+    for key in (
+        "params",
+        "tokens",
+        "epochs",
+        "steps",
+        "shape",
+        "flops",
+        "est_seconds",
+        "pred_loss",
+    ):
+        assert key in chosen
+    assert chosen["flops"] <= 4e9
+    sidecar = json.loads((tmp_path / "plan.json").read_text())
+    assert sidecar["prediction"]["tokens"] == chosen["tokens"]
+
+    run_dir = tmp_path / "run"
+    code, out, err = run(
+        capsys, "train", "--data", byte_dataset, "--config", plan, "--out", run_dir, "--quiet"
+    )
+    assert code == 0, err
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["final"]["step"] == chosen["steps"]
+    assert info["final"]["tokens"] == chosen["tokens"]
+
+    code, out, err = run(capsys, "plan", "--check", run_dir, "--plan", plan, "--json")
+    assert code == 0, err
+    check = json.loads(out)
+    assert check["predictions"] == "plan" and check["rule"] == "komatsuzaki"
+    assert check["train_s"]["actual"] == info["final"]["wall_s"]
+    assert check["train_s"]["predicted"] == chosen["est_train_seconds"]
+    assert check["evaluations"]["predicted"] == check["evaluations"]["actual"]
+    assert check["elapsed_s"]["ratio"] > 0
+
+    # without a plan file the prediction is re-derived from the run's config
+    code, out, err = run(capsys, "plan", "--check", run_dir, "--no-calibrate")
+    assert code == 0, err
+    assert "re-derived" in out and "training wall-clock" in out
+
+
+def test_plan_table_shows_every_rule_side_by_side(capsys, cache, byte_dataset, tmp_path):
+    law = {"form": "chinchilla"}
+    for k, v in {"E": 1.0, "A": 50.0, "B": 50.0, "alpha": 0.3, "beta": 0.3}.items():
+        law[k] = {"value": v, "ci_low": v, "ci_high": v, "se": 0.0}
+    (tmp_path / "law.json").write_text(json.dumps(law))
+    code, out, err = run(
+        capsys, "plan", "--budget", "2min", "--data", byte_dataset, "--no-calibrate",
+        "--rule", f"fitted:{tmp_path / 'law.json'}", *FAST,
+    )  # fmt: skip
+    assert code == 0, err
+    header = out.splitlines()[1]
+    for name in ("komatsuzaki", "chinchilla", "kaplan", "data-constrained", "*fitted"):
+        assert name in header
+    loss_row = next(line for line in out.splitlines() if line.startswith("predicted loss"))
+    assert loss_row.split()[-1] != "-"  # the fitted law predicts a loss
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--budget", "1e6"], "smallest model"),
+        (["--budget", "lots"], "cannot read budget"),
+        (["--budget", "1e12"], "--data DATA_DIR or --unique-tokens"),
+        (["--budget", "1e12", "--data", "/nonexistent/data"], "does not exist"),
+        (["--budget", "1e16", "--unique-tokens", "20k", "--rule", "data-constrained"], "repeat"),
+        (["--budget", "1e12", "--unique-tokens", "500", "--seq-len", "128"], "fewer than 8"),
+    ],
+)
+def test_impossible_inputs_get_one_sentence(capsys, cache, byte_dataset, args, message):
+    if args == ["--budget", "1e6"]:
+        args = args + ["--data", str(byte_dataset), *FAST]
+    code, out, err = run(capsys, "plan", *args, "--no-calibrate", "--dtype", "float32")
+    assert code == 2
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_unparsable_law_file(capsys, cache, byte_dataset, tmp_path):
+    (tmp_path / "law.json").write_text("{not json")
+    code, out, err = run(
+        capsys, "plan", "--budget", "1e10", "--data", byte_dataset, "--no-calibrate",
+        "--rule", f"fitted:{tmp_path / 'law.json'}", *FAST,
+    )  # fmt: skip
+    assert code == 2 and "not valid JSON" in err
+
+
+def test_sweep_writes_the_scaling_csv_and_skips_finished_runs(
+    capsys, cache, byte_dataset, tmp_path
+):
+    out_dir = tmp_path / "sweep"
+    argv = [
+        "sweep", "--budget", "6e9", "--sizes", "13k,50k", "--data", byte_dataset,
+        "--out", out_dir, "--no-calibrate", "--quiet", *FAST,
+    ]  # fmt: skip
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    with (out_dir / "sweep.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2
+    assert {"params", "tokens", "loss", "unique_tokens", "flops", "run"} <= set(rows[0])
+    flops = [float(r["flops"]) for r in rows]
+    assert all(5e9 < f <= 6e9 for f in flops)  # IsoFLOP: the same budget for each size
+    assert len({int(r["params"]) for r in rows}) == 2
+
+    stamps = {p: os.stat(p).st_mtime_ns for p in out_dir.glob("*/*/run.json")}
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    assert out.count("  done") == 2 and "0 runs to train" in out
+    assert stamps == {p: os.stat(p).st_mtime_ns for p in out_dir.glob("*/*/run.json")}
+
+
+def test_plan_without_data_is_a_valid_config(capsys, cache, tmp_path):
+    from oneepoch.config import RunConfig, load_toml, validate
+
+    plan = tmp_path / "plan.toml"
+    code, out, err = run(
+        capsys, "plan", "--budget", "50M tokens", "--unique-tokens", "20M", "--vocab-size", "257",
+        "--rule", "chinchilla", "--out", plan, "--no-calibrate", *FAST,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "oneepoch train --data DATA_DIR --config" in out
+    cfg = RunConfig.from_dict(load_toml(plan), str(plan))
+    validate(cfg)
+    assert cfg.data.epochs > 1  # 50M tokens from 20M unique
+    assert cfg.train.tokens <= 50e6 and cfg.model.vocab_size == 257
