@@ -211,8 +211,10 @@ def test_fsdp_resumes_a_one_rank_run_on_two_ranks(byte_dataset, reference, tmp_p
     got_model, got = checkpoint.load(checkpoint.latest(out / "checkpoints"))
     want_model, want = checkpoint.load(checkpoint.latest(reference / "checkpoints"))
     assert got_model.keys() == want_model.keys()
+    # Adam turns float-reordering noise in near-zero gradients into updates of up to the
+    # learning rate (2e-3 here), so single elements may differ by a few steps' worth.
     for name, tensor in want_model.items():
-        torch.testing.assert_close(got_model[name], tensor, rtol=1e-2, atol=1e-4)
+        torch.testing.assert_close(got_model[name], tensor, rtol=1e-2, atol=1e-2)
     assert got["optimizer"]["state"].keys() == want["optimizer"]["state"].keys()
     for name, st in want["optimizer"]["state"].items():
         torch.testing.assert_close(
