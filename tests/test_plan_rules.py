@@ -15,7 +15,7 @@ from oneepoch.flops import Shape, param_counts, train_flops_per_token
 from oneepoch.plan.budget import parse_budget
 from oneepoch.plan.calibrate import Rate
 from oneepoch.plan.estimate import checkpoint_count, estimate_run, evaluation_steps
-from oneepoch.plan.heuristics import batch_size, learning_rate
+from oneepoch.plan.heuristics import batch_size, grad_accum, learning_rate
 from oneepoch.plan.rules import (
     MUENNIGHOFF,
     Chinchilla,
@@ -211,6 +211,12 @@ def test_batch_size_aims_at_a_thousand_steps():
     assert batch_size(5.5e6, 128) == 32  # 43 sequences -> power of two below
     assert batch_size(1e3, 128) == 8
     assert batch_size(1e12, 128) == 512
+
+
+def test_grad_accum_only_bounds_the_logits_memory():
+    assert grad_accum(16, 128, 4096) == 1
+    assert grad_accum(512, 128, 4096) == 4  # 512 x 128 x 4096 x 12 bytes = 3.2 GB -> 0.8 GB
+    assert grad_accum(8, 2048, 50257) == 8  # one sequence per micro-batch at most
 
 
 def test_learning_rate_is_kaplans_fit():

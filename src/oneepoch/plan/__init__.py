@@ -7,7 +7,8 @@
 - ``heuristics``: batch size and learning rate;
 - ``calibrate``: measured training throughput on this machine, cached;
 - ``estimate``: wall-clock of a planned run, evaluation and checkpoints included;
-- ``planner``: putting them together for every rule; ``check``: plan vs actual run;
+- ``planner``: putting them together for every rule; ``planfile``: plan.toml and its
+  plan.json sidecar; ``check``: plan vs actual run;
 - ``sweep``: an IsoFLOP grid of runs and the CSV ``oneepoch scaling fit`` reads;
 - ``cli``: ``oneepoch plan`` and ``oneepoch sweep``.
 

@@ -280,6 +280,7 @@ def measure_point(shape: Shape, batch: int, device, dtype: str, seconds: float =
     from oneepoch.config import ModelConfig, RunConfig
     from oneepoch.data.dataset import Split
     from oneepoch.model import GPT
+    from oneepoch.plan.heuristics import grad_accum
     from oneepoch.train import build_optimizer, read_windows
 
     cfg = RunConfig()
@@ -309,13 +310,16 @@ def measure_point(shape: Shape, batch: int, device, dtype: str, seconds: float =
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    accum = grad_accum(batch, shape.seq_len, shape.vocab_size)
+
     def train_step() -> None:
         x = read_windows(split, rng.integers(0, n_windows, batch), shape.seq_len).to(device)
         for group in optimizer.param_groups:
             group["lr"] = 1e-4
-        with autocast:
-            loss = model(x[:, :-1], x[:, 1:])
-            loss.backward()
+        for micro in x.view(accum, batch // accum, -1):
+            with autocast:
+                loss = model(micro[:, :-1], micro[:, 1:]) / accum
+                loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -339,8 +343,8 @@ def measure_point(shape: Shape, batch: int, device, dtype: str, seconds: float =
     # Contended cores make step times erratic, even when the load average has not caught up.
     busy = machine_busy(share=share) or statistics.pstdev(times) > NOISY_STEPS * step_s
 
-    model.eval()
-    x = read_windows(split, np.arange(batch), shape.seq_len).to(device)
+    model.eval()  # the trainer evaluates in chunks of the micro-batch
+    x = read_windows(split, np.arange(batch // accum), shape.seq_len).to(device)
     with torch.no_grad(), autocast:
         model(x[:, :-1], x[:, 1:])
         sync()
@@ -360,6 +364,7 @@ def measure_point(shape: Shape, batch: int, device, dtype: str, seconds: float =
 
     tokens_per_step = batch * shape.seq_len
     fpt = train_flops_per_token(shape)
+    eval_s = eval_s * accum  # per batch of windows, as the rates are
     return {
         "batch": batch,
         "tokens_per_s": tokens_per_step / step_s,

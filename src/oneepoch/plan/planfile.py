@@ -15,6 +15,7 @@ from oneepoch.config import RunConfig, validate
 from oneepoch.errors import UserError
 from oneepoch.plan.budget import Budget
 from oneepoch.plan.calibrate import Calibration
+from oneepoch.plan.heuristics import grad_accum
 from oneepoch.plan.planner import Corpus, RulePlan, Settings
 
 PLAN_FORMAT = "oneepoch-plan"
@@ -29,6 +30,7 @@ def run_config(plan: RulePlan, corpus: Corpus, settings: Settings, calib: Calibr
     cfg.data.epochs = plan.epochs
     cfg.optim.lr = float(f"{plan.lr:.3g}")
     cfg.train.batch_size = plan.batch_size
+    cfg.train.grad_accum = grad_accum(plan.batch_size, s.seq_len, s.vocab_size)
     cfg.train.tokens = plan.tokens
     cfg.train.eval_tokens = settings.eval_tokens
     cfg.train.dtype = calib.dtype  # resolved: the dtype the calibration measured

@@ -4,8 +4,9 @@ For each rule: the budget becomes a compute budget C (FLOPs as given; tokens by 
 rule's D(C) = tokens; wall-clock by solving the run's estimated elapsed time = budget), the
 rule turns C into a parameter target, the near-equal shapes compete on measured tokens/s,
 and the winner's tokens are fixed so the run spends the budget (C / FLOPs per token, the
-token budget, or the tokens that fit the time once evaluation and checkpoints are paid).
-Then batch size, steps, epochs, learning rate and the time estimate follow.
+token budget, or the tokens that fit the time once evaluation and checkpoints are paid, see
+``Planner._fit_time``). Then batch size, steps, epochs, learning rate and the time estimate
+follow.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Every rule states which parameter count it speaks of: Kaplan et al. (2020) fit non-embedding
 parameters; Hoffmann et al. (2022) and Muennighoff et al. (2023), who follow them, count all
 parameters. C is always the real cost, ``flops_per_token(N) x D`` from oneepoch.flops (so
-the output head, a large share of small models' cost, is paid for), except where a rule is
-defined in its paper's own accounting (Kaplan's C = 6 N D, see ``Kaplan``).
+the output head, a large share of small models' cost, is paid for), also where a paper
+counted 6 N D (see ``Kaplan``).
 
 Published laws were fitted on other corpora and tokenizers: their loss values do not carry
 over, so only a law fitted here (``fitted:LAW.json``) predicts a loss.
@@ -22,7 +22,7 @@ from oneepoch.errors import UserError
 PF_DAY = 1e15 * 86400  # FLOPs in a petaflop/s-day, Kaplan et al.'s compute unit
 MAX_EPOCHS = 60  # past ~4 R_D* (Muennighoff: R_D* = 15.4) repetition adds almost nothing
 
-# Muennighoff et al. (2023), data-constrained fit (their eq. 5 and fitted constants).
+# Muennighoff et al. (2023): their fitted data-constrained law.
 MUENNIGHOFF = {
     "E": 1.87,
     "A": 521.0,
