@@ -15,6 +15,16 @@ from pathlib import Path
 from oneepoch.errors import UserError
 
 
+def _amount(text: str) -> float:
+    """A count such as 2000000, 2e6 or 2M (for argparse)."""
+    from oneepoch.units import parse_count
+
+    try:
+        return float(parse_count(text))
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def register(subparsers) -> None:
     _register_fit(subparsers)
     _register_compare(subparsers)
@@ -55,7 +65,10 @@ def _register_fit(subparsers) -> None:
         help="comma-separated forms to fit: power, schedule (default both)",
     )
     p.add_argument(
-        "--predict-at", type=float, metavar="T", help="predict the loss at T (in --x units)"
+        "--predict-at",
+        type=_amount,
+        metavar="T",
+        help="predict the loss at T (in --x units; 2e6 or 2M both work)",
     )
     p.add_argument(
         "--target-loss",
