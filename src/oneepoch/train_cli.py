@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -124,7 +123,6 @@ def register(subparsers) -> None:
         description="Train a GPT on a dataset made by `oneepoch prepare`, one pass over the data "
         "unless --epochs says otherwise, writing a run directory (config.toml, metrics.jsonl, "
         "run.json, checkpoints/). Give exactly one budget: --tokens, --steps or --time.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--data", help="dataset directory made by `oneepoch prepare`")
     p.add_argument(
