@@ -160,9 +160,9 @@ def _register_scaling(subparsers) -> None:
     )
     s.add_argument(
         "--params",
-        choices=("non_embedding", "total"),
-        default="non_embedding",
-        help="which run.json parameter count (default non_embedding)",
+        choices=("non-embedding", "total"),
+        default="non-embedding",
+        help="which run.json parameter count (default non-embedding)",
     )
     s.set_defaults(func=_cmd_sweep_csv)
 
@@ -314,7 +314,9 @@ def _cmd_sweep_csv(args) -> int:
     from oneepoch.analysis.runs import load_run
     from oneepoch.analysis.scaling import SWEEP_COLUMNS, sweep_rows
 
-    rows = sweep_rows([load_run(p) for p in args.runs], loss=args.loss, params=args.params)
+    rows = sweep_rows(
+        [load_run(p) for p in args.runs], loss=args.loss, params=args.params.replace("-", "_")
+    )
     writer = csv.DictWriter(sys.stdout, fieldnames=SWEEP_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
