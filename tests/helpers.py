@@ -66,3 +66,16 @@ def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedP
         env=env,
         **kwargs,
     )
+
+
+WORDS = "the quick brown fox jumps over a lazy dog while seven wise owls sing softly".split()
+
+
+def make_corpus(folder, n=40, seed=0):
+    """``n`` distinct small text files of English-like words."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        words = rng.choice(WORDS, size=int(rng.integers(20, 60)))
+        (folder / f"doc{i:03d}.txt").write_text(f"Document {i}. " + " ".join(words) + ".\n")
+    return folder

@@ -5,23 +5,12 @@ import json
 import numpy as np
 import pytest
 
+from helpers import make_corpus
 from oneepoch.data import prepare as prepare_mod
 from oneepoch.data.dataset import open_dataset, read_manifest
 from oneepoch.data.prepare import MARKER, prepare
 from oneepoch.data.shards import open_tokens
 from oneepoch.errors import UserError
-
-WORDS = "the quick brown fox jumps over a lazy dog while seven wise owls sing softly".split()
-
-
-def make_corpus(folder, n=40, seed=0):
-    """``n`` distinct small text files of English-like words."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        words = rng.choice(WORDS, size=int(rng.integers(20, 60)))
-        (folder / f"doc{i:03d}.txt").write_text(f"Document {i}. " + " ".join(words) + ".\n")
-    return folder
 
 
 def documents_of(out, split, eot):

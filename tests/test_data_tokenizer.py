@@ -7,24 +7,12 @@ import json
 import numpy as np
 import pytest
 
+from helpers import make_corpus
 from oneepoch.data.dataset import open_dataset
 from oneepoch.data.prepare import prepare
 from oneepoch.data.shards import HEADER_SIZE
 from oneepoch.data.tokenizer import EOT, BytesTokenizer, load_tokenizer, train_bpe
 from oneepoch.errors import UserError
-
-WORDS = "the quick brown fox jumps over a lazy dog while seven wise owls sing softly".split()
-
-
-def make_corpus(folder, n=40, seed=0):
-    """``n`` distinct small text files of English-like words."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        words = rng.choice(WORDS, size=int(rng.integers(20, 60)))
-        (folder / f"doc{i:03d}.txt").write_text(f"Document {i}. " + " ".join(words) + ".\n")
-    return folder
-
 
 TEXT = "To be, or not to be: that is the question. Ünïcödé ✓ <|endoftext|> stays text."
 
