@@ -5,9 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import sysconfig
+import time
 from pathlib import Path
 
 import numpy as np
@@ -55,17 +58,67 @@ def write_byte_dataset(out: Path, text: bytes, val_fraction: float = 0.05) -> Pa
     return out
 
 
+def cli_env(**extra: str) -> dict:
+    """The environment for running oneepoch from the source tree, plus ``extra``."""
+    path = str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     """Run `python -m oneepoch ARGS` in a fresh process (as a user would)."""
-    env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.run(
         [sys.executable, "-m", "oneepoch", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=env,
+        env=cli_env(),
         **kwargs,
     )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(args: list[str], nproc: int = 1, **env_extra: str) -> subprocess.Popen:
+    """Start `python -m oneepoch ARGS`, or torchrun with ``nproc`` processes, in the background."""
+    if nproc > 1:
+        prefix = [
+            *("-m", "torch.distributed.run", "--nproc-per-node", str(nproc)),
+            *("--master-port", str(free_port()), "-m", "oneepoch"),
+        ]
+    else:
+        prefix = ["-m", "oneepoch"]
+    return subprocess.Popen(
+        [sys.executable, *prefix, *args],
+        env=cli_env(**env_extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group: killable with all its workers
+    )
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def wait_for_step(run_dir: Path, proc: subprocess.Popen, step: int, timeout: float = 120) -> None:
+    """Wait until the run's metrics reach ``step`` (a partly written last line is skipped)."""
+    deadline = time.time() + timeout
+    path = run_dir / "metrics.jsonl"
+    while time.time() < deadline:
+        if path.exists():
+            lines = [x for x in path.read_text().splitlines() if x.endswith("}")]
+            if lines and json.loads(lines[-1])["step"] >= step:
+                return
+        if proc.poll() is not None:
+            raise AssertionError(f"trainer ended early: {proc.stderr.read()[-3000:]}")
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise AssertionError("trainer did not reach the step in time")
 
 
 WORDS = "the quick brown fox jumps over a lazy dog while seven wise owls sing softly".split()

@@ -10,16 +10,15 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from helpers import SRC
+import helpers
+from helpers import read_metrics
 
 TIMEOUT_S = 90
 ARGS = [
@@ -51,37 +50,8 @@ ARGS = [
 ]
 
 
-def env() -> dict:
-    return {
-        **os.environ,
-        "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        "OMP_NUM_THREADS": "1",  # one core per rank on a small machine
-    }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(args: list[str], nproc: int = 1) -> subprocess.Popen:
-    """`python -m oneepoch ARGS`, or under torchrun with ``nproc`` processes."""
-    if nproc > 1:
-        prefix = [
-            *("-m", "torch.distributed.run", "--nproc-per-node", str(nproc)),
-            *("--master-port", str(free_port()), "-m", "oneepoch"),
-        ]
-    else:
-        prefix = ["-m", "oneepoch"]
-    return subprocess.Popen(
-        [sys.executable, *prefix, *args],
-        env=env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group: killable with all its workers
-    )
+    return helpers.launch(args, nproc, OMP_NUM_THREADS="1")  # one core per rank
 
 
 def finish(proc: subprocess.Popen, timeout: float = TIMEOUT_S) -> tuple[int, str]:
@@ -97,10 +67,6 @@ def finish(proc: subprocess.Popen, timeout: float = TIMEOUT_S) -> tuple[int, str
 def run(args: list[str], nproc: int = 1) -> None:
     code, err = finish(launch(args, nproc))
     assert code == 0, err[-3000:]
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def assert_same_trajectory(got: list[dict], want: list[dict], rel: float = 2e-3) -> None:
@@ -119,18 +85,7 @@ def assert_same_trajectory(got: list[dict], want: list[dict], rel: float = 2e-3)
 
 
 def wait_for_step(run_dir: Path, proc: subprocess.Popen, step: int) -> None:
-    deadline = time.time() + TIMEOUT_S
-    path = run_dir / "metrics.jsonl"
-    while time.time() < deadline:
-        if path.exists():
-            lines = [x for x in path.read_text().splitlines() if x.endswith("}")]
-            if lines and json.loads(lines[-1])["step"] >= step:
-                return
-        if proc.poll() is not None:
-            raise AssertionError(f"trainer ended early: {proc.stderr.read()[-3000:]}")
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise AssertionError("trainer did not reach the step in time")
+    helpers.wait_for_step(run_dir, proc, step, timeout=TIMEOUT_S)
 
 
 def worker_pids(proc: subprocess.Popen, n: int) -> dict[int, int]:

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import SRC, run_cli
+from helpers import launch, read_metrics, run_cli, wait_for_step
 
 TINY = [
     "--n-layer",
@@ -29,10 +25,6 @@ TINY = [
     "4096",
     "--quiet",
 ]
-
-
-def read_metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def comparable(lines: list[dict]) -> list[dict]:
@@ -96,33 +88,6 @@ def test_short_run_learns_and_writes_the_run_directory(byte_dataset, tmp_path):
     assert ckpts[-1].name == "step_00000150"
 
 
-def _launch(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "oneepoch", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _wait_for_step(run: Path, proc: subprocess.Popen, step: int, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        path = run / "metrics.jsonl"
-        if path.exists():
-            steps = [
-                json.loads(x)["step"] for x in path.read_text().splitlines() if x.endswith("}")
-            ]
-            if steps and steps[-1] >= step:
-                return
-        if proc.poll() is not None:
-            raise AssertionError(f"trainer ended early: {proc.stderr.read()}")
-        time.sleep(0.01)
-    raise AssertionError("trainer did not reach the step in time")
-
-
 RESUME_ARGS = [
     "--steps",
     "90",
@@ -152,8 +117,8 @@ def test_resume_after_sigkill_at_an_arbitrary_step_is_exact(byte_dataset, uninte
     kill_at = random.Random().randint(5, 80)  # a different step each run
     run = tmp_path / "run"
     args = ["train", "--data", str(byte_dataset), "--out", str(run), *RESUME_ARGS]
-    proc = _launch(args)
-    _wait_for_step(run, proc, kill_at)
+    proc = launch(args)
+    wait_for_step(run, proc, kill_at)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     res = run_cli(*args, "--resume")
@@ -166,8 +131,8 @@ def test_resume_after_sigkill_at_an_arbitrary_step_is_exact(byte_dataset, uninte
 def test_sigterm_checkpoints_and_says_how_to_resume(byte_dataset, uninterrupted, tmp_path):
     run = tmp_path / "run"
     args = ["train", "--data", str(byte_dataset), "--out", str(run), *RESUME_ARGS]
-    proc = _launch(args)
-    _wait_for_step(run, proc, random.Random().randint(5, 60))
+    proc = launch(args)
+    wait_for_step(run, proc, random.Random().randint(5, 60))
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM
