@@ -193,3 +193,18 @@ def test_constant_lr_fixes_annealing_term_at_zero(tmp_path):
     rf = fit_run(load_run(tmp_path / "run"), x="steps", n_boot=50)
     c = rf.fits["schedule"].params()["C"]
     assert c["value"] == 0.0 and c["ci_high"] == 0.0
+
+
+def test_warmup_left_to_the_trainer_is_read_from_the_logged_lr(tmp_path):
+    """config.toml's warmup_steps = -1 means "the trainer's default"; the fit must not start
+    at step 1, inside the warm-up, but at the first logged step at the peak LR."""
+    run = load_run(
+        write_run(
+            tmp_path / "auto-warmup",
+            power_law(E, A, ALPHA),
+            warmup_steps=-1,
+            lr=lambda s: cosine_lr(s, 1e-3, 40, 2000),
+        )
+    )
+    assert run.warmup_steps == 40
+    assert fit_run(run, forms=("power",), n_boot=0).settings["min_step"] == 40

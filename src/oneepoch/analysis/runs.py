@@ -37,7 +37,16 @@ class Run:
 
     @property
     def warmup_steps(self) -> int:
-        return int(self.config.get("optim", {}).get("warmup_steps", 0) or 0)
+        """The configured warm-up; when the config leaves it to the trainer (a negative
+        value) or is absent, the first logged step at the peak learning rate."""
+        configured = _number(self.config.get("optim", {}).get("warmup_steps"))
+        if configured is not None and configured >= 0:
+            return int(configured)
+        log = self.lr_log()
+        if log is None:
+            return 0
+        steps, lr = log
+        return int(steps[np.argmax(lr >= lr.max() * (1 - 1e-6))])
 
     @property
     def flops_per_token(self) -> float | None:
