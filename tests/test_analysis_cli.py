@@ -61,15 +61,26 @@ def test_fit_json_reports_every_form_with_intervals(capsys, cosine_run, tmp_path
     assert code == 0
     result = json.loads(out)["runs"][0]
     assert result["x"] == "tokens" and result["min_step"] == 50
-    power, schedule = result["forms"]["power"], result["forms"]["schedule"]
-    for form, names in ((power, ("E", "A", "alpha")), (schedule, ("L0", "A", "alpha", "C"))):
+    expected = {
+        "power": ("E", "A", "alpha"),
+        "schedule": ("L0", "A", "alpha", "C"),
+        "power-nofloor": ("A", "alpha"),
+        "schedule-nofloor": ("A", "alpha", "C"),
+    }
+    assert set(result["forms"]) == set(expected)
+    for name, names in expected.items():
+        form = result["forms"][name]
         assert form["param_names"] == list(names)
         for name in names:
             assert set(form[name]) == {"value", "ci_low", "ci_high", "se"}
         assert {"rmse_log", "r2", "noise_sigma_log"} <= set(form["goodness"])
         assert {"t_min", "t_max", "decades"} <= set(form["valid_range"])
-    assert result["tail_check"]["better"] in ("power", "schedule")
-    assert set(result["predict_at"]["forms"]) == {"power", "schedule"}
+    assert result["tail_check"]["better"] in expected
+    assert set(result["predict_at"]["forms"]) == set(expected)
+    # 3e7 tokens is past the run's 1.6e7: an extrapolation, for which the schedule-aware
+    # form without a floor is recommended; 5.0 lies inside the fitted losses.
+    assert result["predict_at"]["recommended"] == "schedule-nofloor"
+    assert result["target"]["recommended"] == result["tail_check"]["better"]
     assert result["target"]["forms"]["power"]["tokens"]["value"] > 0
     assert result["throughput"]["tokens_per_s"] == pytest.approx(8192 / 0.05)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

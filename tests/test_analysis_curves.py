@@ -208,3 +208,30 @@ def test_warmup_left_to_the_trainer_is_read_from_the_logged_lr(tmp_path):
     )
     assert run.warmup_steps == 40
     assert fit_run(run, forms=("power",), n_boot=0).settings["min_step"] == 40
+
+
+def test_annealing_term_waits_until_the_fitted_range_holds_lr_decay(tmp_path):
+    """From the first 30% of a cosine run the LR has fallen only ~15%: C is not identified,
+    so it is fixed at 0 (and said so) instead of extrapolating to any loss at all."""
+    _schedule_run(tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    early = fit_run(run, use_first=0.3, n_boot=50)
+    for name in ("schedule", "schedule-nofloor"):
+        c = early.fits[name].params()["C"]
+        assert c["value"] == 0.0 and c["ci_high"] == 0.0
+        assert "C fixed at 0: the LR fell only to" in early.fits[name].to_json()["notes"][0]
+    prediction = early.predict_at(run.final_tokens)["forms"]
+    assert all(0 < est["ci_low"] <= est["value"] <= est["ci_high"] for est in prediction.values())
+    late = fit_run(run, use_first=0.6, n_boot=0)
+    assert late.fits["schedule"].params()["C"]["value"] > 0
+    assert late.fits["schedule"].to_json()["notes"] == []
+
+
+def test_floor_free_form_recovers_a_floorless_power_law(tmp_path):
+    write_run(tmp_path / "run", power_law(0.0, 60.0, 0.15), noise=0.003, total_steps=2000)
+    rf = fit_run(load_run(tmp_path / "run"), forms=("power-nofloor",), n_boot=150)
+    params = rf.fits["power-nofloor"].params()
+    assert set(params) == {"A", "alpha"}
+    assert params["A"]["ci_low"] <= 60.0 <= params["A"]["ci_high"]
+    assert params["alpha"]["ci_low"] <= 0.15 <= params["alpha"]["ci_high"]
+    assert rf.fits["power-nofloor"].df == rf.settings["n_fit_points"] - 2

@@ -50,8 +50,9 @@ def _register_fit(subparsers) -> None:
         "fit",
         help="fit learning-curve laws to runs, with intervals and extrapolation",
         description="Fit each run's validation curve with L = E + A t^-alpha and the "
-        "schedule-aware law of Tissue et al. (2024), report intervals, goodness of fit, the "
-        "range where the law holds, and which form predicts held-out tail points better.",
+        "schedule-aware law of Tissue et al. (2024), each also without its floor; report "
+        "intervals, goodness of fit, the range where each law holds, which form predicts "
+        "held-out tail points best, and which form to trust for a prediction.",
     )
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--json", action="store_true", help="print results as JSON")
@@ -61,8 +62,8 @@ def _register_fit(subparsers) -> None:
     )
     p.add_argument(
         "--forms",
-        default="power,schedule",
-        help="comma-separated forms to fit: power, schedule (default both)",
+        help="comma-separated forms to fit: power, schedule, power-nofloor, schedule-nofloor "
+        "(default: all; the schedule forms only when the run logs its learning rate)",
     )
     p.add_argument(
         "--predict-at",
@@ -179,10 +180,12 @@ def _cmd_fit(args) -> int:
     from oneepoch.analysis.runs import load_run
 
     _check_uncertainty_args(args)
-    forms = tuple(f.strip() for f in args.forms.split(",") if f.strip())
-    unknown = [f for f in forms if f not in FORMS]
-    if unknown or not forms:
-        raise UserError(f"--forms takes a comma-separated list of {', '.join(FORMS)}.")
+    forms = None
+    if args.forms is not None:
+        forms = tuple(f.strip() for f in args.forms.split(",") if f.strip())
+        unknown = [f for f in forms if f not in FORMS]
+        if unknown or not forms:
+            raise UserError(f"--forms takes a comma-separated list of {', '.join(FORMS)}.")
     if not 0 < args.tail_fraction < 1:
         raise UserError(f"--tail-fraction must be between 0 and 1, not {args.tail_fraction}.")
     if not 0 < args.lr_decay_factor < 1:
@@ -345,6 +348,8 @@ def _print_run_fit(r: dict) -> None:
                 f"    holds for t in [{v['t_min']:.4g}, {v['t_max']:.4g}] "
                 f"({v['decades']:.2f} decades, {v['n_points']} points)"
             )
+        for note in form["notes"]:
+            print(f"    note: {note}")
     tail = r["tail_check"]
     if tail.get("rmse_log"):
         scores = ", ".join(f"{k} {v:.3g}" for k, v in tail["rmse_log"].items())
@@ -357,7 +362,8 @@ def _print_run_fit(r: dict) -> None:
     if "predict_at" in r:
         pa = r["predict_at"]
         for name, est in pa["forms"].items():
-            print(f"  loss at t = {pa['x']:.4g} ({name}): {_fmt_value(est)}")
+            mark = "  <- recommended" if name == pa["recommended"] else ""
+            print(f"  loss at t = {pa['x']:.4g} ({name}): {_fmt_value(est)}{mark}")
         if pa["observed_loss"] is not None:
             print(f"  observed loss at t = {pa['x']:.4g}: {pa['observed_loss']:.4f}")
     if "target" in r:
@@ -370,7 +376,8 @@ def _print_run_fit(r: dict) -> None:
                 )
                 continue
             parts = [f"{k} {_fmt_value(est[k])}" for k in ("tokens", "steps", "wall_s") if k in est]
-            print(f"  to reach loss {tg['loss']:g} ({name}): " + ", ".join(parts))
+            mark = "  <- recommended" if name == tg["recommended"] else ""
+            print(f"  to reach loss {tg['loss']:g} ({name}): " + ", ".join(parts) + mark)
         if tg["observed"]:
             obs = tg["observed"]
             print(f"  observed: reached at tokens {obs['tokens']:.4g}, step {obs['steps']:.4g}")

@@ -24,38 +24,50 @@ from oneepoch.analysis.lr_schedule import LRSchedule
 # Box for the internal parameters; the loss of any real run sits well inside it.
 _LOG_LEVEL = (-14.0, 7.0)  # log of E, L0 or A_ref (loss units: nats)
 _ALPHA = (1e-4, 4.0)
+# The schedule form fits its annealing coefficient C only when the LR fell by at least
+# this fraction of its peak within the fitted range.
+MIN_DECAY_TO_FIT_C = 0.3
+# A form without a floor holds log E (or log L0) at the bottom of the box: E ~ 1e-6 nats.
+_NO_FLOOR = float(np.exp(_LOG_LEVEL[0]))
+
+
+def _level_box(floor: bool) -> tuple[float, float]:
+    return _LOG_LEVEL if floor else (_LOG_LEVEL[0], _LOG_LEVEL[0])
 
 
 class PowerForm:
-    name = "power"
-    formula = "L = E + A * t^(-alpha)"
-    param_names = ("E", "A", "alpha")
+    """L = E + A * t^(-alpha); with ``floor=False``, L = A * t^(-alpha) (E held at ~0)."""
 
-    def __init__(self, t_ref: float):
-        self.t_ref = float(t_ref)
-        self.bounds = np.array([_LOG_LEVEL, _LOG_LEVEL, _ALPHA])
+    def __init__(self, t_ref: float, floor: bool = True):
+        self.t_ref, self.floor = float(t_ref), floor
+        self.name = "power" if floor else "power-nofloor"
+        self.formula = "L = E + A * t^(-alpha)" if floor else "L = A * t^(-alpha)"
+        self.param_names = ("E", "A", "alpha") if floor else ("A", "alpha")
+        self.bounds = np.array([_level_box(floor), _LOG_LEVEL, _ALPHA])
 
     def model(self, x) -> _PowerModel:
         return _PowerModel(np.log(np.asarray(x, dtype=float) / self.t_ref), self.bounds)
 
     def starts(self, x, loss) -> np.ndarray:
         floor_frac, alphas = np.meshgrid([0.01, 0.5, 0.8, 0.95], [0.05, 0.2, 0.5, 1.0])
-        E = floor_frac.ravel() * loss.min()
+        E = floor_frac.ravel() * loss.min() if self.floor else np.full(floor_frac.size, _NO_FLOOR)
         alpha = alphas.ravel()
         # A_ref chosen so each start passes through the median point
         mid = len(x) // 2
         excess = np.maximum(loss[mid] - E, 1e-3 * loss[mid])
         a_ref = np.log(excess) + alpha * np.log(x[mid] / self.t_ref)
-        return np.column_stack([np.log(E), a_ref, alpha])
+        starts = np.column_stack([np.log(E), a_ref, alpha])
+        return np.unique(starts, axis=0)
 
     def params(self, theta: np.ndarray) -> dict[str, np.ndarray]:
         theta = np.atleast_2d(theta)
         alpha = theta[:, 2]
-        return {
+        out = {
             "E": np.exp(theta[:, 0]),
             "A": np.exp(theta[:, 1] + alpha * np.log(self.t_ref)),
             "alpha": alpha,
         }
+        return {k: out[k] for k in self.param_names}
 
 
 class _PowerModel:
@@ -73,19 +85,34 @@ class _PowerModel:
 
 
 class ScheduleForm:
-    name = "schedule"
-    formula = "L = L0 + A * S1^(-alpha) - C * S2"
-    param_names = ("L0", "A", "alpha", "C")
+    """L = L0 + A * S1^(-alpha) - C * S2; with ``floor=False`` L0 is held at ~0."""
 
-    def __init__(self, schedule: LRSchedule, x_to_steps: Callable, fit_x):
-        self.schedule, self.x_to_steps = schedule, x_to_steps
-        s1, s2 = schedule.areas(x_to_steps(fit_x))
+    def __init__(self, schedule: LRSchedule, x_to_steps: Callable, fit_x, floor: bool = True):
+        self.schedule, self.x_to_steps, self.floor = schedule, x_to_steps, floor
+        self.name = "schedule" if floor else "schedule-nofloor"
+        self.formula = f"L = {'L0 + ' if floor else ''}A * S1^(-alpha) - C * S2"
+        self.param_names = ("L0", "A", "alpha", "C") if floor else ("A", "alpha", "C")
+        steps = x_to_steps(fit_x)
+        s1, s2 = schedule.areas(steps)
         self.s1_ref = float(np.exp(np.mean(np.log(np.maximum(s1, 1e-12)))))
         self.s2_ref = float(s2.max()) if s2.max() > 0 else 1.0
-        # Without any LR decay in the fitted range C cannot be told apart from L0: fix it at 0.
-        self.c_fixed = not s2.max() > 0
+        # C is measured from how the loss responds to LR decay. With none in the fitted
+        # range it cannot be told from L0; with a little (the first part of a cosine run)
+        # any C fits and extrapolating it can predict any loss, even a negative one. Below
+        # MIN_DECAY_TO_FIT_C of the peak's drop, C is fixed at 0 and ``c_note`` says why.
+        lowest = schedule.lowest_fraction(steps.min(), steps.max()) if steps.size else 1.0
+        self.c_fixed = not (s2.max() > 0 and 1.0 - lowest >= MIN_DECAY_TO_FIT_C)
+        self.c_note = None
+        if self.c_fixed:
+            self.c_note = (
+                f"C fixed at 0: the LR fell only to {lowest:.0%} of its peak in the fitted "
+                f"range (C needs a fall of {MIN_DECAY_TO_FIT_C:.0%} or more), so any later "
+                "annealing bonus is left out of its predictions"
+                if s2.max() > 0
+                else "C fixed at 0: no LR decay in the fitted range"
+            )
         c_box = (0.0, 0.0) if self.c_fixed else (0.0, 1e3)
-        self.bounds = np.array([_LOG_LEVEL, _LOG_LEVEL, _ALPHA, c_box])
+        self.bounds = np.array([_level_box(floor), _LOG_LEVEL, _ALPHA, c_box])
 
     def model(self, x) -> _ScheduleModel:
         s1, s2 = self.schedule.areas(self.x_to_steps(x))
@@ -93,19 +120,21 @@ class ScheduleForm:
         return _ScheduleModel(np.log(u), s2 / self.s2_ref, self.bounds)
 
     def starts(self, x, loss) -> np.ndarray:
-        power = PowerForm(self.s1_ref).starts(self.schedule.areas(self.x_to_steps(x))[0], loss)
+        s1 = self.schedule.areas(self.x_to_steps(x))[0]
+        power = PowerForm(self.s1_ref, self.floor).starts(s1, loss)
         drops = [0.0] if self.c_fixed else [0.0, 0.02 * loss.min(), 0.1 * loss.min()]
         return np.array([[*row, c] for row in power for c in drops])
 
     def params(self, theta: np.ndarray) -> dict[str, np.ndarray]:
         theta = np.atleast_2d(theta)
         alpha = theta[:, 2]
-        return {
+        out = {
             "L0": np.exp(theta[:, 0]),
             "A": np.exp(theta[:, 1] + alpha * np.log(self.s1_ref)),
             "alpha": alpha,
             "C": theta[:, 3] / self.s2_ref,
         }
+        return {k: out[k] for k in self.param_names}
 
 
 class _ScheduleModel:
@@ -216,6 +245,7 @@ class CurveFit:
             "goodness": self.goodness(),
             "valid_range": self.valid_range(),
             "n_bootstrap": int(len(self.boot)),
+            "notes": [note for note in (getattr(self.form, "c_note", None),) if note],
         }
 
 

@@ -48,6 +48,7 @@ class LRSchedule:
         # Index 0 is step 0 (before any update), so np.interp works on fractional steps.
         self._s1 = np.concatenate([[0.0], np.cumsum(eta)])
         self._s2 = np.concatenate([[0.0], np.cumsum(momentum)])
+        self._eta = eta
         self._eta_end = float(eta[-1])
         self._m_end = float(momentum[-1])
 
@@ -55,6 +56,14 @@ class LRSchedule:
     def constant(self) -> bool:
         """True when the logged LR never decays (S2 is zero everywhere)."""
         return not np.any(self._s2 > 0)
+
+    def lowest_fraction(self, first_step: float, last_step: float) -> float:
+        """The lowest LR, as a fraction of the peak, between the peak and ``last_step``
+        (from ``first_step`` on): how much annealing a fit over that range can see."""
+        grid = np.arange(self._eta.size, dtype=float) + 1
+        lo = max(float(first_step), float(np.argmax(self._eta)) + 1)
+        inside = (grid >= lo) & (grid <= float(last_step))
+        return float(self._eta[inside].min()) if inside.any() else float(self._eta_end)
 
     def areas(self, steps) -> tuple[np.ndarray, np.ndarray]:
         """(S1, S2) at (possibly fractional, possibly beyond the log) steps."""

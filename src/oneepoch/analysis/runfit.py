@@ -14,8 +14,20 @@ from oneepoch.analysis.lr_schedule import DEFAULT_DECAY, LRSchedule
 from oneepoch.analysis.runs import Run, eval_curve
 from oneepoch.errors import UserError
 
-FORM_CLASSES = {"power": PowerForm, "schedule": ScheduleForm}
-FORMS = tuple(FORM_CLASSES)
+# name -> (form family, whether it fits a floor). The floor-free variants exist for
+# extrapolation: from the first part of a run the floor (E, L0) is barely identified and
+# absorbs the bend of the early transient, which makes the floored forms over-predict
+# later losses (docs/analysis.md has the measurements).
+FORM_SPECS = {
+    "power": ("power", True),
+    "schedule": ("schedule", True),
+    "power-nofloor": ("power", False),
+    "schedule-nofloor": ("schedule", False),
+}
+FORMS = tuple(FORM_SPECS)
+# Beyond this multiple of the last fitted t a prediction counts as an extrapolation.
+EXTRAPOLATION_RATIO = 1.25
+N_PARAMS = {"power": 3, "schedule": 4, "power-nofloor": 2, "schedule-nofloor": 3}
 
 
 @dataclass
@@ -48,6 +60,9 @@ class RunFit:
         out = {"x": float(x), "forms": {}}
         for name, fit in self.fits.items():
             out["forms"][name] = extrapolate.predict_loss(fit, x)
+        out["recommended"] = self.recommended_form(
+            extrapolating=x > EXTRAPOLATION_RATIO * self.x_fit_end
+        )
         observed = _observed_loss_at(self.run, self.x_name, x)
         out["observed_loss"] = observed
         self.predictions["predict_at"] = out
@@ -70,8 +85,27 @@ class RunFit:
             entry["reached"] = bool(np.isfinite(point))
             entry["p_reach"] = float(np.mean(np.isfinite(samples))) if samples.size else None
             out["forms"][name] = entry
+        # A target below every fitted loss is reached, if at all, past the fitted range.
+        lowest = min(float(fit.loss.min()) for fit in self.fits.values())
+        out["recommended"] = self.recommended_form(extrapolating=target < lowest)
         self.predictions["target"] = out
         return out
+
+    @property
+    def x_fit_end(self) -> float:
+        return float(max(fit.x[-1] for fit in self.fits.values()))
+
+    def recommended_form(self, extrapolating: bool) -> str:
+        """The form to trust. Within the fitted range: the one that predicted held-out tail
+        points best. Beyond it: a floor-free form, the schedule-aware one when the LR was
+        logged, because a floor fitted to the first part of a curve absorbs the early bend
+        and over-predicts later losses (measured: docs/analysis.md)."""
+        if extrapolating:
+            for name in ("schedule-nofloor", "power-nofloor"):
+                if name in self.fits:
+                    return name
+        better = self.tail_check.get("better")
+        return better if better in self.fits else next(iter(self.fits))
 
     def to_json(self) -> dict:
         forms = {}
@@ -95,7 +129,7 @@ def fit_run(
     run: Run,
     *,
     x: str = "tokens",
-    forms=FORMS,
+    forms=None,
     use_first: float | None = None,
     min_step: float | None = None,
     tail_fraction: float = 0.2,
@@ -110,6 +144,8 @@ def fit_run(
     the throughput is then measured on that part too. The logged LR schedule is used in
     full: it is an input planned in advance, not an outcome.
     """
+    if forms is None:  # every form the run supports: the schedule forms need a logged LR
+        forms = FORMS if run.lr_log() is not None else ("power", "power-nofloor")
     curve = eval_curve(run, x)
     min_step = run.warmup_steps if min_step is None else float(min_step)
     keep = curve["steps"] > min_step
@@ -149,18 +185,20 @@ def fit_run(
 
 
 def _build_form(name: str, run: Run, x_name: str, fit_x: np.ndarray, decay: float):
-    if name == "power":
-        return PowerForm(float(np.exp(np.mean(np.log(fit_x)))) if fit_x.size else 1.0)
-    if name == "schedule":
-        log = run.lr_log()
-        if log is None:
-            raise UserError(
-                f"{run.path} logs no learning rate, which the schedule form needs; "
-                "pass --forms power."
-            )
-        to_steps = _identity if x_name == "steps" else run.tokens_to_steps
-        return ScheduleForm(LRSchedule(*log, decay=decay), to_steps, fit_x)
-    raise UserError(f"unknown form {name!r}; choose from {', '.join(FORMS)}.")
+    if name not in FORM_SPECS:
+        raise UserError(f"unknown form {name!r}; choose from {', '.join(FORMS)}.")
+    family, floor = FORM_SPECS[name]
+    if family == "power":
+        t_ref = float(np.exp(np.mean(np.log(fit_x)))) if fit_x.size else 1.0
+        return PowerForm(t_ref, floor)
+    log = run.lr_log()
+    if log is None:
+        raise UserError(
+            f"{run.path} logs no learning rate, which the {name} form needs; "
+            "pass --forms power,power-nofloor."
+        )
+    to_steps = _identity if x_name == "steps" else run.tokens_to_steps
+    return ScheduleForm(LRSchedule(*log, decay=decay), to_steps, fit_x, floor)
 
 
 def _identity(x) -> np.ndarray:
@@ -171,7 +209,7 @@ def _tail_check(run, x_name, x, loss, forms, tail_fraction, decay) -> dict:
     """Refit each form without the last points and score its predictions of them."""
     n_tail = max(2, int(round(tail_fraction * x.size)))
     n_head = x.size - n_tail
-    need = max(len(FORM_CLASSES[f].param_names) for f in forms) + 2
+    need = max(N_PARAMS[f] for f in forms) + 2
     if n_head < need:
         return {"n_holdout": 0, "skipped": f"needs at least {need + n_tail} fitted points"}
     rmse = {}
