@@ -79,8 +79,15 @@ def test_fit_json_reports_every_form_with_intervals(capsys, cosine_run, tmp_path
     assert set(result["predict_at"]["forms"]) == set(expected)
     # 3e7 tokens is past the run's 1.6e7: an extrapolation, for which the schedule-aware
     # form without a floor is recommended; 5.0 lies inside the fitted losses.
-    assert result["predict_at"]["recommended"] == "schedule-nofloor"
-    assert result["target"]["recommended"] == result["tail_check"]["better"]
+    forecast = result["predict_at"]["forecast"]
+    assert forecast["form"] == "schedule-nofloor"
+    assert forecast["spans"] == ["schedule-nofloor", "schedule"]
+    assert forecast["value"] == result["predict_at"]["forms"]["schedule-nofloor"]["value"]
+    bounds = [result["predict_at"]["forms"][n] for n in forecast["spans"]]
+    assert forecast["ci_low"] == min(b["ci_low"] for b in bounds)
+    assert forecast["ci_high"] == max(b["ci_high"] for b in bounds)
+    assert result["target"]["forecast"]["form"] == result["tail_check"]["better"]
+    assert result["target"]["forecast"]["spans"] == [result["tail_check"]["better"]]
     assert result["target"]["forms"]["power"]["tokens"]["value"] > 0
     assert result["throughput"]["tokens_per_s"] == pytest.approx(8192 / 0.05)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -362,8 +362,8 @@ def _print_run_fit(r: dict) -> None:
     if "predict_at" in r:
         pa = r["predict_at"]
         for name, est in pa["forms"].items():
-            mark = "  <- recommended" if name == pa["recommended"] else ""
-            print(f"  loss at t = {pa['x']:.4g} ({name}): {_fmt_value(est)}{mark}")
+            print(f"  loss at t = {pa['x']:.4g} ({name}): {_fmt_value(est)}")
+        print(f"  forecast: loss at t = {pa['x']:.4g}: {_fmt_value(pa['forecast'])}{_how(pa)}")
         if pa["observed_loss"] is not None:
             print(f"  observed loss at t = {pa['x']:.4g}: {pa['observed_loss']:.4f}")
     if "target" in r:
@@ -376,11 +376,22 @@ def _print_run_fit(r: dict) -> None:
                 )
                 continue
             parts = [f"{k} {_fmt_value(est[k])}" for k in ("tokens", "steps", "wall_s") if k in est]
-            mark = "  <- recommended" if name == tg["recommended"] else ""
-            print(f"  to reach loss {tg['loss']:g} ({name}): " + ", ".join(parts) + mark)
+            print(f"  to reach loss {tg['loss']:g} ({name}): " + ", ".join(parts))
+        fc = tg["forecast"]
+        if fc["reached"]:
+            parts = [f"{k} {_fmt_value(fc[k])}" for k in ("tokens", "steps", "wall_s") if k in fc]
+            print(f"  forecast: to reach loss {tg['loss']:g}: " + ", ".join(parts) + _how(tg))
+        else:
+            print(f"  forecast: loss {tg['loss']:g} not reached{_how(tg)}")
         if tg["observed"]:
             obs = tg["observed"]
             print(f"  observed: reached at tokens {obs['tokens']:.4g}, step {obs['steps']:.4g}")
+
+
+def _how(prediction: dict) -> str:
+    spans = prediction["forecast"]["spans"]
+    extra = f"; interval spans {' and '.join(spans)}" if len(spans) > 1 else ""
+    return f" ({spans[0]}{extra})"
 
 
 def _fmt(x) -> str:

@@ -165,13 +165,28 @@ class CurveFit:
     delta: float
     objective: float
     level: float
+    # Misspecification beyond the fitted range: the log-error a form makes per unit of
+    # log-distance past its last point, measured by backtests (``with_drift``); 0 until set.
+    drift: float = 0.0
+    drift_draws: np.ndarray | None = None  # one standard normal per bootstrap replicate
 
     def predict(self, x) -> np.ndarray:
         return np.exp(robust.log_pred(self.form.model(x), self.theta[None])[0])
 
     def predict_samples(self, x) -> np.ndarray:
-        """Bootstrap predictions [n_boot, len(x)]."""
-        return np.exp(robust.log_pred(self.form.model(x), self.boot))
+        """Bootstrap predictions [n_boot, len(x)]. Past the last fitted point each
+        replicate also drifts by exp(drift * z * log(x / x_last)), z ~ N(0, 1): the
+        bootstrap only knows the noise, while far out the form itself is the larger error."""
+        samples = np.exp(robust.log_pred(self.form.model(x), self.boot))
+        if self.drift > 0 and self.drift_draws is not None:
+            past = np.maximum(np.log(np.asarray(x, dtype=float) / self.x[-1]), 0.0)
+            samples = samples * np.exp(self.drift * self.drift_draws[:, None] * past[None])
+        return samples
+
+    def with_drift(self, drift: float, rng: np.random.Generator) -> CurveFit:
+        self.drift = float(drift)
+        self.drift_draws = rng.standard_normal(len(self.boot))
+        return self
 
     @property
     def residuals(self) -> np.ndarray:

@@ -36,7 +36,7 @@ def plot_run_fits(run_fits: list[RunFit], path: str | Path, extend_to: float | N
     plt = _pyplot()
     fig, (ax_x, ax_w) = plt.subplots(1, 2, figsize=(12, 4.8))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    styles = {"power": "-", "schedule": "--"}
+    styles = {"power": "-", "schedule": "--", "power-nofloor": ":", "schedule-nofloor": "-."}
     y_seen, x_seen = [], {ax_x: [], ax_w: []}
     names = [rf.run.name for rf in run_fits]
     for i, rf in enumerate(run_fits):

@@ -60,8 +60,8 @@ class RunFit:
         out = {"x": float(x), "forms": {}}
         for name, fit in self.fits.items():
             out["forms"][name] = extrapolate.predict_loss(fit, x)
-        out["recommended"] = self.recommended_form(
-            extrapolating=x > EXTRAPOLATION_RATIO * self.x_fit_end
+        out["forecast"] = self._forecast(
+            out["forms"], extrapolating=x > EXTRAPOLATION_RATIO * self.x_fit_end
         )
         observed = _observed_loss_at(self.run, self.x_name, x)
         out["observed_loss"] = observed
@@ -87,7 +87,7 @@ class RunFit:
             out["forms"][name] = entry
         # A target below every fitted loss is reached, if at all, past the fitted range.
         lowest = min(float(fit.loss.min()) for fit in self.fits.values())
-        out["recommended"] = self.recommended_form(extrapolating=target < lowest)
+        out["forecast"] = self._forecast(out["forms"], extrapolating=target < lowest)
         self.predictions["target"] = out
         return out
 
@@ -106,6 +106,23 @@ class RunFit:
                     return name
         better = self.tail_check.get("better")
         return better if better in self.fits else next(iter(self.fits))
+
+    def _forecast(self, by_form: dict, extrapolating: bool) -> dict:
+        """The recommended form's estimate. Past the fitted range its interval also spans
+        the same form with a floor: the first part of a curve cannot show whether a floor
+        is real, and the two bracket the truth on the runs we measured."""
+        name = self.recommended_form(extrapolating)
+        spans = [name]
+        floored = name.removesuffix("-nofloor")
+        if extrapolating and floored != name and floored in by_form:
+            spans.append(floored)
+        entry = by_form[name]
+        out = {"form": name, "spans": spans}
+        if "value" in entry:  # a loss estimate
+            return {**out, **_union([by_form[n] for n in spans])}
+        for key, est in entry.items():  # a cost to a target: tokens, steps, wall_s, ...
+            out[key] = _union([by_form[n][key] for n in spans]) if isinstance(est, dict) else est
+        return out
 
     def to_json(self) -> dict:
         forms = {}
@@ -171,6 +188,9 @@ def fit_run(
         name: fit_curve(form, x_fit, loss_fit, n_boot=n_boot, level=level, rng=rng)
         for name, form in built.items()
     }
+    backtest = {name: _backtest(run, name, x, x_fit, loss_fit, decay) for name in built}
+    for name, fit in fits.items():
+        fit.with_drift(backtest[name]["log_error_per_log_distance"] or 0.0, rng)
     settings = {
         "min_step": min_step,
         "use_first": use_first,
@@ -178,10 +198,25 @@ def fit_run(
         "n_eval_points": int(curve["x"].size),
         "n_fit_points": int(x_fit.size),
         "level": level,
-        "lr_decay_factor": decay if "schedule" in built else None,
+        "lr_decay_factor": decay if any(FORM_SPECS[n][0] == "schedule" for n in built) else None,
+        "backtest": backtest,
     }
     tail = _tail_check(run, x, x_fit, loss_fit, forms, tail_fraction, decay)
     return RunFit(run, x, fits, settings, tail, run.wall_rate(max_tokens=cutoff))
+
+
+def _union(estimates: list[dict]) -> dict:
+    """The first estimate's value, with an interval covering every estimate's interval
+    (None, an unbounded side, wins)."""
+    lows = [e["ci_low"] for e in estimates]
+    highs = [e["ci_high"] for e in estimates]
+    ses = [e["se"] for e in estimates if e["se"] is not None]
+    return {
+        "value": estimates[0]["value"],
+        "ci_low": None if None in lows else min(lows),
+        "ci_high": None if None in highs else max(highs),
+        "se": max(ses) if ses else None,
+    }
 
 
 def _build_form(name: str, run: Run, x_name: str, fit_x: np.ndarray, decay: float):
@@ -205,6 +240,36 @@ def _identity(x) -> np.ndarray:
     return np.asarray(x, dtype=float)
 
 
+def _refit(run, name, x_name, x, loss, m, decay) -> CurveFit:
+    """The form fitted to the first m points only (no bootstrap)."""
+    form = _build_form(name, run, x_name, x[:m], decay)
+    return fit_curve(form, x[:m], loss[:m], n_boot=0)
+
+
+def _backtest(run, name, x_name, x, loss, decay) -> dict:
+    """How fast the form's error grows with extrapolation distance, from the data alone.
+
+    Refit on the first m points for every m from half the points (or the fewest the form
+    can take) up to all but the last, predict the last point, and divide the log errors
+    by the log distances log(x_last / x_m): their root-mean-square ratio (sum e^2 / sum
+    d^2) is the drift rate that widens intervals past the fitted range. It includes the
+    last point's own noise, so it errs on the wide side.
+    """
+    n, first = x.size, max(N_PARAMS[name] + 2, (x.size + 1) // 2)
+    errors, distances = [], []
+    for m in range(first, n - 1):
+        predicted = _refit(run, name, x_name, x, loss, m, decay).predict(x[-1:])[0]
+        errors.append(np.log(predicted / loss[-1]))
+        distances.append(np.log(x[-1] / x[m - 1]))
+    if not errors:
+        return {"origins": 0, "log_error_per_log_distance": None}
+    errors, distances = np.array(errors), np.array(distances)
+    return {
+        "origins": int(errors.size),
+        "log_error_per_log_distance": float(np.sqrt(np.sum(errors**2) / np.sum(distances**2))),
+    }
+
+
 def _tail_check(run, x_name, x, loss, forms, tail_fraction, decay) -> dict:
     """Refit each form without the last points and score its predictions of them."""
     n_tail = max(2, int(round(tail_fraction * x.size)))
@@ -214,8 +279,7 @@ def _tail_check(run, x_name, x, loss, forms, tail_fraction, decay) -> dict:
         return {"n_holdout": 0, "skipped": f"needs at least {need + n_tail} fitted points"}
     rmse = {}
     for name in forms:
-        form = _build_form(name, run, x_name, x[:n_head], decay)
-        fit = fit_curve(form, x[:n_head], loss[:n_head], n_boot=0)
+        fit = _refit(run, name, x_name, x, loss, n_head, decay)
         err = np.log(fit.predict(x[n_head:])) - np.log(loss[n_head:])
         rmse[name] = float(np.sqrt(np.mean(err**2)))
     return {

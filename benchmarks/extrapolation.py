@@ -1,0 +1,141 @@
+"""How well each learning-curve form predicts a run's final validation loss from its start.
+
+For every run directory: fit the evaluations within the first ``--use-first`` (0.3) of the
+run's tokens, exactly as ``oneepoch fit RUN --use-first 0.3 --predict-at FINAL`` does, and
+print each form's relative error against the run's own final validation loss, whether
+the form's interval covers it, and which form ``oneepoch fit`` recommends. A summary over
+runs gives the median and largest absolute error per form, for constant-LR and decaying
+runs separately.
+
+    python benchmarks/extrapolation.py RUN_DIR...                 # runs made anywhere
+    python benchmarks/extrapolation.py --train runs/extrap        # train the reference set
+                                                                  # first (~30 min, 2 cores)
+
+``--train DIR`` trains the reference set below on the built-in corpus (prepared on first
+use) with ``oneepoch train``, skipping runs that are already complete, then measures them.
+It needs the trainer (torch); measuring existing runs needs only the analysis package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+# name: oneepoch train flags. Shapes and LRs vary; "const" runs keep the LR flat after
+# warm-up (the paper's setting), "cosine"/"linear" decay it to 10% of the peak.
+REFERENCE_RUNS = {
+    "const-2x128-s0": "--tokens 2M --n-layer 2 --d-model 128 --lr 2e-3 --schedule constant "
+    "--warmup-steps 50 --seed 0",
+    "const-2x128-s1": "--tokens 2M --n-layer 2 --d-model 128 --lr 2e-3 --schedule constant "
+    "--warmup-steps 50 --seed 1",
+    "const-3x128": "--tokens 3M --n-layer 3 --d-model 128 --lr 6e-4 --schedule constant --seed 2",
+    "const-4x128": "--tokens 4M --n-layer 4 --n-head 4 --d-model 128 --lr 1e-3 --schedule constant",
+    "const-2x96-b32": "--tokens 5M --n-layer 2 --d-model 96 --lr 2e-3 --schedule constant "
+    "--batch-size 32 --seed 1",
+    "cosine-2x128": "--tokens 2M --n-layer 2 --d-model 128 --lr 2e-3 --schedule cosine "
+    "--warmup-steps 50",
+    "cosine-4x128": "--tokens 4M --n-layer 4 --n-head 4 --d-model 128 --lr 1e-3 --schedule cosine",
+    "linear-2x128": "--tokens 2M --n-layer 2 --d-model 128 --lr 2e-3 --schedule linear "
+    "--warmup-steps 50 --seed 3",
+}
+
+
+def train_reference(out: Path, data: Path) -> list[Path]:
+    oneepoch = [sys.executable, "-m", "oneepoch.cli"]
+    if not (data / "manifest.json").is_file():
+        subprocess.run(
+            [*oneepoch, "prepare", "--source", "builtin", "--out", str(data)], check=True
+        )
+    runs = []
+    for name, flags in REFERENCE_RUNS.items():
+        run = out / name
+        info = run / "run.json"
+        done = info.is_file() and json.loads(info.read_text()).get("status") == "completed"
+        if not done:
+            if run.exists():
+                raise SystemExit(f"{run} exists but is not complete; delete it and rerun.")
+            print(f"== training {name}: {flags}", flush=True)
+            cmd = [*oneepoch, "train", "--data", str(data), "--out", str(run), "--quiet"]
+            subprocess.run([*cmd, *flags.split()], check=True)
+        runs.append(run)
+    return runs
+
+
+def measure(run_dir: Path, use_first: float, n_boot: int) -> dict:
+    from oneepoch.analysis.lr_schedule import LRSchedule
+    from oneepoch.analysis.runfit import fit_run
+    from oneepoch.analysis.runs import load_run
+
+    run = load_run(run_dir)
+    log = run.lr_log()
+    kind = "constant" if log is None or LRSchedule(*log).constant else "decaying"
+    final = run.evals["val_loss"][-1]
+    rf = fit_run(run, use_first=use_first, n_boot=n_boot)
+    pred = rf.predict_at(float(run.evals["tokens"][-1]))
+    errors = {name: est["value"] / final - 1 for name, est in pred["forms"].items()}
+    covered = {n: est["ci_low"] <= final <= est["ci_high"] for n, est in pred["forms"].items()}
+    return {
+        "run": str(run_dir),
+        "kind": kind,
+        "n_fit_points": rf.settings["n_fit_points"],
+        "final_val_loss": float(final),
+        "relative_error": errors,
+        "interval_covers": covered,
+        "recommended": pred["recommended"],
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="*", type=Path, metavar="RUN_DIR")
+    p.add_argument("--train", type=Path, metavar="DIR", help="train the reference set here first")
+    p.add_argument("--data", type=Path, default=Path("data/builtin"), help="for --train")
+    p.add_argument("--use-first", type=float, default=0.3)
+    p.add_argument("--bootstrap", type=int, default=200)
+    p.add_argument("--json", type=Path, metavar="OUT", help="also write the results here")
+    args = p.parse_args(argv)
+    runs = list(args.runs)
+    if args.train:
+        runs += train_reference(args.train, args.data)
+    if not runs:
+        p.error("give run directories or --train DIR")
+
+    results = [measure(r, args.use_first, args.bootstrap) for r in runs]
+    forms = list(results[0]["relative_error"])
+    print(f"final validation loss predicted from the first {args.use_first:.0%} of each run")
+    print(f"{'run':<28} {'kind':<9} {'pts':>3} " + " ".join(f"{f:>17}" for f in forms))
+    for r in results:
+        cells = []
+        for f in forms:
+            err = r["relative_error"].get(f)
+            mark = ("*" if r["recommended"] == f else " ") + (
+                "" if r["interval_covers"][f] else "!"
+            )
+            cells.append(f"{'n/a' if err is None else f'{err:+.2%}'}{mark:<2}".rjust(17))
+        print(
+            f"{Path(r['run']).name[:28]:<28} {r['kind']:<9} {r['n_fit_points']:>3} "
+            + " ".join(cells)
+        )
+    print("* recommended by `oneepoch fit`; ! the form's 90% interval misses the final loss")
+    for kind in ("constant", "decaying"):
+        group = [r for r in results if r["kind"] == kind]
+        if not group:
+            continue
+        print(f"{kind} LR ({len(group)} runs), median | max absolute error:")
+        for f in [*forms, "recommended"]:
+            errs = np.abs(
+                [r["relative_error"][r["recommended"] if f == "recommended" else f] for r in group]
+            )
+            print(f"  {f:<17} {np.median(errs):.2%} | {errs.max():.2%}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
