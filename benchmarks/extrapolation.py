@@ -77,17 +77,22 @@ def measure(run_dir: Path, use_first: float, n_boot: int) -> dict:
     final = run.evals["val_loss"][-1]
     rf = fit_run(run, use_first=use_first, n_boot=n_boot)
     pred = rf.predict_at(float(run.evals["tokens"][-1]))
-    errors = {name: est["value"] / final - 1 for name, est in pred["forms"].items()}
-    covered = {n: est["ci_low"] <= final <= est["ci_high"] for n, est in pred["forms"].items()}
+    estimates = {**pred["forms"], "forecast": pred["forecast"]}
     return {
         "run": str(run_dir),
         "kind": kind,
         "n_fit_points": rf.settings["n_fit_points"],
         "final_val_loss": float(final),
-        "relative_error": errors,
-        "interval_covers": covered,
-        "recommended": pred["recommended"],
+        "relative_error": {name: est["value"] / final - 1 for name, est in estimates.items()},
+        "interval_covers": {name: _covers(est, final) for name, est in estimates.items()},
+        "forecast_spans": pred["forecast"]["spans"],
     }
+
+
+def _covers(est: dict, value: float) -> bool:
+    low = -np.inf if est["ci_low"] is None else est["ci_low"]
+    high = np.inf if est["ci_high"] is None else est["ci_high"]
+    return bool(low <= value <= high)
 
 
 def main(argv=None) -> int:
@@ -105,33 +110,36 @@ def main(argv=None) -> int:
     if not runs:
         p.error("give run directories or --train DIR")
 
-    results = [measure(r, args.use_first, args.bootstrap) for r in runs]
+    from oneepoch.errors import UserError
+
+    results = []
+    for run in runs:
+        try:
+            results.append(measure(run, args.use_first, args.bootstrap))
+        except UserError as exc:
+            print(f"skipped {run}: {exc}")
+    if not results:
+        return 1
     forms = list(results[0]["relative_error"])
     print(f"final validation loss predicted from the first {args.use_first:.0%} of each run")
-    print(f"{'run':<28} {'kind':<9} {'pts':>3} " + " ".join(f"{f:>17}" for f in forms))
+    print(f"{'run':<24} {'kind':<9} {'pts':>3} " + " ".join(f"{f:>17}" for f in forms))
     for r in results:
         cells = []
         for f in forms:
-            err = r["relative_error"].get(f)
-            mark = ("*" if r["recommended"] == f else " ") + (
-                "" if r["interval_covers"][f] else "!"
-            )
-            cells.append(f"{'n/a' if err is None else f'{err:+.2%}'}{mark:<2}".rjust(17))
-        print(
-            f"{Path(r['run']).name[:28]:<28} {r['kind']:<9} {r['n_fit_points']:>3} "
-            + " ".join(cells)
-        )
-    print("* recommended by `oneepoch fit`; ! the form's 90% interval misses the final loss")
+            mark = "" if r["interval_covers"][f] else "!"
+            cells.append(f"{r['relative_error'][f]:+.2%}{mark:<1}".rjust(17))
+        name = Path(r["run"]).name[:24]
+        print(f"{name:<24} {r['kind']:<9} {r['n_fit_points']:>3} " + " ".join(cells))
+    print("! the 90% interval misses the final loss; forecast: what `oneepoch fit` forecasts")
     for kind in ("constant", "decaying"):
         group = [r for r in results if r["kind"] == kind]
         if not group:
             continue
-        print(f"{kind} LR ({len(group)} runs), median | max absolute error:")
-        for f in [*forms, "recommended"]:
-            errs = np.abs(
-                [r["relative_error"][r["recommended"] if f == "recommended" else f] for r in group]
-            )
-            print(f"  {f:<17} {np.median(errs):.2%} | {errs.max():.2%}")
+        print(f"{kind} LR ({len(group)} runs): median | max absolute error, interval coverage")
+        for f in forms:
+            errs = np.abs([r["relative_error"][f] for r in group])
+            covered = sum(r["interval_covers"][f] for r in group)
+            print(f"  {f:<17} {np.median(errs):.2%} | {errs.max():.2%}  {covered}/{len(group)}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return 0

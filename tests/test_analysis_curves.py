@@ -226,8 +226,17 @@ def test_annealing_term_waits_until_the_fitted_range_holds_lr_decay(tmp_path):
         c = early.fits[name].params()["C"]
         assert c["value"] == 0.0 and c["ci_high"] == 0.0
         assert "C fixed at 0: the LR fell only to" in early.fits[name].to_json()["notes"][0]
-    prediction = early.predict_at(run.final_tokens)["forms"]
-    assert all(0 < est["ci_low"] <= est["value"] <= est["ci_high"] for est in prediction.values())
+    prediction = early.predict_at(run.final_tokens)
+    forms = prediction["forms"]
+    assert all(0 < est["ci_low"] <= est["value"] <= est["ci_high"] for est in forms.values())
+    # the decay ahead is unmeasured: the forecast sits between the schedule form without
+    # its annealing term and the token-only power form, its interval spanning every form
+    forecast = prediction["forecast"]
+    assert forecast["central"] == ["schedule-nofloor", "power-nofloor"]
+    both = forms["schedule-nofloor"]["value"] * forms["power-nofloor"]["value"]
+    assert forecast["value"] == pytest.approx(np.sqrt(both))
+    assert set(forecast["spans"]) == set(forms)
+    assert forecast["ci_low"] <= prediction["observed_loss"] <= forecast["ci_high"]
     late = fit_run(run, use_first=0.6, n_boot=0)
     assert late.fits["schedule"].params()["C"]["value"] > 0
     assert late.fits["schedule"].to_json()["notes"] == []

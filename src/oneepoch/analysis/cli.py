@@ -389,9 +389,12 @@ def _print_run_fit(r: dict) -> None:
 
 
 def _how(prediction: dict) -> str:
-    spans = prediction["forecast"]["spans"]
-    extra = f"; interval spans {' and '.join(spans)}" if len(spans) > 1 else ""
-    return f" ({spans[0]}{extra})"
+    forecast = prediction["forecast"]
+    central, spans = forecast["central"], forecast["spans"]
+    text = central[0] if len(central) == 1 else f"geometric mean of {' and '.join(central)}"
+    if spans != central:
+        text += f"; interval spans {', '.join(spans)}"
+    return f" ({text})"
 
 
 def _fmt(x) -> str:

@@ -102,6 +102,9 @@ class ScheduleForm:
         # MIN_DECAY_TO_FIT_C of the peak's drop, C is fixed at 0 and ``c_note`` says why.
         lowest = schedule.lowest_fraction(steps.min(), steps.max()) if steps.size else 1.0
         self.c_fixed = not (s2.max() > 0 and 1.0 - lowest >= MIN_DECAY_TO_FIT_C)
+        # The run anneals, but not where the fit can see it: predictions past the range
+        # lack the annealing term (see RunFit's forecast).
+        self.annealing_unmeasured = self.c_fixed and not schedule.constant
         self.c_note = None
         if self.c_fixed:
             self.c_note = (

@@ -108,20 +108,33 @@ class RunFit:
         return better if better in self.fits else next(iter(self.fits))
 
     def _forecast(self, by_form: dict, extrapolating: bool) -> dict:
-        """The recommended form's estimate. Past the fitted range its interval also spans
-        the same form with a floor: the first part of a curve cannot show whether a floor
-        is real, and the two bracket the truth on the runs we measured."""
+        """What to expect, from the forms' estimates.
+
+        Within the fitted range: the recommended form's own estimate. Past it, the
+        interval also spans that form with a floor: the first part of a curve cannot show
+        whether a floor is real, and the two bracket the truth on the runs we measured.
+        When the LR decays only after the fitted range, the annealing term is unknown: the
+        schedule form without it over-predicts and the token-only power form ignores the
+        schedule; the forecast is their geometric mean, its interval spanning both.
+        """
         name = self.recommended_form(extrapolating)
-        spans = [name]
-        floored = name.removesuffix("-nofloor")
-        if extrapolating and floored != name and floored in by_form:
-            spans.append(floored)
+        central = [name]
+        if extrapolating and name == "schedule-nofloor" and "power-nofloor" in by_form:
+            if self.fits[name].form.annealing_unmeasured:
+                central.append("power-nofloor")
+        spans = list(central)
+        if extrapolating:
+            spans += [n.removesuffix("-nofloor") for n in central]
+            spans = [n for n in dict.fromkeys(spans) if n in by_form]
+        out = {"form": name, "central": central, "spans": spans}
         entry = by_form[name]
-        out = {"form": name, "spans": spans}
         if "value" in entry:  # a loss estimate
-            return {**out, **_union([by_form[n] for n in spans])}
+            return {**out, **_combine([by_form[n] for n in central], [by_form[n] for n in spans])}
         for key, est in entry.items():  # a cost to a target: tokens, steps, wall_s, ...
-            out[key] = _union([by_form[n][key] for n in spans]) if isinstance(est, dict) else est
+            if isinstance(est, dict):
+                est = _combine([by_form[n][key] for n in central], [by_form[n][key] for n in spans])
+            out[key] = est
+        out["reached"] = out["tokens"]["value"] is not None
         return out
 
     def to_json(self) -> dict:
@@ -205,14 +218,18 @@ def fit_run(
     return RunFit(run, x, fits, settings, tail, run.wall_rate(max_tokens=cutoff))
 
 
-def _union(estimates: list[dict]) -> dict:
-    """The first estimate's value, with an interval covering every estimate's interval
-    (None, an unbounded side, wins)."""
-    lows = [e["ci_low"] for e in estimates]
-    highs = [e["ci_high"] for e in estimates]
-    ses = [e["se"] for e in estimates if e["se"] is not None]
+def _combine(central: list[dict], spans: list[dict]) -> dict:
+    """The geometric mean of the central estimates' values, with an interval covering
+    every spanned estimate's interval (None, an unbounded side, wins)."""
+    values = [e["value"] for e in central]
+    value = None
+    if all(v is not None and v > 0 for v in values):
+        value = float(np.exp(np.mean(np.log(values))))
+    lows = [e["ci_low"] for e in spans]
+    highs = [e["ci_high"] for e in spans]
+    ses = [e["se"] for e in spans if e["se"] is not None]
     return {
-        "value": estimates[0]["value"],
+        "value": value,
         "ci_low": None if None in lows else min(lows),
         "ci_high": None if None in highs else max(highs),
         "se": max(ses) if ses else None,
