@@ -77,8 +77,17 @@ def run_demo(args) -> int:
         f"\n== training for {args.epochs:g} epochs over 1/{args.epochs:g} of the data (same tokens)"
     )
     _train(args.data, many, args.tokens, "--epochs", f"{args.epochs:g}")
-    print("\n== power-law fit of the one-epoch run's validation loss")
-    _cli("fit", str(one), "--plot", str(out / "fit.png"))
+    final_tokens = json.loads((one / "run.json").read_text())["final"]["tokens"]
+    print(
+        "\n== the one-epoch run's future from its first 30%: learning-curve fits, and the "
+        "final validation loss they forecast next to the one observed"
+    )
+    fit_args = ["--use-first", "0.3", "--predict-at", str(final_tokens)]
+    try:
+        _cli("fit", str(one), *fit_args, "--plot", str(out / "fit.png"))
+    except UserError:
+        print("== (too few evaluations in the first 30% for that; fitting the whole run)")
+        _cli("fit", str(one), "--plot", str(out / "fit.png"))
     print(
         f"\n== wall-clock to the same validation loss: {args.epochs:g} epochs (A) vs one epoch (B)"
     )

@@ -187,15 +187,17 @@ def fit_run(
         keep &= curve["tokens"] <= cutoff
     x_fit, loss_fit = curve["x"][keep], curve["loss"][keep]
 
-    built = {name: _build_form(name, run, x, x_fit, decay) for name in forms}
-    for name, form in built.items():
-        need = len(form.param_names) + 2
+    for name in forms:
+        if name not in FORM_SPECS:
+            raise UserError(f"unknown form {name!r}; choose from {', '.join(FORMS)}.")
+        need = N_PARAMS[name] + 2
         if x_fit.size < need:
             raise UserError(
                 f"{run.path} has {x_fit.size} evaluations after step {min_step:g}"
                 f"{' within --use-first' if cutoff else ''}, but the {name} form needs at"
                 f" least {need}; evaluate more often, train longer or lower --min-step."
             )
+    built = {name: _build_form(name, run, x, x_fit, decay) for name in forms}
     rng = np.random.default_rng(seed)
     fits = {
         name: fit_curve(form, x_fit, loss_fit, n_boot=n_boot, level=level, rng=rng)
