@@ -234,6 +234,11 @@ def test_missing_metrics_file(capsys, tmp_path):
     assert_user_error(capsys, "compare", tmp_path / "run", tmp_path / "run", says="is missing")
 
 
+def test_use_first_leaving_no_evaluation(capsys, cosine_run):
+    # 1% of the run ends inside the warm-up: nothing is left to fit, for any form
+    assert_user_error(capsys, "fit", cosine_run, "--use-first", 0.01, says="has 0 evaluations")
+
+
 def test_too_few_evaluations(capsys, tmp_path):
     run = write_run(
         tmp_path / "run", power_law(2, 400, 0.3), total_steps=30, eval_steps=np.array([10, 20, 30])
