@@ -9,7 +9,7 @@ runs separately.
 
     python benchmarks/extrapolation.py RUN_DIR...                 # runs made anywhere
     python benchmarks/extrapolation.py --train runs/extrap        # train the reference set
-                                                                  # first (~30 min, 2 cores)
+                                                                  # first (~45 min, 2 cores)
 
 ``--train DIR`` trains the reference set below on the built-in corpus (prepared on first
 use) with ``oneepoch train``, skipping runs that are already complete, then measures them.
@@ -26,22 +26,32 @@ from pathlib import Path
 
 import numpy as np
 
-# name: oneepoch train flags. Shapes and LRs vary; "const" runs keep the LR flat after
-# warm-up (the paper's setting), "cosine"/"linear" decay it to 10% of the peak.
+# name: oneepoch train flags (the n_head default is 2). "const" runs keep the LR flat after
+# warm-up (the paper's setting), "cosine"/"linear" decay it to 10% of the peak. These are
+# the runs behind the table in docs/analysis.md (~45 min on 2 CPU cores, one at a time).
+_DEMO = "--tokens 2M --n-layer 2 --d-model 128 --lr 2e-3 --warmup-steps 50"
 REFERENCE_RUNS = {
-    "const-2x128-s0": "--tokens 2M --n-layer 2 --d-model 128 --lr 2e-3 --schedule constant "
-    "--warmup-steps 50 --seed 0",
-    "const-2x128-s1": "--tokens 2M --n-layer 2 --d-model 128 --lr 2e-3 --schedule constant "
-    "--warmup-steps 50 --seed 1",
-    "const-3x128": "--tokens 3M --n-layer 3 --d-model 128 --lr 6e-4 --schedule constant --seed 2",
-    "const-4x128": "--tokens 4M --n-layer 4 --n-head 4 --d-model 128 --lr 1e-3 --schedule constant",
-    "const-2x96-b32": "--tokens 5M --n-layer 2 --d-model 96 --lr 2e-3 --schedule constant "
+    "const-demo-s0": f"{_DEMO} --schedule constant --seed 0",
+    "const-demo-s1": f"{_DEMO} --schedule constant --seed 1",
+    "const-demo-s3": f"{_DEMO} --schedule constant --seed 3",
+    "const-demo-s2-dense": f"{_DEMO} --schedule constant --seed 2 --eval-every 8",
+    "const-2x64-1M": "--tokens 1M --n-layer 2 --d-model 64 --lr 3e-3 --schedule constant",
+    "const-4x128-4M": "--tokens 4M --n-layer 4 --n-head 4 --d-model 128 --lr 1e-3 "
+    "--schedule constant",
+    "const-2x96-5M": "--tokens 5M --n-layer 2 --d-model 96 --lr 2e-3 --schedule constant "
     "--batch-size 32 --seed 1",
-    "cosine-2x128": "--tokens 2M --n-layer 2 --d-model 128 --lr 2e-3 --schedule cosine "
-    "--warmup-steps 50",
-    "cosine-4x128": "--tokens 4M --n-layer 4 --n-head 4 --d-model 128 --lr 1e-3 --schedule cosine",
-    "linear-2x128": "--tokens 2M --n-layer 2 --d-model 128 --lr 2e-3 --schedule linear "
-    "--warmup-steps 50 --seed 3",
+    "const-3x128-3M": "--tokens 3M --n-layer 3 --d-model 128 --lr 6e-4 --schedule constant "
+    "--seed 2",
+    "const-2x128h4-3M": "--tokens 3M --n-layer 2 --n-head 4 --d-model 128 --lr 1e-3 "
+    "--schedule constant --seed 4 --batch-size 24",
+    "cosine-demo-s0": f"{_DEMO} --schedule cosine --seed 0",
+    "cosine-demo-s1": f"{_DEMO} --schedule cosine --seed 1",
+    "cosine-2x64-1M": "--tokens 1M --n-layer 2 --d-model 64 --lr 3e-3 --schedule cosine",
+    "cosine-4x128-4M": "--tokens 4M --n-layer 4 --n-head 4 --d-model 128 --lr 1e-3 "
+    "--schedule cosine",
+    "cosine-2x128h4-3M": "--tokens 3M --n-layer 2 --n-head 4 --d-model 128 --lr 1e-3 "
+    "--schedule cosine --seed 4 --batch-size 24",
+    "linear-demo-s3": f"{_DEMO} --schedule linear --seed 3",
 }
 
 
