@@ -60,7 +60,7 @@ def test_fit_json_reports_every_form_with_intervals(capsys, cosine_run, tmp_path
     )
     assert code == 0
     result = json.loads(out)["runs"][0]
-    assert result["x"] == "tokens" and result["min_step"] == 50
+    assert result["x"] == "tokens" and result["min_step"] == 2 * 50  # twice the warm-up
     expected = {
         "power": ("E", "A", "alpha"),
         "schedule": ("L0", "A", "alpha", "C"),

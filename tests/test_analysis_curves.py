@@ -8,6 +8,7 @@ from oneepoch.analysis.lr_schedule import LRSchedule
 from oneepoch.analysis.runfit import fit_run
 from oneepoch.analysis.runs import load_run
 from oneepoch.analysis.synthetic import cosine_lr, power_law, write_run
+from oneepoch.errors import UserError
 
 E, A, ALPHA = 2.0, 400.0, 0.3
 T = np.geomspace(1e5, 1e8, 30)
@@ -148,7 +149,10 @@ def test_schedule_form_recovers_law_and_wins_on_the_tail(tmp_path):
     params = rf.fits["schedule"].params()
     for name, value in truth.items():
         assert params[name]["ci_low"] <= value <= params[name]["ci_high"], (name, params[name])
-    assert rf.tail_check["better"] == "schedule"
+    # on held-out tail points the true form is as good as the noise (0.3%) allows and far
+    # better than the plain power law, which cannot bend with the cosine decay
+    rmse = rf.tail_check["rmse_log"]
+    assert rmse["schedule"] < 1.5 * 0.003 and rmse["schedule"] < 0.5 * rmse["power"]
     # the correct form holds over the whole fitted range; the plain power law does not
     assert rf.fits["schedule"].valid_range()["n_points"] == rf.settings["n_fit_points"]
     assert rf.fits["power"].valid_range()["n_points"] < rf.settings["n_fit_points"]
@@ -203,7 +207,8 @@ def test_constant_lr_fixes_annealing_term_at_zero(tmp_path):
 
 def test_warmup_left_to_the_trainer_is_read_from_the_logged_lr(tmp_path):
     """config.toml's warmup_steps = -1 means "the trainer's default"; the fit must not start
-    at step 1, inside the warm-up, but at the first logged step at the peak LR."""
+    at step 1, inside the warm-up, but after the first logged step at the peak LR (twice
+    over, SKIP_WARMUPS)."""
     run = load_run(
         write_run(
             tmp_path / "auto-warmup",
@@ -213,7 +218,7 @@ def test_warmup_left_to_the_trainer_is_read_from_the_logged_lr(tmp_path):
         )
     )
     assert run.warmup_steps == 40
-    assert fit_run(run, forms=("power",), n_boot=0).settings["min_step"] == 40
+    assert fit_run(run, forms=("power",), n_boot=0).settings["min_step"] == 2 * 40
 
 
 def test_annealing_term_waits_until_the_fitted_range_holds_lr_decay(tmp_path):
@@ -271,3 +276,45 @@ def test_backtested_drift_widens_intervals_only_past_the_fitted_range(tmp_path):
     assert np.std(np.log(drifting[:, 1])) > 2 * np.std(np.log(still[:, 1]))
     truth = E + A * run.final_tokens**-ALPHA
     assert abs(rf.predict_at(run.final_tokens)["forms"]["power"]["value"] / truth - 1) < 0.01
+
+
+def _constant_lr(warmup):
+    return lambda s: 1e-3 * np.minimum(np.asarray(s, dtype=float) / warmup, 1.0)
+
+
+def test_constant_lr_forecast_is_the_floorless_power_law(tmp_path):
+    write_run(
+        tmp_path / "run",
+        power_law(0.0, 60.0, 0.15),
+        noise=0.003,
+        warmup_steps=50,
+        lr=_constant_lr(50),
+    )
+    run = load_run(tmp_path / "run")
+    prediction = fit_run(run, use_first=0.3, n_boot=100).predict_at(run.final_tokens)
+    forecast = prediction["forecast"]
+    assert forecast["central"] == ["power-nofloor"]
+    assert forecast["spans"] == ["power-nofloor", "power"]
+    truth = 60.0 * run.final_tokens**-0.15
+    assert abs(forecast["value"] / truth - 1) < 0.01
+    assert forecast["ci_low"] <= truth <= forecast["ci_high"]
+
+
+def test_forms_short_of_evaluations_are_left_out_unless_named(tmp_path):
+    # after twice the 10-step warm-up, 5 evaluations: enough for 3 parameters, not for 4
+    steps = np.array([5, 10, 15, 20, 40, 80, 160, 320, 640])
+    write_run(
+        tmp_path / "run",
+        power_law(E, A, ALPHA),
+        noise=0.002,
+        total_steps=640,
+        eval_steps=steps,
+        warmup_steps=10,
+        lr=_constant_lr(10),
+    )
+    run = load_run(tmp_path / "run")
+    rf = fit_run(run, n_boot=0)
+    assert set(rf.fits) == {"power", "power-nofloor", "schedule-nofloor"}
+    assert rf.settings["forms_left_out"] == {"schedule": "needs 6 evaluations"}
+    with pytest.raises(UserError, match="the schedule form needs at least 6"):
+        fit_run(run, forms=("power", "schedule"), n_boot=0)

@@ -333,6 +333,8 @@ def _print_run_fit(r: dict) -> None:
         + (f", first {r['use_first']:.0%} of tokens" if r["use_first"] else "")
         + f"), t = {r['x']}, {r['level']:.0%} intervals"
     )
+    for name, why in r["forms_left_out"].items():
+        print(f"  {name}: left out, too few evaluations ({why})")
     for name, form in r["forms"].items():
         print(f"  {name}: {form['formula']}")
         for p in form["param_names"]:

@@ -25,6 +25,9 @@ FORM_SPECS = {
     "schedule-nofloor": ("schedule", False),
 }
 FORMS = tuple(FORM_SPECS)
+# Fits start after this many warm-ups by default: right after the warm-up the loss is
+# still in its initial fast drop, which no form here describes (docs/analysis.md).
+SKIP_WARMUPS = 2
 # Beyond this multiple of the last fitted t a prediction counts as an extrapolation.
 EXTRAPOLATION_RATIO = 1.25
 N_PARAMS = {"power": 3, "schedule": 4, "power-nofloor": 2, "schedule-nofloor": 3}
@@ -95,39 +98,41 @@ class RunFit:
     def x_fit_end(self) -> float:
         return float(max(fit.x[-1] for fit in self.fits.values()))
 
-    def recommended_form(self, extrapolating: bool) -> str:
-        """The form to trust. Within the fitted range: the one that predicted held-out tail
-        points best. Beyond it: a floor-free form, the schedule-aware one when the LR was
-        logged, because a floor fitted to the first part of a curve absorbs the early bend
-        and over-predicts later losses (measured: docs/analysis.md)."""
+    def forecast_forms(self, extrapolating: bool) -> list[str]:
+        """The forms whose (geometric-mean) estimate to trust; measured in docs/analysis.md.
+
+        Within the fitted range: the one that predicted held-out tail points best. Past it,
+        a form without a floor, since a floor fitted to the first part of a curve takes the
+        bend left by the initial fast drop for saturation and over-predicts later losses:
+        - constant LR (or none logged): the power law, L = A t^-alpha;
+        - LR decay inside the fitted range: the schedule-aware law, which measured it;
+        - LR decay only after it: the annealing term is unknown, so the schedule-aware law
+          without it over-predicts while the power law ignores the schedule: both.
+        """
         if extrapolating:
-            for name in ("schedule-nofloor", "power-nofloor"):
+            power, sched = "power-nofloor", "schedule-nofloor"
+            form = self.fits[sched].form if sched in self.fits else None
+            if form is not None and form.annealing_unmeasured and power in self.fits:
+                return [sched, power]
+            if form is not None and not form.schedule.constant:
+                return [sched]
+            for name in (power, sched):
                 if name in self.fits:
-                    return name
+                    return [name]
         better = self.tail_check.get("better")
-        return better if better in self.fits else next(iter(self.fits))
+        return [better if better in self.fits else next(iter(self.fits))]
 
     def _forecast(self, by_form: dict, extrapolating: bool) -> dict:
-        """What to expect, from the forms' estimates.
-
-        Within the fitted range: the recommended form's own estimate. Past it, the
-        interval also spans that form with a floor: the first part of a curve cannot show
-        whether a floor is real, and the two bracket the truth on the runs we measured.
-        When the LR decays only after the fitted range, the annealing term is unknown: the
-        schedule form without it over-predicts and the token-only power form ignores the
-        schedule; the forecast is their geometric mean, its interval spanning both.
-        """
-        name = self.recommended_form(extrapolating)
-        central = [name]
-        if extrapolating and name == "schedule-nofloor" and "power-nofloor" in by_form:
-            if self.fits[name].form.annealing_unmeasured:
-                central.append("power-nofloor")
+        """What to expect: the geometric mean of ``forecast_forms``' estimates. Past the
+        fitted range the interval also spans the same forms with a floor: the first part
+        of a curve cannot show whether a floor is real."""
+        central = self.forecast_forms(extrapolating)
         spans = list(central)
         if extrapolating:
             spans += [n.removesuffix("-nofloor") for n in central]
             spans = [n for n in dict.fromkeys(spans) if n in by_form]
-        out = {"form": name, "central": central, "spans": spans}
-        entry = by_form[name]
+        out = {"form": central[0], "central": central, "spans": spans}
+        entry = by_form[central[0]]
         if "value" in entry:  # a loss estimate
             return {**out, **_combine([by_form[n] for n in central], [by_form[n] for n in spans])}
         for key, est in entry.items():  # a cost to a target: tokens, steps, wall_s, ...
@@ -168,16 +173,20 @@ def fit_run(
     seed: int = 0,
     decay: float = DEFAULT_DECAY,
 ) -> RunFit:
-    """Fit ``forms`` to the run's evaluations after ``min_step`` (default: the warmup).
+    """Fit ``forms`` to the run's evaluations after ``min_step`` (default: twice the
+    warm-up, ``SKIP_WARMUPS``).
 
-    ``use_first`` keeps only evaluations within that fraction of the run's final tokens;
-    the throughput is then measured on that part too. The logged LR schedule is used in
-    full: it is an input planned in advance, not an outcome.
+    ``forms`` None: every form the run supports (the schedule forms need a logged LR) and
+    has enough evaluations for; named forms must all be fitted. ``use_first`` keeps only
+    evaluations within that fraction of the run's final tokens; the throughput is then
+    measured on that part too. The logged LR schedule is used in full: it is an input
+    planned in advance, not an outcome.
     """
-    if forms is None:  # every form the run supports: the schedule forms need a logged LR
+    explicit = forms is not None
+    if forms is None:
         forms = FORMS if run.lr_log() is not None else ("power", "power-nofloor")
     curve = eval_curve(run, x)
-    min_step = run.warmup_steps if min_step is None else float(min_step)
+    min_step = SKIP_WARMUPS * run.warmup_steps if min_step is None else float(min_step)
     keep = curve["steps"] > min_step
     cutoff = None
     if use_first is not None:
@@ -190,13 +199,16 @@ def fit_run(
     for name in forms:
         if name not in FORM_SPECS:
             raise UserError(f"unknown form {name!r}; choose from {', '.join(FORMS)}.")
-        need = N_PARAMS[name] + 2
-        if x_fit.size < need:
-            raise UserError(
-                f"{run.path} has {x_fit.size} evaluations after step {min_step:g}"
-                f"{' within --use-first' if cutoff else ''}, but the {name} form needs at"
-                f" least {need}; evaluate more often, train longer or lower --min-step."
-            )
+    short = [name for name in forms if x_fit.size < N_PARAMS[name] + 2]
+    if short and (explicit or len(short) == len(forms)):
+        name = min(short, key=N_PARAMS.get)
+        raise UserError(
+            f"{run.path} has {x_fit.size} evaluations after step {min_step:g}"
+            f"{' within --use-first' if cutoff else ''}, but the {name} form needs at"
+            f" least {N_PARAMS[name] + 2}; evaluate more often, train longer or lower"
+            " --min-step."
+        )
+    forms = tuple(name for name in forms if name not in short)
     built = {name: _build_form(name, run, x, x_fit, decay) for name in forms}
     rng = np.random.default_rng(seed)
     fits = {
@@ -207,6 +219,7 @@ def fit_run(
     for name, fit in fits.items():
         fit.with_drift(backtest[name]["log_error_per_log_distance"] or 0.0, rng)
     settings = {
+        "forms_left_out": {n: f"needs {N_PARAMS[n] + 2} evaluations" for n in short},
         "min_step": min_step,
         "use_first": use_first,
         "cutoff_tokens": cutoff,
