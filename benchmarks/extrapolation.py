@@ -9,7 +9,7 @@ runs separately.
 
     python benchmarks/extrapolation.py RUN_DIR...                 # runs made anywhere
     python benchmarks/extrapolation.py --train runs/extrap        # train the reference set
-                                                                  # first (~45 min, 2 cores)
+                                                                  # first (~60 min, 2 cores)
 
 ``--train DIR`` trains the reference set below on the built-in corpus (prepared on first
 use) with ``oneepoch train``, skipping runs that are already complete, then measures them.
@@ -28,7 +28,7 @@ import numpy as np
 
 # name: oneepoch train flags (the n_head default is 2). "const" runs keep the LR flat after
 # warm-up (the paper's setting), "cosine"/"linear" decay it to 10% of the peak. These are
-# the runs behind the table in docs/analysis.md (~45 min on 2 CPU cores, one at a time).
+# the runs behind the table in docs/analysis.md (~60 min on 2 CPU cores, one at a time).
 _DEMO = "--tokens 2M --n-layer 2 --d-model 128 --lr 2e-3 --warmup-steps 50"
 REFERENCE_RUNS = {
     "const-demo-s0": f"{_DEMO} --schedule constant --seed 0",
@@ -52,6 +52,16 @@ REFERENCE_RUNS = {
     "cosine-2x128h4-3M": "--tokens 3M --n-layer 2 --n-head 4 --d-model 128 --lr 1e-3 "
     "--schedule cosine --seed 4 --batch-size 24",
     "linear-demo-s3": f"{_DEMO} --schedule linear --seed 3",
+    # Trained after the forecast's rules were chosen on the runs above: a fresh check.
+    "late-const-seq64": "--tokens 2M --n-layer 2 --d-model 128 --seq-len 64 --batch-size 32 "
+    "--lr 1.5e-3 --schedule constant --seed 7",
+    "late-const-3x96h4-3M": "--tokens 3M --n-layer 3 --n-head 4 --d-model 96 --lr 2e-3 "
+    "--schedule constant --seed 8",
+    "late-const-demo-s5": f"{_DEMO} --schedule constant --seed 5",
+    "late-const-lr4e-3-wu100": "--tokens 2M --n-layer 2 --d-model 128 --lr 4e-3 "
+    "--warmup-steps 100 --schedule constant --seed 9",
+    "late-cosine-3x96h4-3M": "--tokens 3M --n-layer 3 --n-head 4 --d-model 96 --lr 2e-3 "
+    "--schedule cosine --seed 8",
 }
 
 

@@ -301,8 +301,8 @@ def test_constant_lr_forecast_is_the_floorless_power_law(tmp_path):
 
 
 def test_forms_short_of_evaluations_are_left_out_unless_named(tmp_path):
-    # after twice the 10-step warm-up, 5 evaluations: enough for 3 parameters, not for 4
-    steps = np.array([5, 10, 15, 20, 40, 80, 160, 320, 640])
+    # after the 10-step warm-up, 5 evaluations: enough for 3 parameters, not for 4
+    steps = np.array([5, 10, 40, 80, 160, 320, 640])
     write_run(
         tmp_path / "run",
         power_law(E, A, ALPHA),
@@ -318,3 +318,20 @@ def test_forms_short_of_evaluations_are_left_out_unless_named(tmp_path):
     assert rf.settings["forms_left_out"] == {"schedule": "needs 6 evaluations"}
     with pytest.raises(UserError, match="the schedule form needs at least 6"):
         fit_run(run, forms=("power", "schedule"), n_boot=0)
+
+
+def test_long_warmup_moves_the_fit_start_to_keep_enough_evaluations(tmp_path):
+    # a 100-step warm-up and evaluations every 25 steps to step 300: after 200 only 4
+    # are left, fewer than the 6 the schedule form needs; after 100 there are 8
+    write_run(
+        tmp_path / "run",
+        power_law(E, A, ALPHA),
+        noise=0.002,
+        total_steps=300,
+        eval_steps=np.arange(25, 301, 25),
+        warmup_steps=100,
+        lr=_constant_lr(100),
+    )
+    rf = fit_run(load_run(tmp_path / "run"), n_boot=0)
+    assert rf.settings["min_step"] == 150  # the last 6 evaluations: 175 ... 300
+    assert rf.settings["n_fit_points"] == 6 and len(rf.fits) == 4

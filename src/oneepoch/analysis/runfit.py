@@ -186,14 +186,18 @@ def fit_run(
     if forms is None:
         forms = FORMS if run.lr_log() is not None else ("power", "power-nofloor")
     curve = eval_curve(run, x)
-    min_step = SKIP_WARMUPS * run.warmup_steps if min_step is None else float(min_step)
-    keep = curve["steps"] > min_step
+    keep = np.ones(curve["steps"].shape, dtype=bool)
     cutoff = None
     if use_first is not None:
         if not 0 < use_first <= 1:
             raise UserError(f"--use-first must be a fraction in (0, 1], not {use_first}.")
         cutoff = use_first * run.final_tokens
         keep &= curve["tokens"] <= cutoff
+    if min_step is None:
+        need = max(N_PARAMS.get(name, 0) for name in forms) + 2
+        min_step = _default_min_step(run.warmup_steps, curve["steps"][keep], need)
+    min_step = float(min_step)
+    keep &= curve["steps"] > min_step
     x_fit, loss_fit = curve["x"][keep], curve["loss"][keep]
 
     for name in forms:
@@ -231,6 +235,18 @@ def fit_run(
     }
     tail = _tail_check(run, x, x_fit, loss_fit, forms, tail_fraction, decay)
     return RunFit(run, x, fits, settings, tail, run.wall_rate(max_tokens=cutoff))
+
+
+def _default_min_step(warmup: int, steps: np.ndarray, need: int) -> float:
+    """SKIP_WARMUPS warm-ups, or, where that leaves fewer than ``need`` evaluations (a long
+    warm-up, a short --use-first), as late as leaves ``need``, but never inside the
+    warm-up itself."""
+    after = np.sort(steps[steps > warmup])
+    if after.size <= need:
+        return float(warmup)
+    if np.sum(after > SKIP_WARMUPS * warmup) >= need:
+        return float(SKIP_WARMUPS * warmup)
+    return float(after[-need - 1])  # keeps the last ``need``
 
 
 def _combine(central: list[dict], spans: list[dict]) -> dict:
