@@ -35,14 +35,21 @@ def _level_box(floor: bool) -> tuple[float, float]:
     return _LOG_LEVEL if floor else (_LOG_LEVEL[0], _LOG_LEVEL[0])
 
 
+def param_names(all_params: tuple[str, ...], floor: bool) -> tuple[str, ...]:
+    """A form's reported parameters: all of them, or without the floor (always first)."""
+    return all_params if floor else all_params[1:]
+
+
 class PowerForm:
     """L = E + A * t^(-alpha); with ``floor=False``, L = A * t^(-alpha) (E held at ~0)."""
+
+    ALL_PARAMS = ("E", "A", "alpha")
 
     def __init__(self, t_ref: float, floor: bool = True):
         self.t_ref, self.floor = float(t_ref), floor
         self.name = "power" if floor else "power-nofloor"
         self.formula = "L = E + A * t^(-alpha)" if floor else "L = A * t^(-alpha)"
-        self.param_names = ("E", "A", "alpha") if floor else ("A", "alpha")
+        self.param_names = param_names(self.ALL_PARAMS, floor)
         self.bounds = np.array([_level_box(floor), _LOG_LEVEL, _ALPHA])
 
     def model(self, x) -> _PowerModel:
@@ -87,11 +94,13 @@ class _PowerModel:
 class ScheduleForm:
     """L = L0 + A * S1^(-alpha) - C * S2; with ``floor=False`` L0 is held at ~0."""
 
+    ALL_PARAMS = ("L0", "A", "alpha", "C")
+
     def __init__(self, schedule: LRSchedule, x_to_steps: Callable, fit_x, floor: bool = True):
         self.schedule, self.x_to_steps, self.floor = schedule, x_to_steps, floor
         self.name = "schedule" if floor else "schedule-nofloor"
         self.formula = f"L = {'L0 + ' if floor else ''}A * S1^(-alpha) - C * S2"
-        self.param_names = ("L0", "A", "alpha", "C") if floor else ("A", "alpha", "C")
+        self.param_names = param_names(self.ALL_PARAMS, floor)
         steps = x_to_steps(fit_x)
         s1, s2 = schedule.areas(steps)
         self.s1_ref = float(np.exp(np.mean(np.log(np.maximum(s1, 1e-12)))))

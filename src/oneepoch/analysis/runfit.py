@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from oneepoch.analysis import extrapolate, robust
-from oneepoch.analysis.curves import CurveFit, PowerForm, ScheduleForm, fit_curve
+from oneepoch.analysis.curves import CurveFit, PowerForm, ScheduleForm, fit_curve, param_names
 from oneepoch.analysis.lr_schedule import DEFAULT_DECAY, LRSchedule
 from oneepoch.analysis.runs import Run, eval_curve
 from oneepoch.errors import UserError
@@ -19,18 +19,20 @@ from oneepoch.errors import UserError
 # absorbs the bend of the early transient, which makes the floored forms over-predict
 # later losses (docs/analysis.md has the measurements).
 FORM_SPECS = {
-    "power": ("power", True),
-    "schedule": ("schedule", True),
-    "power-nofloor": ("power", False),
-    "schedule-nofloor": ("schedule", False),
+    "power": (PowerForm, True),
+    "schedule": (ScheduleForm, True),
+    "power-nofloor": (PowerForm, False),
+    "schedule-nofloor": (ScheduleForm, False),
 }
 FORMS = tuple(FORM_SPECS)
+N_PARAMS = {
+    name: len(param_names(cls.ALL_PARAMS, floor)) for name, (cls, floor) in FORM_SPECS.items()
+}
 # Fits start after this many warm-ups by default: right after the warm-up the loss is
 # still in its initial fast drop, which no form here describes (docs/analysis.md).
 SKIP_WARMUPS = 2
 # Beyond this multiple of the last fitted t a prediction counts as an extrapolation.
 EXTRAPOLATION_RATIO = 1.25
-N_PARAMS = {"power": 3, "schedule": 4, "power-nofloor": 2, "schedule-nofloor": 3}
 
 
 @dataclass
@@ -185,6 +187,9 @@ def fit_run(
     explicit = forms is not None
     if forms is None:
         forms = FORMS if run.lr_log() is not None else ("power", "power-nofloor")
+    for name in forms:
+        if name not in FORM_SPECS:
+            raise UserError(f"unknown form {name!r}; choose from {', '.join(FORMS)}.")
     curve = eval_curve(run, x)
     keep = np.ones(curve["steps"].shape, dtype=bool)
     cutoff = None
@@ -194,15 +199,12 @@ def fit_run(
         cutoff = use_first * run.final_tokens
         keep &= curve["tokens"] <= cutoff
     if min_step is None:
-        need = max(N_PARAMS.get(name, 0) for name in forms) + 2
+        need = max(N_PARAMS[name] for name in forms) + 2
         min_step = _default_min_step(run.warmup_steps, curve["steps"][keep], need)
     min_step = float(min_step)
     keep &= curve["steps"] > min_step
     x_fit, loss_fit = curve["x"][keep], curve["loss"][keep]
 
-    for name in forms:
-        if name not in FORM_SPECS:
-            raise UserError(f"unknown form {name!r}; choose from {', '.join(FORMS)}.")
     short = [name for name in forms if x_fit.size < N_PARAMS[name] + 2]
     if short and (explicit or len(short) == len(forms)):
         name = min(short, key=N_PARAMS.get)
@@ -230,7 +232,7 @@ def fit_run(
         "n_eval_points": int(curve["x"].size),
         "n_fit_points": int(x_fit.size),
         "level": level,
-        "lr_decay_factor": decay if any(FORM_SPECS[n][0] == "schedule" for n in built) else None,
+        "lr_decay_factor": decay if any(FORM_SPECS[n][0] is ScheduleForm for n in built) else None,
         "backtest": backtest,
     }
     tail = _tail_check(run, x, x_fit, loss_fit, forms, tail_fraction, decay)
@@ -268,10 +270,8 @@ def _combine(central: list[dict], spans: list[dict]) -> dict:
 
 
 def _build_form(name: str, run: Run, x_name: str, fit_x: np.ndarray, decay: float):
-    if name not in FORM_SPECS:
-        raise UserError(f"unknown form {name!r}; choose from {', '.join(FORMS)}.")
     family, floor = FORM_SPECS[name]
-    if family == "power":
+    if family is PowerForm:
         t_ref = float(np.exp(np.mean(np.log(fit_x)))) if fit_x.size else 1.0
         return PowerForm(t_ref, floor)
     log = run.lr_log()
