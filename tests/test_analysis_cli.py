@@ -254,66 +254,31 @@ def test_corrupt_metrics_line(capsys, tmp_path):
     assert_user_error(capsys, "fit", run, says="line 4 is not valid JSON")
 
 
-def _csv(tmp_path, text):
+def assert_csv_error(capsys, tmp_path, text, says):
+    """`scaling fit` on a CSV with this text fails with one sentence containing ``says``."""
     path = tmp_path / "s.csv"
     path.write_text(text)
-    return path
+    out = tmp_path / "o.json"
+    assert_user_error(capsys, "scaling", "fit", "--csv", path, "--json", out, says=says)
 
 
 def test_csv_with_non_positive_value(capsys, tmp_path):
-    path = _csv(tmp_path, "params,tokens,loss\n1e6,1e8,3.1\n2e6,0,3.0\n")
-    assert_user_error(
-        capsys,
-        "scaling",
-        "fit",
-        "--csv",
-        path,
-        "--json",
-        tmp_path / "o.json",
-        says="line 3: tokens = 0 must be a positive number",
-    )
+    text = "params,tokens,loss\n1e6,1e8,3.1\n2e6,0,3.0\n"
+    assert_csv_error(capsys, tmp_path, text, says="line 3: tokens = 0 must be a positive number")
 
 
 def test_csv_with_missing_column(capsys, tmp_path):
-    path = _csv(tmp_path, "params,tokens\n1e6,1e8\n")
-    assert_user_error(
-        capsys,
-        "scaling",
-        "fit",
-        "--csv",
-        path,
-        "--json",
-        tmp_path / "o.json",
-        says="lacks column(s) loss",
-    )
+    assert_csv_error(capsys, tmp_path, "params,tokens\n1e6,1e8\n", says="lacks column(s) loss")
 
 
 def test_csv_with_non_numeric_cell(capsys, tmp_path):
-    path = _csv(tmp_path, "params,tokens,loss\n1e6,1e8,abc\n")
-    assert_user_error(
-        capsys,
-        "scaling",
-        "fit",
-        "--csv",
-        path,
-        "--json",
-        tmp_path / "o.json",
-        says="loss = 'abc' is not a number",
-    )
+    text = "params,tokens,loss\n1e6,1e8,abc\n"
+    assert_csv_error(capsys, tmp_path, text, says="loss = 'abc' is not a number")
 
 
 def test_csv_too_short_for_the_form(capsys, tmp_path):
-    path = _csv(tmp_path, "params,tokens,loss\n1e6,1e8,3.1\n2e6,2e8,3.0\n")
-    assert_user_error(
-        capsys,
-        "scaling",
-        "fit",
-        "--csv",
-        path,
-        "--json",
-        tmp_path / "o.json",
-        says="needs at least 7 rows",
-    )
+    text = "params,tokens,loss\n1e6,1e8,3.1\n2e6,2e8,3.0\n"
+    assert_csv_error(capsys, tmp_path, text, says="needs at least 7 rows")
 
 
 def test_missing_law_file(tmp_path):
