@@ -16,6 +16,20 @@ from pathlib import Path
 import numpy as np
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+# Trainer flags for a model small enough to train in seconds in a test.
+TINY = [
+    "--n-layer",
+    "2",
+    "--n-head",
+    "2",
+    "--d-model",
+    "64",
+    "--seq-len",
+    "64",
+    "--eval-tokens",
+    "4096",
+    "--quiet",
+]
 
 
 def stdlib_text(n_bytes: int) -> bytes:

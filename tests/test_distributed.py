@@ -34,19 +34,9 @@ ARGS = [
     "6",
     "--lr",
     "3e-3",
-    "--n-layer",
-    "2",
-    "--n-head",
-    "2",
-    "--d-model",
-    "64",
-    "--seq-len",
-    "64",
-    "--eval-tokens",
-    "4096",
     "--dtype",
     "float32",
-    "--quiet",
+    *helpers.TINY,
 ]
 
 

@@ -10,21 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import launch, read_metrics, run_cli, wait_for_step
-
-TINY = [
-    "--n-layer",
-    "2",
-    "--n-head",
-    "2",
-    "--d-model",
-    "64",
-    "--seq-len",
-    "64",
-    "--eval-tokens",
-    "4096",
-    "--quiet",
-]
+from helpers import TINY, launch, read_metrics, run_cli, wait_for_step
 
 
 def comparable(lines: list[dict]) -> list[dict]:
