@@ -114,6 +114,23 @@ def test_resume_after_sigkill_at_an_arbitrary_step_is_exact(byte_dataset, uninte
     )
 
 
+def test_training_in_segments_with_until_step_equals_one_uninterrupted_run(
+    byte_dataset, uninterrupted, tmp_path
+):
+    run = tmp_path / "run"
+    args = ["train", "--data", str(byte_dataset), "--out", str(run), *RESUME_ARGS]
+    cuts = sorted(random.Random().sample(range(2, 89), 2))  # different segments each run
+    for i, cut in enumerate(cuts):
+        res = run_cli(*args, "--until-step", str(cut), *(["--resume"] if i else []))
+        assert res.returncode == 0, res.stderr
+        info = json.loads((run / "run.json").read_text())
+        assert (info["status"], info["final"]["step"]) == ("paused", cut), cuts
+    res = run_cli(*args, "--resume")
+    assert res.returncode == 0, res.stderr
+    assert json.loads((run / "run.json").read_text())["status"] == "completed"
+    assert comparable(read_metrics(run)) == comparable(read_metrics(uninterrupted)), cuts
+
+
 def test_sigterm_checkpoints_and_says_how_to_resume(byte_dataset, uninterrupted, tmp_path):
     run = tmp_path / "run"
     args = ["train", "--data", str(byte_dataset), "--out", str(run), *RESUME_ARGS]

@@ -194,9 +194,13 @@ def train(
     resume: bool = False,
     overrides: dict | None = None,
     show_progress: bool = True,
+    until_step: int | None = None,
 ) -> dict:
     """Train according to ``cfg`` into run directory ``out``; returns run.json's content.
 
+    ``until_step`` pauses the run there: a checkpoint is written and run.json says "paused";
+    ``resume=True`` later continues it exactly (the schedule is the whole run's). Runs that
+    are compared by wall-clock train this way in interleaved segments.
     Under torchrun every rank calls this; rank 0 alone reads and writes ``out``.
     """
     out = Path(out)
@@ -414,9 +418,10 @@ def train(
     rates: list[float] = []
     last_log_step, last_log_wall, last_val = start_step, clock_s, None
     step, elapsed, status = start_step, clock_s, "failed"
+    is_final = steps is not None and step >= steps
     try:
         clock.start()
-        while steps is None or step < steps:
+        while (steps is None or step < steps) and (until_step is None or step < until_step):
             lr = lr_at(cfg.optim, step, steps, None if steps else elapsed / t.time_s)
             seed_step(step)
             acc += train_step(batches.get(step), lr)
@@ -428,9 +433,10 @@ def train(
             is_final = step == steps or (
                 steps is None and (elapsed >= t.time_s or step >= sampler.max_steps)
             )
+            pause = not is_final and until_step is not None and step >= until_step
             do_eval = is_final or step in eval_steps or step % eval_every == 0
             do_log = do_eval or step % t.log_every == 0
-            do_ckpt = step % ckpt_every == 0 or is_final
+            do_ckpt = step % ckpt_every == 0 or is_final or pause
             if not (do_log or do_ckpt or signum):
                 continue
             wall = clock.stop()
@@ -473,13 +479,13 @@ def train(
                 progress.update(step, steps, train_loss, rate, remaining, mfu, force=is_final)
             if do_ckpt or (signum and not is_final):
                 save_checkpoint(step)
-            if is_final:
+            if is_final or pause:
                 break
             if signum:
                 raise Interrupted(signum, step, "")
             clock.start()
         clock.stop()
-        status = "completed"
+        status = "completed" if is_final else "paused"
     except Interrupted as exc:
         status = "interrupted"
         name = signal.Signals(exc.signum).name

@@ -148,6 +148,12 @@ def register(subparsers) -> None:
         action="store_true",
         help="continue the run in --out from its latest checkpoint, exactly",
     )
+    p.add_argument(
+        "--until-step",
+        type=int,
+        help="pause at this step of the planned run (checkpoint written, run.json status "
+        "'paused'); --resume continues it exactly",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.add_argument("--json", action="store_true", help="print run.json at the end")
     p.set_defaults(func=run_train)
@@ -201,7 +207,12 @@ def run_train(args) -> int:
     cfg.update(overrides, "command line")
     try:
         info = train(
-            cfg, args.out, resume=args.resume, overrides=overrides, show_progress=not args.quiet
+            cfg,
+            args.out,
+            resume=args.resume,
+            overrides=overrides,
+            show_progress=not args.quiet,
+            until_step=args.until_step,
         )
     except Interrupted as exc:
         if is_main:
