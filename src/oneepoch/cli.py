@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "oneepoch.train_cli",  # train, sample
     "oneepoch.analysis.cli",  # fit, compare, scaling
     "oneepoch.plan.cli",  # plan, sweep
+    "oneepoch.reproduce.cli",  # reproduce
     "oneepoch.demo",  # demo
 ]
 

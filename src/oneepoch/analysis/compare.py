@@ -5,6 +5,13 @@ without extrapolation. Each run's cost (wall-clock, steps, tokens, FLOPs) is rea
 its eval curve first reaches the target, interpolating log-log between eval points. A run
 that never reaches the target is extrapolated with its power-law fit, with a bootstrap
 interval, and flagged.
+
+Wall-clock is the paper's metric, and load elsewhere on the machine can slow one run for
+a while (tenfold, on a shared 2-core CPU). So every comparison also checks the runs'
+throughput (``throughput_check``): a run that spent more than a few percent of its
+training time far from its own median tokens/s, or two runs of the same shape whose
+medians differ, are named in a note, and the wall-clock speedup is given again at each
+run's median throughput.
 """
 
 from __future__ import annotations
@@ -75,7 +82,114 @@ def compare_runs(
                 f"run {key} never reached loss {target:.4g} (best {best[key]:.4g}); its costs "
                 "are extrapolated with a power-law fit and carry intervals."
             )
+    check = throughput_check({"A": run_a, "B": run_b})
+    result["throughput"] = check
+    at_median = _speedup_at_median_throughput(costs, check)
+    result["wall_clock_speedup_at_median_throughput"] = at_median
+    if check["notes"]:
+        result.setdefault("notes", []).extend(check["notes"])
+        if at_median is not None:
+            result["notes"].append(
+                f"at each run's median throughput the wall-clock speedup would be {at_median:.3g}x."
+            )
     return result
+
+
+# A run is "steady" when at most STEADY_SHARE of its training time ran more than
+# RATE_TOLERANCE away from its median tokens/s; runs of one shape agree within it too.
+RATE_TOLERANCE = 0.25
+STEADY_SHARE = 0.05
+CHUNK_S = 1.0  # throughput is measured over chunks of at least this much training time
+
+
+def throughput_profile(run: Run) -> dict | None:
+    """Median tokens/s of the run's training time and the share of it far from the median.
+
+    The logged lines are grouped into chunks of at least CHUNK_S seconds (single lines are
+    too short to time); wall_s excludes evaluation and checkpoints already.
+    """
+    t, w = run.lines["tokens"], run.lines["wall_s"]
+    ok = np.isfinite(t) & np.isfinite(w)
+    t, w = np.concatenate([[0.0], t[ok]]), np.concatenate([[0.0], w[ok]])
+    rates, spans, start = [], [], 0
+    chunk = max(CHUNK_S, (w[-1] if w.size else 0.0) / 200)
+    for i in range(1, len(w)):
+        if w[i] - w[start] >= chunk or i == len(w) - 1:
+            dt = w[i] - w[start]
+            if dt > 0:
+                rates.append((t[i] - t[start]) / dt)
+                spans.append(dt)
+            start = i
+    if not rates:
+        return None
+    rates, spans = np.asarray(rates), np.asarray(spans)
+    median = _weighted_median(rates, spans)
+    off = np.abs(rates / median - 1) > RATE_TOLERANCE
+    return {
+        "median_tokens_per_s": float(median),
+        "min_tokens_per_s": float(rates.min()),
+        "max_tokens_per_s": float(rates.max()),
+        "share_off_median": float(spans[off].sum() / spans.sum()),
+        "steady": bool(spans[off].sum() <= STEADY_SHARE * spans.sum()),
+        "shape": _shape_key(run),
+    }
+
+
+def throughput_check(runs: dict[str, Run]) -> dict:
+    """Profiles of ``runs`` (label -> run) and one note per problem found."""
+    profiles = {label: throughput_profile(run) for label, run in runs.items()}
+    notes = []
+    for label, prof in profiles.items():
+        if prof is not None and not prof["steady"]:
+            notes.append(
+                f"run {label} ({runs[label].path}) ran more than {RATE_TOLERANCE:.0%} away from "
+                f"its median throughput ({prof['median_tokens_per_s']:,.0f} tokens/s) for "
+                f"{prof['share_off_median']:.0%} of its training time "
+                f"({prof['min_tokens_per_s']:,.0f}-{prof['max_tokens_per_s']:,.0f} tokens/s): "
+                "the machine's load may have bent its wall-clock."
+            )
+    labels = [k for k, p in profiles.items() if p is not None and p["shape"] is not None]
+    for i, a in enumerate(labels):
+        for b in labels[i + 1 :]:
+            pa, pb = profiles[a], profiles[b]
+            if pa["shape"] != pb["shape"]:
+                continue
+            ratio = pa["median_tokens_per_s"] / pb["median_tokens_per_s"]
+            if abs(ratio - 1) > RATE_TOLERANCE and abs(1 / ratio - 1) > RATE_TOLERANCE:
+                notes.append(
+                    f"runs {a} and {b} have the same shape but their median throughputs differ "
+                    f"{max(ratio, 1 / ratio):.2f}x ({pa['median_tokens_per_s']:,.0f} vs "
+                    f"{pb['median_tokens_per_s']:,.0f} tokens/s): the machine's load may have "
+                    "bent the wall-clock comparison."
+                )
+    return {"profiles": profiles, "notes": notes, "steady": not notes}
+
+
+def _speedup_at_median_throughput(costs: dict, check: dict) -> float | None:
+    """A's tokens to the target at A's median tokens/s over the same for B."""
+    times = []
+    for key in ("A", "B"):
+        prof = check["profiles"].get(key)
+        tokens = costs[key]["_raw"].get("tokens")
+        if prof is None or tokens is None or not np.isfinite(tokens[0]):
+            return None
+        times.append(float(tokens[0]) / prof["median_tokens_per_s"])
+    return times[0] / times[1] if times[1] > 0 else None
+
+
+def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    order = np.argsort(values)
+    cum = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cum, cum[-1] / 2)])
+
+
+def _shape_key(run: Run) -> tuple | None:
+    """What sets a run's throughput: model shape, batch, dtype (dropout costs little)."""
+    m, t = run.config.get("model", {}), run.config.get("train", {})
+    if not m:
+        return None
+    keys = ("n_layer", "n_head", "d_model", "seq_len")
+    return (*(m.get(k) for k in keys), t.get("batch_size"), run.info.get("dtype", t.get("dtype")))
 
 
 def _best_loss(run: Run) -> float:

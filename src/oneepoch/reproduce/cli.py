@@ -1,0 +1,130 @@
+"""`oneepoch reproduce`: the paper's experiments on your corpus and machine, and a report."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from oneepoch.errors import UserError
+
+BUILTIN = "data/builtin"
+
+
+def register(subparsers) -> None:
+    from oneepoch.reproduce.presets import PRESETS
+
+    p = subparsers.add_parser(
+        "reproduce",
+        help="run the paper's experiments on a corpus and write a report",
+        description="Run the experiments of One Epoch Is All You Need (one epoch vs many, "
+        "dropout under one epoch, the power law, size/iteration adjustment, both together) on "
+        "--data, interleaving the runs that are compared by wall-clock, and write "
+        "OUT/report.html, OUT/report.md and OUT/results.json. Interrupt it at any moment: the "
+        "same command continues where it stopped.",
+    )
+    p.add_argument(
+        "--preset",
+        default="tiny",
+        choices=list(PRESETS),
+        help="; ".join(f"{k}: {v.purpose}" for k, v in PRESETS.items()) + " (default tiny)",
+    )
+    p.add_argument(
+        "--data",
+        help=f"dataset made by `oneepoch prepare` (default: the built-in corpus in {BUILTIN}, "
+        "prepared when absent)",
+    )
+    p.add_argument("--out", default="reproduce", help="output folder (default ./reproduce)")
+    p.add_argument("--seeds", type=int, default=1, help="repeat every run with N seeds (default 1)")
+    p.add_argument(
+        "--epochs",
+        help="epochs of experiment 1's multi-epoch baselines, comma-separated, e.g. 4,10,30 "
+        "(default: the preset's)",
+    )
+    p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="train the runs one after another instead of interleaved (wall-clock then depends "
+        "on the load at each run's time)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("--json", action="store_true", help="print results.json at the end")
+    p.set_defaults(func=run_reproduce)
+
+
+def run_reproduce(args) -> int:
+    from oneepoch.reproduce.job import open_job, train_job
+    from oneepoch.reproduce.presets import get_preset
+
+    preset = get_preset(args.preset)
+    if args.seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {args.seeds}.")
+    epochs = _parse_epochs(args.epochs) if args.epochs else None
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; choose a folder.")
+    data = Path(args.data or BUILTIN)
+    if not (data / "manifest.json").is_file():
+        if args.data:
+            raise UserError(
+                f"{data} is not a prepared dataset (no manifest.json); make it with "
+                "`oneepoch prepare --out` first."
+            )
+        _prepare_builtin(data)
+    job = open_job(out, preset, data, args.seeds, epochs)
+    job["sequential"] = args.sequential
+    runs = len(job["plan"]["runs"]) * args.seeds
+    say = (lambda *_: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
+    say(
+        f"reproduce --preset {preset.name}: {runs} runs ({len(job['plan']['runs'])} per seed x "
+        f"{args.seeds} seed{'s' if args.seeds > 1 else ''}) on {data} -> {out}"
+    )
+    from oneepoch.train import Interrupted
+
+    try:
+        skipped = train_job(job, out, preset, data, sequential=args.sequential, show=not args.quiet)
+    except Interrupted as exc:
+        print(
+            f"interrupted at step {exc.step} of a run; every finished run is kept: run the same "
+            "command again to continue.",
+            file=sys.stderr,
+        )
+        return 128 + exc.signum
+    if skipped:
+        say(f"{skipped} run(s) were already complete and were not trained again")
+    paths = write_outputs(out, job)
+    if args.json:
+        print(json.dumps(json.loads(paths["results"].read_text()), indent=1))
+    else:
+        print(f"report: {paths['html']}")
+    return 0
+
+
+def write_outputs(out: Path, job: dict) -> dict[str, Path]:
+    """results.json, then the report built from it."""
+    from oneepoch.reproduce.report import write_report
+    from oneepoch.reproduce.results import compute_results, write_results
+
+    results = compute_results(out, job)
+    write_results(out / "results.json", results)
+    return {"results": out / "results.json", **write_report(out, results, job)}
+
+
+def _parse_epochs(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(
+            f"--epochs takes numbers separated by commas, e.g. 4,10,30; got {text!r}."
+        ) from None
+    if not values or any(not v > 1 or v != v or v == float("inf") for v in values):
+        raise UserError(f"--epochs values must be finite numbers above 1, got {text!r}.")
+    return sorted(set(values))
+
+
+def _prepare_builtin(data: Path) -> None:
+    from oneepoch.cli import main
+
+    print(f"== preparing the built-in corpus into {data}", file=sys.stderr)
+    if main(["prepare", "--source", "builtin", "--out", str(data)]):
+        raise UserError(f"preparing the built-in corpus into {data} failed; see above.")
