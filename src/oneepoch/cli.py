@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "oneepoch.analysis.cli",  # fit, compare, scaling
     "oneepoch.plan.cli",  # plan, sweep
     "oneepoch.demo",  # demo
+    "oneepoch.export",  # export
 ]
 
 
