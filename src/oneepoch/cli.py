@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "oneepoch.plan.cli",  # plan, sweep
     "oneepoch.demo",  # demo
     "oneepoch.export",  # export
+    "oneepoch.tensorboard",  # tensorboard
 ]
 
 
