@@ -186,3 +186,29 @@ def test_bad_input_is_one_sentence_and_overwrites_nothing(byte_run, tmp_path, ca
     (tmp_path / "empty").mkdir()
     export(byte_run, tmp_path / "empty")
     assert (tmp_path / "empty" / "model.safetensors").is_file()
+
+
+def test_what_gpt2_cannot_express_is_refused(byte_run):
+    import dataclasses
+
+    from oneepoch import checkpoint
+    from oneepoch.config import ModelConfig
+    from oneepoch.errors import UserError
+    from oneepoch.export import check_model_config, check_state, hf_state_dict
+
+    state, _ = checkpoint.load(checkpoint.latest(byte_run / "checkpoints"))
+    with pytest.raises(UserError, match="no place for"):
+        hf_state_dict({**state, "blocks.0.attn.rotary.freqs": torch.zeros(4)})
+    cfg = ModelConfig(n_layer=2, n_head=2, d_model=64, seq_len=64, vocab_size=257)
+    check_state(state, cfg, byte_run)
+    del state["blocks.1.mlp.fc.bias"]
+    with pytest.raises(UserError, match="blocks.1.mlp.fc.bias"):
+        check_state(state, cfg, byte_run)
+
+    @dataclasses.dataclass
+    class Later(ModelConfig):
+        activation: str = "gelu"
+
+    check_model_config(Later())  # a new setting left at its default is what was exported
+    with pytest.raises(UserError, match="sets activation"):
+        check_model_config(Later(activation="swiglu"))

@@ -3,7 +3,8 @@
 oneepoch's GPT is GPT-2's architecture (learned positions, pre-LayerNorm blocks with
 biases, eps 1e-5, 4x MLP, head tied to the token embedding) except for the activation: it
 uses exact (erf) GELU where GPT-2 uses the tanh approximation, and GPT2Config says so with
-``activation_function = "gelu"``. The folder holds ``config.json``,
+``activation_function = "gelu"``. One behaviour differs: transformers' ``generate`` stops
+working past ``seq_len`` tokens (``n_positions``), where ``oneepoch sample`` slides its window. The folder holds ``config.json``,
 ``generation_config.json``, ``model.safetensors`` (GPT-2's parameter names; attention and
 MLP weights transposed into GPT-2's Conv1D layout) and the dataset's tokenizer as
 ``tokenizer.json`` + ``tokenizer_config.json``. Writing it needs no ``transformers``:
@@ -68,26 +69,82 @@ def _check_out(out: Path) -> None:
 # --- weights -----------------------------------------------------------------------------
 
 
+# oneepoch's block parameter -> GPT-2's (the Linear weights among them are transposed).
+BLOCK_NAMES = {
+    "ln_1.weight": "ln_1.weight",
+    "ln_1.bias": "ln_1.bias",
+    "attn.qkv.weight": "attn.c_attn.weight",
+    "attn.qkv.bias": "attn.c_attn.bias",
+    "attn.proj.weight": "attn.c_proj.weight",
+    "attn.proj.bias": "attn.c_proj.bias",
+    "ln_2.weight": "ln_2.weight",
+    "ln_2.bias": "ln_2.bias",
+    "mlp.fc.weight": "mlp.c_fc.weight",
+    "mlp.fc.bias": "mlp.c_fc.bias",
+    "mlp.proj.weight": "mlp.c_proj.weight",
+    "mlp.proj.bias": "mlp.c_proj.bias",
+}
+TOP_NAMES = ("wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias")
+
+
 def hf_state_dict(model_state: dict) -> dict:
-    """oneepoch parameter names -> GPT2LMHeadModel's; Linear weights become Conv1D's (in, out)."""
+    """oneepoch parameter names -> GPT2LMHeadModel's; Linear weights become Conv1D's (in, out).
+
+    No ``lm_head.weight``: GPT-2 ties it to ``wte`` as oneepoch does."""
     out = {}
     for name, t in model_state.items():
-        if name.startswith("blocks."):
-            _, i, rest = name.split(".", 2)
-            rest = rest.replace("attn.qkv.", "attn.c_attn.").replace("attn.proj.", "attn.c_proj.")
-            rest = rest.replace("mlp.fc.", "mlp.c_fc.").replace("mlp.proj.", "mlp.c_proj.")
-            if rest.endswith(".weight") and not rest.startswith("ln_"):
-                t = t.t()
-            hf = f"h.{i}.{rest}"
-        elif name in ("wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"):
+        parts = name.split(".", 2)
+        if name in TOP_NAMES:
             hf = name
+        elif parts[0] == "blocks" and len(parts) == 3 and parts[2] in BLOCK_NAMES:
+            hf = f"h.{parts[1]}.{BLOCK_NAMES[parts[2]]}"
+            if parts[2].endswith(".weight") and not parts[2].startswith("ln_"):
+                t = t.t()
         else:
             raise UserError(
-                f"the checkpoint has a parameter {name!r} that GPT-2 has no place for; "
-                "it was not written by this version of oneepoch's GPT."
+                f"the checkpoint has a parameter {name!r} that GPT-2 has no place for, so "
+                "export refuses rather than write a model that differs."
             )
         out[f"transformer.{hf}"] = t.detach().to("cpu").contiguous()
     return out
+
+
+# ModelConfig fields this export maps onto GPT2Config. A field added later (a different
+# activation, no biases, rotary positions...) must be mapped here before runs that set it
+# can be exported.
+MAPPED_FIELDS = {"n_layer", "n_head", "d_model", "seq_len", "vocab_size", "dropout"}
+
+
+def check_model_config(m) -> None:
+    import dataclasses
+
+    unknown = [
+        f.name
+        for f in dataclasses.fields(m)
+        if f.name not in MAPPED_FIELDS and getattr(m, f.name) != f.default
+    ]
+    if unknown:
+        raise UserError(
+            f"the run's model sets {', '.join(unknown)}, which this export does not know how to "
+            "express in GPT-2's config, so it refuses rather than write a model that differs."
+        )
+
+
+def check_state(model_state: dict, m, ckpt: Path) -> None:
+    """The checkpoint holds exactly the tensors oneepoch's GPT with this config has."""
+    import torch
+
+    from oneepoch.model import GPT
+
+    with torch.device("meta"):
+        want = {k: tuple(v.shape) for k, v in GPT(m).state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in model_state.items()}
+    if got != want:
+        diff = sorted(set(got) ^ set(want)) or sorted(k for k in got if got[k] != want[k])
+        raise UserError(
+            f"checkpoint {ckpt} does not match the run's config.toml model (first difference: "
+            f"{diff[0]}); export the run directory the checkpoint was written in."
+        )
 
 
 def hf_config(m, eot_id: int, dtype: str) -> dict:
@@ -291,7 +348,9 @@ def export(run_dir, out, fmt: str = "hf", data_dir: str | None = None) -> dict:
             f"{data} has a {tok['vocab_size']}-token tokenizer but the run's model has "
             f"{m.vocab_size}; pass --data with the dataset the run was trained on."
         )
+    check_model_config(m)
     model_state, state = checkpoint.load(ckpt)
+    check_state(model_state, m, ckpt)
     tensors = hf_state_dict(model_state)
     dtypes = {str(t.dtype).removeprefix("torch.") for t in tensors.values()}
     if len(dtypes) != 1:
