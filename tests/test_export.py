@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import shutil
 from pathlib import Path
 
@@ -102,6 +103,10 @@ def test_byte_run_exports_to_transformers(byte_run, byte_dataset, tmp_path):
     export(byte_run, out)
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= names
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [out, *out.iterdir()]:  # as readable as any file the user makes
+        assert p.stat().st_mode & 0o777 == (0o777 if p.is_dir() else 0o666) & ~umask, p
     check_model(byte_run, out)
     check_tokenizer(out, byte_dataset, TEXT)
     check_tokenizer(out, byte_dataset, (Path(__file__).read_text())[:3000])

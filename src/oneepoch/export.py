@@ -11,7 +11,9 @@ MLP weights transposed into GPT-2's Conv1D layout) and the dataset's tokenizer a
 ``AutoModelForCausalLM.from_pretrained(OUT)`` and ``AutoTokenizer.from_pretrained(OUT)``
 load it offline. Tokenizers: a trained BPE or tokenizer.json is copied; the bytes
 tokenizer (ids 0-255 = bytes, 256 = end-of-text) and tiktoken ranks files are rewritten
-as equivalent byte-level BPE tokenizer.json files.
+as equivalent byte-level BPE tokenizer.json files. As GPT-2's tokenizer does,
+AutoTokenizer reads a literal "<|endoftext|>" in text as the end-of-text token, where
+``oneepoch prepare`` keeps it as plain text.
 """
 
 from __future__ import annotations
@@ -280,8 +282,8 @@ def tiktoken_tokenizer_json(ranks: dict[bytes, int], eot_id: int) -> str:
     return _bytelevel_json(vocab, merges, eot_id)
 
 
-def tokenizer_files(manifest: dict, data_dir: Path) -> dict[str, str]:
-    """{file name: text} of the tokenizer files the HF folder needs."""
+def tokenizer_files(manifest: dict, data_dir: Path) -> dict[str, str | dict]:
+    """{file name: text or JSON object} of the tokenizer files the HF folder needs."""
     from oneepoch.data.tokenizer import EOT, load_tokenizer
 
     tok = load_tokenizer(manifest, data_dir, workers=1)  # checks the file against its hash
@@ -379,6 +381,8 @@ def export(run_dir, out, fmt: str = "hf", data_dir: str | None = None) -> dict:
         for name, content in texts.items():
             text = content if isinstance(content, str) else json.dumps(content, indent=2) + "\n"
             (tmp / name).write_text(text, encoding="utf-8")
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~umask)  # safetensors writes its file 0600
         _check_out(out)  # again: nothing that appeared meanwhile is overwritten
         os.replace(tmp, out)  # onto a missing or empty folder
     except BaseException:
