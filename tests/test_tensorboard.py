@@ -109,11 +109,15 @@ def test_live_log_with_a_resume_purges_the_truncated_steps(run, tmp_path):
         first.write({**line, "train_loss": 99.0})  # a timeline that the resume replaces
     first.close()
     cut = lines[3]["step"]
-    second = EventLog(tmp_path, info["flops_per_token"], info["peak_flops"], purge_step=cut)
-    second.prev_tokens, second.prev_wall = lines[2]["tokens"], lines[2]["wall_s"]
+    start = lines[2]["tokens"], lines[2]["wall_s"]  # the checkpoint it resumes from
+    second = EventLog(tmp_path, info["flops_per_token"], info["peak_flops"], cut, start)
     for line in lines[3:]:
         second.write(line)
     second.close()
+    assert_scalars_equal(
+        {k: v for k, v in read_back(tmp_path).items() if k != "loss/train"},
+        {k: v for k, v in expected(run).items() if k != "loss/train"},
+    )
     got = read_back(tmp_path)["loss/train"]
     assert [s for _, s, _ in got] == [x["step"] for x in lines]
     assert [v for _, _, v in got] == [99.0] * 3 + [

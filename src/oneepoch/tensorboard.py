@@ -40,8 +40,9 @@ class EventLog:
     """Appends metrics lines to a TensorBoard event file in ``log_dir``.
 
     ``flops_per_token`` and ``peak_flops`` (run.json's fields) enable the ``mfu`` scalar.
-    ``purge_step``: a resumed run restarts there; TensorBoard then drops the points at and
-    after it that earlier files hold (the lines --resume truncated away)."""
+    ``purge_step``: a resumed run's first new step; TensorBoard then drops the points at and
+    after it that earlier files hold (the lines --resume truncated away). ``start`` is the
+    (tokens, wall_s) the run resumes from, so its first tokens/s point is right."""
 
     def __init__(
         self,
@@ -49,6 +50,7 @@ class EventLog:
         flops_per_token: float | None = None,
         peak_flops: dict | None = None,
         purge_step: int | None = None,
+        start: tuple[float, float] = (0.0, 0.0),
     ):
         self._event, self._summary, writer = _tensorboard()
         Path(log_dir).mkdir(parents=True, exist_ok=True)
@@ -56,7 +58,7 @@ class EventLog:
         peak = peak_flops or {}
         self.peak_total = (peak.get("value") or 0) * (peak.get("devices") or 1)
         self.flops_per_token = flops_per_token or 0
-        self.prev_tokens, self.prev_wall = 0.0, 0.0
+        self.prev_tokens, self.prev_wall = float(start[0]), float(start[1])
         if purge_step is not None:
             self._add(
                 self._event.Event(
