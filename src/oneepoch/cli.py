@@ -23,6 +23,8 @@ COMMAND_MODULES = [
     "oneepoch.plan.cli",  # plan, sweep
     "oneepoch.reproduce.cli",  # reproduce
     "oneepoch.demo",  # demo
+    "oneepoch.export",  # export
+    "oneepoch.tensorboard",  # tensorboard
 ]
 
 

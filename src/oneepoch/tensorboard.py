@@ -1,0 +1,189 @@
+"""TensorBoard event files from a run directory: `oneepoch tensorboard RUN... --logdir DIR`.
+
+Scalars, one point per metrics.jsonl line, at its ``step``:
+
+    loss/train      train_loss
+    loss/val        val_loss (evaluation lines)
+    lr              lr
+    tokens_per_s    tokens / wall_s since the previous line (training clock, evaluation excluded)
+    mfu             tokens_per_s x run.json's flops_per_token / (peak_flops.value x .devices)
+
+Each event's wall time is the line's ``wall_s``, so TensorBoard's "relative" axis is the
+training wall-clock the paper compares runs by. Written with tensorboard's own event writer
+(no torch); nothing here imports torch. ``EventLog`` is what a trainer would call live, one
+``write(line)`` per metrics line; ``write_events`` converts a finished (or running) run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from oneepoch.errors import UserError
+
+SUFFIX = ".oneepoch"  # marks the event files written here, so a new conversion replaces them
+
+
+def _tensorboard():
+    try:
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    except ImportError:
+        raise UserError(
+            "writing TensorBoard event files needs the tensorboard package; "
+            "`pip install tensorboard` (or oneepoch[tensorboard]) and run this again."
+        ) from None
+    return event_pb2, summary_pb2, EventFileWriter
+
+
+class EventLog:
+    """Appends metrics lines to a TensorBoard event file in ``log_dir``.
+
+    ``flops_per_token`` and ``peak_flops`` (run.json's fields) enable the ``mfu`` scalar.
+    ``purge_step``: a resumed run's first new step; TensorBoard then drops the points at and
+    after it that earlier files hold (the lines --resume truncated away). ``start`` is the
+    (tokens, wall_s) the run resumes from, so its first tokens/s point is right."""
+
+    def __init__(
+        self,
+        log_dir: str | Path,
+        flops_per_token: float | None = None,
+        peak_flops: dict | None = None,
+        purge_step: int | None = None,
+        start: tuple[float, float] = (0.0, 0.0),
+    ):
+        self._event, self._summary, writer = _tensorboard()
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        self.writer = writer(str(log_dir), filename_suffix=SUFFIX)
+        peak = peak_flops or {}
+        self.peak_total = (peak.get("value") or 0) * (peak.get("devices") or 1)
+        self.flops_per_token = flops_per_token or 0
+        self.prev_tokens, self.prev_wall = float(start[0]), float(start[1])
+        if purge_step is not None:
+            self._add(
+                self._event.Event(
+                    step=purge_step,
+                    session_log=self._event.SessionLog(status=self._event.SessionLog.START),
+                )
+            )
+
+    def _add(self, event) -> None:
+        self.writer.add_event(event)
+
+    def scalars(self, line: dict) -> dict[str, float]:
+        """The scalars of one metrics line (advances the tokens/s reference point)."""
+        out = {}
+        for tag, key in (("loss/train", "train_loss"), ("loss/val", "val_loss"), ("lr", "lr")):
+            if _is_number(line.get(key)):
+                out[tag] = float(line[key])
+        tokens, wall = line.get("tokens"), line.get("wall_s")
+        if _is_number(tokens) and _is_number(wall):
+            dt = wall - self.prev_wall
+            if dt > 0 and tokens > self.prev_tokens:
+                out["tokens_per_s"] = (tokens - self.prev_tokens) / dt
+                if self.peak_total > 0 and self.flops_per_token > 0:
+                    achieved = out["tokens_per_s"] * self.flops_per_token
+                    out["mfu"] = achieved / self.peak_total
+            self.prev_tokens, self.prev_wall = float(tokens), float(wall)
+        return out
+
+    def write(self, line: dict) -> dict[str, float]:
+        """Write one metrics line's scalars at its step; returns them."""
+        values = self.scalars(line)
+        if values:
+            summary = self._summary.Summary(
+                value=[
+                    self._summary.Summary.Value(tag=t, simple_value=v) for t, v in values.items()
+                ]
+            )
+            wall = line.get("wall_s")
+            self._add(
+                self._event.Event(
+                    wall_time=float(wall) if _is_number(wall) else 0.0,
+                    step=int(line["step"]),
+                    summary=summary,
+                )
+            )
+        return values
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def write_events(run_dir: str | Path, log_dir: str | Path) -> dict:
+    """Convert RUN's metrics.jsonl into a TensorBoard event file in ``log_dir``.
+
+    Replaces the event files an earlier conversion wrote there (and only those). Returns
+    {"log_dir", "file", "lines", "scalars": {tag: points}}."""
+    from oneepoch.analysis.runs import _last_per_step, _read_jsonl
+
+    run, log_dir = Path(run_dir), Path(log_dir)
+    metrics = run / "metrics.jsonl"
+    if not metrics.is_file():
+        raise UserError(f"{metrics} is missing; pass a run directory written by `oneepoch train`.")
+    lines = _last_per_step(_read_jsonl(metrics))  # a resumed run's later line holds
+    if not lines:
+        raise UserError(f"{metrics} has no metrics lines; train the run before converting it.")
+    info = {}
+    if (run / "run.json").is_file():
+        try:
+            info = json.loads((run / "run.json").read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            raise UserError(f"{run / 'run.json'} is not valid JSON; fix or remove it.") from None
+    if log_dir.exists() and not log_dir.is_dir():
+        raise UserError(f"{log_dir} is a file; give a folder for the TensorBoard logs.")
+    pattern = f"events.out.tfevents.*{SUFFIX}"
+    old = set(log_dir.glob(pattern)) if log_dir.is_dir() else set()
+    log = EventLog(log_dir, info.get("flops_per_token"), info.get("peak_flops"))
+    (new,) = set(log_dir.glob(pattern)) - old  # the writer names its file uniquely
+    counts: dict[str, int] = {}
+    try:
+        for line in lines:
+            for tag in log.write(line):
+                counts[tag] = counts.get(tag, 0) + 1
+        log.close()
+    except BaseException:
+        log.close()
+        new.unlink(missing_ok=True)  # the earlier conversion stays as it was
+        raise
+    for f in old:
+        f.unlink()  # superseded by the new file
+    return {"log_dir": str(log_dir), "file": str(new), "lines": len(lines), "scalars": counts}
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "tensorboard",
+        help="write runs' metrics as TensorBoard event files (train/val loss, lr, tokens/s, MFU)",
+        description="Convert each RUN's metrics.jsonl into TensorBoard event files in "
+        "LOGDIR/<run name>, so `tensorboard --logdir LOGDIR` shows the runs side by side. "
+        "Converting again replaces the earlier conversion.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    p.add_argument("--logdir", required=True, help="TensorBoard log directory")
+    p.add_argument("--json", action="store_true", help="print what was written as JSON")
+    p.set_defaults(func=run_tensorboard)
+
+
+def run_tensorboard(args) -> int:
+    names = [Path(r).resolve().name for r in args.runs]
+    if len(set(names)) != len(names):
+        raise UserError(
+            "two runs have the same folder name, so their logs would mix; convert them one "
+            "at a time into different --logdir folders."
+        )
+    results = [write_events(r, Path(args.logdir) / n) for r, n in zip(args.runs, names)]
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            print(f"wrote {r['file']} ({r['lines']} lines)")
+        print(f"view with: tensorboard --logdir {args.logdir}")
+    return 0
