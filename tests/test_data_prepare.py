@@ -301,3 +301,30 @@ def test_argument_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         prepare([str(corpus)], out, tokenizer=str(tmp_path / "missing.json"))
     assert not out.exists()
+
+
+def test_fingerprint_follows_the_tokens_not_the_paths(tmp_path):
+    from oneepoch.data.dataset import dataset_fingerprint
+
+    corpus = make_corpus(tmp_path / "corpus", n=20)
+    a = prepare([str(corpus)], tmp_path / "a", tokenizer="bytes", val_fraction=0.3)
+    b = prepare([str(corpus)], tmp_path / "b", tokenizer="bytes", val_fraction=0.3)
+    c = prepare([str(corpus)], tmp_path / "c", tokenizer="bytes", val_fraction=0.3, seed=1)
+    assert (
+        dataset_fingerprint(a) == dataset_fingerprint(b) == open_dataset(tmp_path / "a").fingerprint
+    )
+    assert dataset_fingerprint(c) != dataset_fingerprint(a)
+    assert len(dataset_fingerprint(a)) == 64
+
+
+def test_damaged_manifest_fields_are_named(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus", n=5)
+    out = tmp_path / "d"
+    prepare([str(corpus)], out, tokenizer="bytes")
+    m = json.loads((out / "manifest.json").read_text())
+    m["tokenizer"]["vocab_size"] = "lots"
+    (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(UserError, match="damaged .tokenizer vocab_size is 'lots', not a whole"):
+        read_manifest(out)
+    with pytest.raises(UserError, match="is a file, not a dataset directory"):
+        read_manifest(out / "manifest.json")

@@ -24,6 +24,7 @@ import os
 import queue
 import re
 import shutil
+import stat
 import threading
 import time
 from collections import Counter, defaultdict
@@ -225,6 +226,7 @@ def replace_dataset(out: Path, build: Path) -> None:
     """Put the complete dataset in ``build`` at ``out`` in one atomic step: a kill at any
     moment leaves ``out`` holding either the complete old or the complete new dataset. The
     old one (with any files of the user's, which move over) then goes."""
+    os.chmod(build, stat.S_IMODE(os.stat(out).st_mode))  # the folder keeps its permissions
     _fsync_dir(build)
     if _exchange(out, build):
         _fsync_dir(out.parent)
