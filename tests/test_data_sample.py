@@ -32,6 +32,7 @@ def scripted(tmp_path, monkeypatch):
 
     def use(script, sha=own):
         model = ScriptedModel(script)
+        monkeypatch.setattr(sample_mod, "_config", lambda run: cfg)
         monkeypatch.setattr(
             sample_mod, "_load", lambda run: (model, cfg, {"tokenizer_sha256": sha})
         )

@@ -1,4 +1,8 @@
-"""Generate text from a run directory's latest checkpoint."""
+"""Generate text from a run directory's latest checkpoint.
+
+torch is imported only once the settings, the run and its dataset are known to be usable,
+so a mistake is reported at once.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +10,26 @@ import json
 import math
 from pathlib import Path
 
-import torch
-
-from oneepoch import checkpoint
 from oneepoch.config import RunConfig, load_toml
 from oneepoch.errors import UserError
-from oneepoch.model import GPT
 
 
-def _load(run_dir: str | Path) -> tuple[GPT, RunConfig, dict]:
+def _config(run_dir: str | Path) -> RunConfig:
     run = Path(run_dir)
     if not (run / "config.toml").is_file():
         raise UserError(
             f"{run} is not a run directory (no config.toml); give the --out of `oneepoch train`."
         )
-    cfg = RunConfig.from_dict(load_toml(run / "config.toml"))
+    return RunConfig.from_dict(load_toml(run / "config.toml"))
+
+
+def _load(run_dir: str | Path):
+    """(model, config, training state) of the run's latest checkpoint."""
+    from oneepoch import checkpoint
+    from oneepoch.model import GPT
+
+    run = Path(run_dir)
+    cfg = _config(run)
     ckpt = checkpoint.latest(run / "checkpoints")
     if ckpt is None:
         raise UserError(f"{run} has no checkpoint yet; train longer or lower --checkpoint-every.")
@@ -31,7 +40,7 @@ def _load(run_dir: str | Path) -> tuple[GPT, RunConfig, dict]:
     return model, cfg, state
 
 
-def load_model(run_dir: str | Path) -> tuple[GPT, RunConfig]:
+def load_model(run_dir: str | Path):
     model, cfg, _ = _load(run_dir)
     return model, cfg
 
@@ -88,21 +97,28 @@ def sample_text(
     from oneepoch.data.tokenizer import tokenizer_from_manifest
 
     check_options(max_new_tokens, temperature, top_k)
-    model, cfg, state = _load(run_dir)
+    cfg = _config(run_dir)
     data = Path(data_dir or cfg.data.path)
     manifest = read_manifest(data)
-    trained_with = _run_tokenizer_sha256(Path(run_dir), state)
-    if trained_with is not None and manifest["tokenizer"]["sha256"] != trained_with:
-        raise UserError(
-            f"{data} has another tokenizer than the one run {run_dir} was trained with (their "
-            "hashes differ), so its text would come out as garbage; pass --data the dataset "
-            f"the run trained on (it was {cfg.data.path})."
-        )
+
+    def check_tokenizer(trained_with: str | None) -> None:
+        if trained_with is not None and manifest["tokenizer"]["sha256"] != trained_with:
+            raise UserError(
+                f"{data} has another tokenizer than the one run {run_dir} was trained with "
+                "(their hashes differ), so its text would come out as garbage; pass --data the "
+                f"dataset the run trained on (it was {cfg.data.path})."
+            )
+
+    check_tokenizer(_run_tokenizer_sha256(Path(run_dir), {}))  # from run.json: no torch yet
+    model, cfg, state = _load(run_dir)
+    check_tokenizer(_run_tokenizer_sha256(Path(run_dir), state))  # the checkpoint's own
     if cfg.model.vocab_size and manifest["tokenizer"]["vocab_size"] != cfg.model.vocab_size:
         raise UserError(
             f"{data} has a vocabulary of {manifest['tokenizer']['vocab_size']} but run "
             f"{run_dir} has {cfg.model.vocab_size}; pass --data the dataset the run trained on."
         )
+    import torch
+
     tok = tokenizer_from_manifest(manifest["tokenizer"], data)
     start = tok.encode(prompt) if prompt else [tok.eot_id]
     torch.manual_seed(seed)
