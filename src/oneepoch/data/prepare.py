@@ -533,7 +533,14 @@ def prepare(
             for stale in _stale_builds(out):  # left by a killed prepare
                 _discard(stale, out)
             build = build_dir(out)
-            build.mkdir()
+            try:
+                build.mkdir()
+            except OSError as exc:
+                raise _disk_full(exc, out) or UserError(
+                    f"cannot create {build} ({exc.strerror}): prepare builds the new dataset "
+                    f"beside {out} and swaps it in when complete; make {out.parent} writable "
+                    "or choose another --out."
+                ) from None
             try:
                 try:
                     os.link(out / LOCK_NAME, build / LOCK_NAME)  # locked in place after the swap
@@ -566,8 +573,10 @@ def prepare(
                 if full is not None:
                     raise full from None
                 raise
-            except BaseException:
+            except BaseException as exc:
                 _discard(build, out)
+                if "(os error 28)" in str(exc):  # ENOSPC from a Rust library (tokenizers)
+                    raise _disk_full(OSError(errno.ENOSPC, str(exc)), out) from None
                 raise
     except BaseException:
         if created and out.is_dir() and not any(out.iterdir()):
