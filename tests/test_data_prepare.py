@@ -328,3 +328,14 @@ def test_damaged_manifest_fields_are_named(tmp_path):
         read_manifest(out)
     with pytest.raises(UserError, match="is a file, not a dataset directory"):
         read_manifest(out / "manifest.json")
+
+
+def test_rerun_through_a_symlink_replaces_the_folder_it_points_to(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus", n=10)
+    real = tmp_path / "real"
+    prepare([str(corpus)], real, tokenizer="bytes", val_fraction=0.3)
+    (tmp_path / "link").symlink_to(real)
+    new = prepare([str(corpus)], tmp_path / "link", tokenizer="bytes", val_fraction=0.3, seed=4)
+    assert (tmp_path / "link").is_symlink()
+    assert open_dataset(tmp_path / "link").manifest["splits"] == new["splits"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "link", "real"]

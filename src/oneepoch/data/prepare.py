@@ -193,6 +193,16 @@ def _discard(folder: Path, out: Path) -> None:
     shutil.rmtree(folder)
 
 
+def _discard_quietly(folder: Path, out: Path) -> None:
+    """``_discard`` that never raises (so it cannot hide a failure being reported): what it
+    leaves, the next prepare removes."""
+    try:
+        if folder.is_dir():
+            _discard(folder, out)
+    except OSError:
+        pass
+
+
 _RENAME_EXCHANGE = 2
 
 
@@ -230,14 +240,14 @@ def replace_dataset(out: Path, build: Path) -> None:
     _fsync_dir(build)
     if _exchange(out, build):
         _fsync_dir(out.parent)
-        _discard(build, out)  # `build` now names the old dataset
+        _discard_quietly(build, out)  # `build` now names the old dataset
         return
     # No atomic exchange here (not Linux): two renames, with a moment without `out`.
     old = build.with_name(build.name + "-old")
     os.rename(out, old)
     os.rename(build, out)
     _fsync_dir(out.parent)
-    _discard(old, out)
+    _discard_quietly(old, out)
 
 
 def _disk_full(exc: OSError, out: Path) -> UserError | None:
@@ -525,13 +535,15 @@ def prepare(
     srcs = _check_sources(sources, out, text_field)
     tok = _resolve_tokenizer(tokenizer, workers)  # before claiming: it may live in `out`
 
+    if out.is_symlink():
+        out = out.resolve()  # build beside, and swap, the folder the link points to
     check_output(out)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)  # it must exist to be locked
     try:
         with hold(out, "prepare"):
             for stale in _stale_builds(out):  # left by a killed prepare
-                _discard(stale, out)
+                _discard_quietly(stale, out)
             build = build_dir(out)
             try:
                 build.mkdir()
@@ -568,13 +580,13 @@ def prepare(
                 (build / MARKER).unlink()
                 replace_dataset(out, build)
             except OSError as exc:
-                _discard(build, out)
+                _discard_quietly(build, out)
                 full = _disk_full(exc, out)
                 if full is not None:
                     raise full from None
                 raise
             except BaseException as exc:
-                _discard(build, out)
+                _discard_quietly(build, out)
                 if "(os error 28)" in str(exc):  # ENOSPC from a Rust library (tokenizers)
                     raise _disk_full(OSError(errno.ENOSPC, str(exc)), out) from None
                 raise
