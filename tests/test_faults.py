@@ -75,6 +75,7 @@ def test_sigkill_during_prepare_leaves_the_old_or_the_new_dataset(tmp_path):
     assert fingerprint(out) == prints[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "data"], f"seed {seed}"
     assert (out / "notes.txt").read_text() == "the user's own file", f"seed {seed}"
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], f"seed {seed}"
 
 
 @pytest.mark.parametrize("moment", ["before-swap", "after-swap"])

@@ -361,3 +361,9 @@ def test_file_size_limit_during_prepare_keeps_the_old_dataset(world, tmp_path):
     assert "file-size limit (ulimit -f)" in err and "is unchanged" in err, err
     assert tree_digest(data) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big", "data"]
+
+
+def test_sample_from_the_run_still_works(world):
+    res = run_cli("sample", str(world.run), "--max-new-tokens", "30", "--prompt", "The")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("The") and "<|endoftext|>" not in res.stdout
