@@ -1,6 +1,7 @@
 """prepare(): splits, de-duplication, shards, manifest, reruns and failures."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -196,17 +197,51 @@ def test_failure_midway_leaves_nothing_that_looks_valid(tmp_path, monkeypatch):
         prepare([str(corpus)], out, tokenizer="bytes", shard_tokens=200)
     assert not out.exists()  # we made it, so we removed it
 
-    # over an existing dataset: its old files go, nothing claims to be complete
+    # over an existing dataset: it stays, complete and unchanged, and nothing is left beside
     monkeypatch.setattr(prepare_mod.BytesTokenizer, "encode_batch", real)
     prepare([str(corpus)], out, tokenizer="bytes")
     (out / "keep.md").write_text("user file")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
     calls["n"] = 0
     monkeypatch.setattr(prepare_mod.BytesTokenizer, "encode_batch", failing)
     with pytest.raises(KeyboardInterrupt):
         prepare([str(corpus)], out, tokenizer="bytes", shard_tokens=200)
-    assert sorted(p.name for p in out.iterdir()) == ["keep.md"]
-    with pytest.raises(UserError, match="not a prepared dataset"):
-        open_dataset(out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "d"]
+    open_dataset(out)
+
+
+def test_failed_rerun_keeps_the_complete_dataset(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus", n=10)
+    out = tmp_path / "d"
+    prepare([str(corpus)], out, tokenizer="bytes")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    records = tmp_path / "r.jsonl"
+    records.write_text('{"text": "one", "id": 1}\n{"text": "two", "id": 2}\n')
+    with pytest.raises(UserError, match="no record in .* has a 'txt' field .*--text-field"):
+        prepare([str(records)], out, tokenizer="bytes", text_field="txt")
+    with pytest.raises(UserError, match="their fields are id, text"):
+        prepare([str(records)], out, text_field="txt")  # the BPE's sample pass says so too
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(UserError, match="hold no text"):
+        prepare([str(tmp_path / "empty.txt")], out, tokenizer="bytes")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "d", "empty.txt", "r.jsonl"]
+    prepare([str(records)], out, tokenizer="bytes")  # a good rerun replaces it
+    assert open_dataset(out).manifest["splits"]["train"]["documents"] == 1
+
+
+def test_second_prepare_is_refused_while_one_writes(tmp_path):
+    from oneepoch.locking import hold
+
+    corpus = make_corpus(tmp_path / "corpus", n=5)
+    out = tmp_path / "d"
+    out.mkdir()
+    with hold(out, "prepare"):
+        with pytest.raises(UserError, match=f"in use by process {os.getpid()}"):
+            prepare([str(corpus)], out, tokenizer="bytes")
+    prepare([str(corpus)], out, tokenizer="bytes")
+    assert not (out / ".oneepoch.lock").exists()
 
 
 def test_killed_prepare_is_not_a_dataset_and_rerun_recovers(tmp_path):
@@ -219,8 +254,16 @@ def test_killed_prepare_is_not_a_dataset_and_rerun_recovers(tmp_path):
     (out / "train_00001.bin.tmp").write_bytes(b"partial")
     with pytest.raises(UserError, match="interrupted prepare"):
         read_manifest(out)
+    # and what a kill leaves beside it: a half-built folder, or the old dataset swapped out
+    # with a file of the user's not yet moved back
+    (tmp_path / ".d.prepare-999999").mkdir()
+    (tmp_path / ".d.prepare-999999" / "train_00000.bin.tmp").write_bytes(b"partial")
+    (tmp_path / ".d.prepare-999998").mkdir()
+    (tmp_path / ".d.prepare-999998" / "notes.txt").write_text("mine")
     prepare([str(corpus)], out, tokenizer="bytes")
     assert not (out / MARKER).exists() and not list(out.glob("*.tmp"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "d"]
+    assert (out / "notes.txt").read_text() == "mine"
     open_dataset(out)
 
 
@@ -258,3 +301,41 @@ def test_argument_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         prepare([str(corpus)], out, tokenizer=str(tmp_path / "missing.json"))
     assert not out.exists()
+
+
+def test_fingerprint_follows_the_tokens_not_the_paths(tmp_path):
+    from oneepoch.data.dataset import dataset_fingerprint
+
+    corpus = make_corpus(tmp_path / "corpus", n=20)
+    a = prepare([str(corpus)], tmp_path / "a", tokenizer="bytes", val_fraction=0.3)
+    b = prepare([str(corpus)], tmp_path / "b", tokenizer="bytes", val_fraction=0.3)
+    c = prepare([str(corpus)], tmp_path / "c", tokenizer="bytes", val_fraction=0.3, seed=1)
+    assert (
+        dataset_fingerprint(a) == dataset_fingerprint(b) == open_dataset(tmp_path / "a").fingerprint
+    )
+    assert dataset_fingerprint(c) != dataset_fingerprint(a)
+    assert len(dataset_fingerprint(a)) == 64
+
+
+def test_damaged_manifest_fields_are_named(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus", n=5)
+    out = tmp_path / "d"
+    prepare([str(corpus)], out, tokenizer="bytes")
+    m = json.loads((out / "manifest.json").read_text())
+    m["tokenizer"]["vocab_size"] = "lots"
+    (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(UserError, match="damaged .tokenizer vocab_size is 'lots', not a whole"):
+        read_manifest(out)
+    with pytest.raises(UserError, match="is a file, not a dataset directory"):
+        read_manifest(out / "manifest.json")
+
+
+def test_rerun_through_a_symlink_replaces_the_folder_it_points_to(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus", n=10)
+    real = tmp_path / "real"
+    prepare([str(corpus)], real, tokenizer="bytes", val_fraction=0.3)
+    (tmp_path / "link").symlink_to(real)
+    new = prepare([str(corpus)], tmp_path / "link", tokenizer="bytes", val_fraction=0.3, seed=4)
+    assert (tmp_path / "link").is_symlink()
+    assert open_dataset(tmp_path / "link").manifest["splits"] == new["splits"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "link", "real"]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+
+SIGPIPE_EXIT = 141  # what a shell reports for a command stopped by a closed pipe
 
 
 def register(subparsers) -> None:
@@ -81,6 +84,21 @@ def register(subparsers) -> None:
     d.set_defaults(func=lambda args: d.print_help() or 2)
 
 
+def emit(text: str) -> int:
+    """Print ``text`` to stdout; 0, or SIGPIPE_EXIT without a word when the reader has gone
+    (`oneepoch data inspect DIR | head -1`), as a shell tool stopped by SIGPIPE would."""
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would complain again when it flushes stdout at exit: point it at nothing.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return SIGPIPE_EXIT
+    return 0
+
+
 def _say(message: str) -> None:
     print(f"prepare: {message}", file=sys.stderr, flush=True)
 
@@ -105,16 +123,13 @@ def run_prepare(args) -> int:
         progress=None if args.quiet else _say,
     )
     if args.json:
-        print(json.dumps(manifest, indent=2))
-    else:
-        print(format_summary(summarize(args.out)))
-        print(f"prepared in {manifest['prepare']['wall_s']:.1f} s")
-    return 0
+        return emit(json.dumps(manifest, indent=2))
+    summary = format_summary(summarize(args.out))
+    return emit(f"{summary}\nprepared in {manifest['prepare']['wall_s']:.1f} s")
 
 
 def run_inspect(args) -> int:
     from oneepoch.data.inspect import format_summary, summarize
 
     summary = summarize(args.data_dir, verify=args.verify)
-    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
-    return 0
+    return emit(json.dumps(summary, indent=2) if args.json else format_summary(summary))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,9 +58,42 @@ class Dataset:
     def tokenizer_sha256(self) -> str:
         return self.manifest["tokenizer"]["sha256"]
 
+    @property
+    def fingerprint(self) -> str:
+        return dataset_fingerprint(self.manifest)
+
+
+def dataset_fingerprint(manifest: dict) -> str:
+    """What identifies a dataset's tokens: a sha256 over the tokenizer's hash, the token
+    dtype and every shard's token count and checksum, split by split, in order.
+
+    Two preparations that wrote the same tokens with the same tokenizer share it (file
+    names, timestamps and source paths do not enter); any other text, tokenizer, split or
+    order changes it. The trainer records it and refuses to resume on another. Cheap: it
+    reads the manifest only (``open_dataset(verify_checksums=True)`` checks that the shards
+    match their recorded checksums).
+    """
+    identity = {
+        "tokenizer_sha256": manifest["tokenizer"]["sha256"],
+        "dtype": manifest["dtype"],
+        "splits": {
+            name: [
+                [shard["tokens"], shard["sha256"]] for shard in manifest["splits"][name]["shards"]
+            ]
+            for name in ("train", "val")
+        },
+    }
+    blob = json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()
+
 
 def read_manifest(data_dir: str | Path) -> dict:
     path = Path(data_dir)
+    if path.exists() and not path.is_dir():
+        raise UserError(
+            f"{path} is a file, not a dataset directory; give the folder that `oneepoch "
+            "prepare --out` wrote (the one holding manifest.json)."
+        )
     if not path.is_dir():
         raise UserError(
             f"data directory {path} does not exist; create it with `oneepoch prepare --source ... --out {path}`."
@@ -76,9 +110,56 @@ def read_manifest(data_dir: str | Path) -> dict:
         raise UserError(
             f"{manifest_path} is not valid JSON; run `oneepoch prepare` again."
         ) from None
-    if manifest.get("format") != "oneepoch-dataset":
+    if not isinstance(manifest, dict) or manifest.get("format") != "oneepoch-dataset":
         raise UserError(f"{manifest_path} is not a oneepoch dataset manifest.")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise UserError(
+            f"{manifest_path} is damaged ({problem}); run `oneepoch prepare` again to rebuild it."
+        )
     return manifest
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _manifest_problem(m: dict) -> str | None:
+    """What is wrong with a manifest's fields that readers rely on, or None."""
+    tok = m.get("tokenizer")
+    if not isinstance(tok, dict):
+        return "no tokenizer entry"
+    for key in ("vocab_size", "eot_id"):
+        if not _is_count(tok.get(key)):
+            return f"tokenizer {key} is {tok.get(key)!r}, not a whole number"
+    if not 0 <= tok["eot_id"] < tok["vocab_size"]:
+        return f"end-of-text id {tok['eot_id']} is outside the vocabulary of {tok['vocab_size']}"
+    if not isinstance(tok.get("sha256"), str):
+        return "the tokenizer has no sha256"
+    if not isinstance(tok.get("file"), (str, type(None))):
+        return f"tokenizer file is {tok.get('file')!r}, not a file name"
+    if m.get("dtype") not in ("uint16", "uint32"):
+        return f"dtype is {m.get('dtype')!r}, not uint16 or uint32"
+    splits = m.get("splits")
+    if not isinstance(splits, dict):
+        return "no splits"
+    for name in ("train", "val"):
+        info = splits.get(name)
+        if not isinstance(info, dict) or not isinstance(info.get("shards"), list):
+            return f"no {name} split"
+        for key in ("tokens", "documents"):
+            if not _is_count(info.get(key)):
+                return f"{name} {key} is {info.get(key)!r}, not a whole number"
+        for shard in info["shards"]:
+            if not (
+                isinstance(shard, dict)
+                and isinstance(shard.get("file"), str)
+                and "/" not in shard["file"]
+                and _is_count(shard.get("tokens"))
+                and isinstance(shard.get("sha256"), str)
+            ):
+                return f"a {name} shard entry is malformed ({str(shard)[:60]})"
+    return None
 
 
 def checked_tokenizer_file(data_dir: Path, info: dict) -> Path | None:
@@ -108,9 +189,7 @@ def open_dataset(data_dir: str | Path, verify_checksums: bool = True) -> Dataset
     checked_tokenizer_file(path, manifest["tokenizer"])
     splits = {}
     for name in ("train", "val"):
-        info = manifest["splits"].get(name)
-        if info is None:
-            raise UserError(f"dataset {path} has no {name} split; run `oneepoch prepare` again.")
+        info = manifest["splits"][name]
         arrays = []
         for entry in info["shards"]:
             shard_path = path / entry["file"]

@@ -5,16 +5,26 @@ assigned to a split by a seeded hash of their content, tokenized in parallel bat
 appended to shards of bounded size; memory does not grow with the corpus except for the
 digest set. The manifest is written last, under a temporary name then renamed, so a
 directory without one is never mistaken for a finished dataset.
+
+Nothing complete is lost: the new dataset is built in a hidden folder beside ``--out`` and
+swapped into place in one atomic rename only once it is complete, so a failed or killed
+prepare leaves the dataset that was there before as it was. ``--out`` is locked
+(``oneepoch.locking``) while a prepare writes it; a second one is refused at once.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import glob
 import hashlib
 import heapq
 import json
 import os
 import queue
 import re
+import shutil
+import stat
 import threading
 import time
 from collections import Counter, defaultdict
@@ -43,6 +53,7 @@ from oneepoch.data.tokenizer import (
     train_bpe,
 )
 from oneepoch.errors import UserError
+from oneepoch.locking import LOCK_NAME, hold
 
 BATCH_CHARS = 4 << 20  # text handed to the tokenizer at once
 BATCH_DOCS = 4096
@@ -145,40 +156,113 @@ def _is_ours(out: Path) -> bool:
         return False
 
 
-def _remove_owned(out: Path) -> None:
-    (out / MANIFEST).unlink(missing_ok=True)  # first: the directory stops looking complete
-    for path in out.iterdir():
-        if _OWNED.match(path.name) and path.is_file():
-            path.unlink()
-
-
-def claim_output(out: Path) -> bool:
-    """Make ``out`` ours and empty of old dataset files; True if we created it. Refuses a
-    non-empty directory that is not a oneepoch dataset; never touches other files."""
+def check_output(out: Path) -> None:
+    """Refuse an ``out`` that is a file, or a non-empty directory that is not a dataset."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a directory for the dataset.")
-    created = not out.exists()
-    if created:
-        out.mkdir(parents=True)
-    elif any(out.iterdir()) and not _is_ours(out):
-        raise UserError(
-            f"--out {out} is not empty and is not a oneepoch dataset; choose a new or empty "
-            "directory."
-        )
-    (out / MARKER).write_text(json.dumps({"pid": os.getpid(), "started": _now()}))
-    _remove_owned(out)
-    return created
+    if out.is_dir() and not _is_ours(out):
+        if any(p.name != LOCK_NAME for p in out.iterdir()):
+            raise UserError(
+                f"--out {out} is not empty and is not a oneepoch dataset; choose a new or "
+                "empty directory."
+            )
 
 
-def _release_output(out: Path, created: bool) -> None:
-    """After a failure: remove what we wrote, so nothing partial is left behind."""
+def _is_dataset_file(name: str) -> bool:
+    """Files a prepare writes (and replaces); everything else in --out is the user's."""
+    return bool(_OWNED.match(name)) or name in (MARKER, LOCK_NAME)
+
+
+def build_dir(out: Path) -> Path:
+    """Where this process builds the new dataset: a hidden folder beside ``out`` (on the
+    same filesystem, so the finished folder can be renamed into place)."""
+    return out.parent / f".{out.name}.prepare-{os.getpid()}"
+
+
+def _stale_builds(out: Path) -> list[Path]:
+    pattern = f".{glob.escape(out.name)}.prepare-*"
+    return [p for p in out.parent.glob(pattern) if p.is_dir() and not p.is_symlink()]
+
+
+def _discard(folder: Path, out: Path) -> None:
+    """Remove a build folder, or the old dataset swapped out of ``out``; files in it that a
+    prepare does not write (the user's, kept beside the old dataset) go back to ``out``."""
+    for path in folder.iterdir():
+        if not _is_dataset_file(path.name) and not (out / path.name).exists():
+            os.rename(path, out / path.name)
+    shutil.rmtree(folder)
+
+
+def _discard_quietly(folder: Path, out: Path) -> None:
+    """``_discard`` that never raises (so it cannot hide a failure being reported): what it
+    leaves, the next prepare removes."""
     try:
-        _remove_owned(out)
-        (out / MARKER).unlink(missing_ok=True)
-        if created and not any(out.iterdir()):
-            out.rmdir()
+        if folder.is_dir():
+            _discard(folder, out)
     except OSError:
-        pass  # the marker or the missing manifest still shows the directory is incomplete
+        pass
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories (Linux renameat2); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+    renameat2.argtypes += [ctypes.c_uint]
+    at_cwd = -100
+    if renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_dataset(out: Path, build: Path) -> None:
+    """Put the complete dataset in ``build`` at ``out`` in one atomic step: a kill at any
+    moment leaves ``out`` holding either the complete old or the complete new dataset. The
+    old one (with any files of the user's, which move over) then goes."""
+    os.chmod(build, stat.S_IMODE(os.stat(out).st_mode))  # the folder keeps its permissions
+    _fsync_dir(build)
+    if _exchange(out, build):
+        _fsync_dir(out.parent)
+        _discard_quietly(build, out)  # `build` now names the old dataset
+        return
+    # No atomic exchange here (not Linux): two renames, with a moment without `out`.
+    old = build.with_name(build.name + "-old")
+    os.rename(out, old)
+    os.rename(build, out)
+    _fsync_dir(out.parent)
+    _discard_quietly(old, out)
+
+
+def _disk_full(exc: OSError, out: Path) -> UserError | None:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UserError(
+            f"the disk is full (no space left on the device holding {out.parent}), so prepare "
+            f"stopped and {out} is unchanged; free some space (the new dataset is built beside "
+            "the old one, so it needs room for both) or choose --out on another disk."
+        )
+    if exc.errno == errno.EFBIG:
+        return UserError(
+            f"a dataset file grew past this shell's file-size limit (ulimit -f), so prepare "
+            f"stopped and {out} is unchanged; raise the limit or use smaller --shard-tokens."
+        )
+    return None
 
 
 def _now() -> str:
@@ -268,7 +352,7 @@ class _Reader(threading.Thread):
             yield item
 
 
-def _tokenizer_sample(sources, sample_chars, max_chars, is_val) -> Iterator[str]:
+def _tokenizer_sample(sources, sample_chars, max_chars, is_val, tally=None) -> Iterator[str]:
     """Training text for the BPE: train-split documents only, at most ``sample_chars``,
     shared fairly between sources (one that runs short leaves its share to the rest), in
     pieces of at most ``SAMPLE_PIECE_CHARS``: the trainer pre-tokenizes a few hundred
@@ -278,7 +362,7 @@ def _tokenizer_sample(sources, sample_chars, max_chars, is_val) -> Iterator[str]
     for i, source in enumerate(sources):
         budget = left // (len(sources) - i)
         used = 0
-        for _, text, digest in unique_documents(source, Tally(), seen, max_chars):
+        for _, text, digest in unique_documents(source, tally or Tally(), seen, max_chars):
             if is_val(digest):
                 continue
             yield from split_long(text[: budget - used], SAMPLE_PIECE_CHARS)
@@ -293,13 +377,16 @@ def _val_threshold(sources, val_documents, seed, max_chars) -> float:
     reading pass that keeps only N numbers."""
     heap: list[float] = []  # negated: the largest of the N smallest sits on top
     seen: set[bytes] = set()
+    tally = Tally()
     for source in sources:
-        for _, _, digest in unique_documents(source, Tally(), seen, max_chars):
+        for _, _, digest in unique_documents(source, tally, seen, max_chars):
             value = -split_value(seed, digest)
             if len(heap) < val_documents:
                 heapq.heappush(heap, value)
             elif value > heap[0]:
                 heapq.heapreplace(heap, value)
+    if not seen:
+        raise UserError(_no_documents_message(sources, tally))
     if len(seen) <= val_documents:
         raise UserError(
             f"--val-documents {val_documents} leaves no training documents: the sources hold "
@@ -346,13 +433,14 @@ def _ready_tokenizer(tok, sources, vocab_size, sample_chars, max_chars, is_val, 
     """The given tokenizer, or a BPE trained on the sample; a byte-level BPE switched to the
     tiktoken encoder where both agree. Returns it and the characters it was trained on."""
     used = 0
+    sample_tally = Tally()
     check_texts: list[str] = []  # where the tiktoken encoder must agree with tokenizers
     if tok is None:
         say(f"training a {vocab_size}-token byte-level BPE")
 
         def counted():
             nonlocal used
-            for text in _tokenizer_sample(sources, sample_chars, max_chars, is_val):
+            for text in _tokenizer_sample(sources, sample_chars, max_chars, is_val, sample_tally):
                 if used < CHECK_CHARS:
                     check_texts.append(text)
                 used += len(text)
@@ -360,7 +448,7 @@ def _ready_tokenizer(tok, sources, vocab_size, sample_chars, max_chars, is_val, 
 
         tok = train_bpe(counted(), vocab_size, workers)
         if used == 0:
-            raise UserError(_no_documents_message(sources, Tally()))
+            raise UserError(_no_documents_message(sources, sample_tally))
     if isinstance(tok, HFTokenizer):
         if not check_texts:
             check_texts = list(_tokenizer_sample(sources, CHECK_CHARS, max_chars, lambda d: False))
@@ -430,7 +518,6 @@ def prepare(
     """
     started = time.perf_counter()
     out = Path(out).expanduser()
-    say = progress or (lambda message: None)
     if val_fraction is not None and val_documents is not None:
         raise UserError("give either --val-fraction or --val-documents, not both.")
     if val_documents is not None and val_documents < 1:
@@ -448,56 +535,114 @@ def prepare(
     srcs = _check_sources(sources, out, text_field)
     tok = _resolve_tokenizer(tokenizer, workers)  # before claiming: it may live in `out`
 
-    created = claim_output(out)
+    if out.is_symlink():
+        out = out.resolve()  # build beside, and swap, the folder the link points to
+    check_output(out)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)  # it must exist to be locked
+    try:
+        with hold(out, "prepare"):
+            for stale in _stale_builds(out):  # left by a killed prepare
+                _discard_quietly(stale, out)
+            build = build_dir(out)
+            try:
+                build.mkdir()
+            except OSError as exc:
+                raise _disk_full(exc, out) or UserError(
+                    f"cannot create {build} ({exc.strerror}): prepare builds the new dataset "
+                    f"beside {out} and swaps it in when complete; make {out.parent} writable "
+                    "or choose another --out."
+                ) from None
+            try:
+                try:
+                    os.link(out / LOCK_NAME, build / LOCK_NAME)  # locked in place after the swap
+                except OSError:
+                    pass
+                (build / MARKER).write_text(json.dumps({"pid": os.getpid(), "started": _now()}))
+                options = dict(
+                    seed=seed,
+                    val_fraction=None if val_documents is not None else fraction,
+                    val_documents=val_documents,
+                    max_doc_chars=max_doc_chars,
+                    shard_tokens=shard_tokens,
+                )
+                manifest = _build(
+                    build,
+                    srcs,
+                    tok,
+                    vocab_size,
+                    tokenizer_sample_chars,
+                    workers,
+                    options,
+                    started,
+                    progress,
+                )
+                (build / MARKER).unlink()
+                replace_dataset(out, build)
+            except OSError as exc:
+                _discard_quietly(build, out)
+                full = _disk_full(exc, out)
+                if full is not None:
+                    raise full from None
+                raise
+            except BaseException as exc:
+                _discard_quietly(build, out)
+                if "(os error 28)" in str(exc):  # ENOSPC from a Rust library (tokenizers)
+                    raise _disk_full(OSError(errno.ENOSPC, str(exc)), out) from None
+                raise
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # we made it for nothing
+        raise
+    return manifest
+
+
+def _build(out, srcs, tok, vocab_size, sample_chars, workers, options, started, progress):
+    """Write a complete dataset (tokenizer, shards, manifest) into the new folder ``out``."""
+    say = progress or (lambda message: None)
+    max_doc_chars, shard_tokens = options["max_doc_chars"], options["shard_tokens"]
     writers: dict[str, SplitWriter] = {}
     try:
-        is_val = _split_rule(srcs, seed, fraction, val_documents, max_doc_chars, say)
+        is_val = _split_rule(
+            srcs,
+            options["seed"],
+            options["val_fraction"],
+            options["val_documents"],
+            max_doc_chars,
+            say,
+        )
         tok, sample_chars = _ready_tokenizer(
-            tok, srcs, vocab_size, tokenizer_sample_chars, max_doc_chars, is_val, workers, say
+            tok, srcs, vocab_size, sample_chars, max_doc_chars, is_val, workers, say
         )
         tok_info = tok.save(out)
         dtype = dtype_for_vocab(tok.vocab_size)
         writers = {s: SplitWriter(out, s, dtype, shard_tokens) for s in ("train", "val")}
         tally, written = _tokenize(srcs, tok, writers, is_val, max_doc_chars, started, progress)
         splits = {name: w.close() for name, w in writers.items()}
-
-        if splits["train"]["documents"] + splits["val"]["documents"] == 0:
-            raise UserError(_no_documents_message(srcs, tally))
-        if splits["train"]["documents"] == 0 or splits["val"]["documents"] == 0:
-            raise UserError(
-                "the sources hold only one distinct document; a train/validation split needs "
-                "at least two (split the text into several files or records)."
-            )
-        say("checking that no validation document occurs in train")
-        overlap = val_documents_in_train(out, splits, tok.eot_id)
-
-        manifest = _manifest(
-            tok_info,
-            dtype,
-            splits,
-            srcs,
-            tally,
-            written,
-            overlap,
-            sample_chars,
-            dict(
-                seed=seed,
-                val_fraction=None if val_documents is not None else fraction,
-                val_documents=val_documents,
-                max_doc_chars=max_doc_chars,
-                shard_tokens=shard_tokens,
-                wall_s=round(time.perf_counter() - started, 2),
-                oneepoch_version=__version__,
-            ),
-        )
-        _write_json_atomic(out / MANIFEST, manifest)
-        (out / MARKER).unlink(missing_ok=True)
-        return manifest
     except BaseException:
         for writer in writers.values():
             writer.abort()
-        _release_output(out, created)
         raise
+
+    if splits["train"]["documents"] + splits["val"]["documents"] == 0:
+        raise UserError(_no_documents_message(srcs, tally))
+    if splits["train"]["documents"] == 0 or splits["val"]["documents"] == 0:
+        raise UserError(
+            "the sources hold only one distinct document; a train/validation split needs "
+            "at least two (split the text into several files or records)."
+        )
+    say("checking that no validation document occurs in train")
+    overlap = val_documents_in_train(out, splits, tok.eot_id)
+    options = {
+        **options,
+        "wall_s": round(time.perf_counter() - started, 2),
+        "oneepoch_version": __version__,
+    }
+    manifest = _manifest(
+        tok_info, dtype, splits, srcs, tally, written, overlap, sample_chars, options
+    )
+    _write_json_atomic(out / MANIFEST, manifest)
+    return manifest
 
 
 def _write_docs(writer: SplitWriter, docs: list, eot: np.ndarray, written: dict) -> None:
@@ -535,6 +680,15 @@ def _no_documents_message(sources: list[Source], tally: Tally) -> str:
     ]
     detail = f" ({', '.join(skipped)})" if skipped else ""
     names = ", ".join(s.spec for s in sources)
+    missing = tally.total("missing_field")
+    if missing and missing == tally.total("bad_records"):
+        field = next((s.field for s in sources if getattr(s, "field", None)), "text")
+        fields = ", ".join(sorted(tally.fields_seen)[:10])
+        have = f"; their fields are {fields}" if fields else ""
+        return (
+            f"no record in {names} has a {field!r} field ({missing} records lack it{have}); "
+            "name the field that holds the text with --text-field."
+        )
     return f"the sources ({names}) hold no text{detail}; point --source at non-empty text."
 
 

@@ -36,6 +36,14 @@ class Tally:
     def __init__(self) -> None:
         self.counts: dict[str, Counter] = defaultdict(Counter)
         self.examples: dict[str, list[str]] = defaultdict(list)
+        self.fields_seen: set[str] = set()  # keys of records that lack the text field
+
+    def missing_field(self, key: str, where: str, field: str, record) -> None:
+        """A record without the text field: bad, and its keys kept to suggest a field."""
+        self.add(key, "missing_field")
+        self.bad(key, where, f"no {field!r} field")
+        if isinstance(record, dict) and len(self.fields_seen) < 50:
+            self.fields_seen.update(str(k) for k in list(record)[:20])
 
     def add(self, key: str, field: str, n: int = 1) -> None:
         self.counts[key][field] += n
@@ -160,7 +168,7 @@ def read_jsonl(path: Path, field: str, tally: Tally, key: str) -> Iterator[str]:
                     tally.bad(key, f"{path.name}:{lineno}", "not valid JSON")
                     continue
                 if not isinstance(record, dict) or field not in record:
-                    tally.bad(key, f"{path.name}:{lineno}", f"no {field!r} field")
+                    tally.missing_field(key, f"{path.name}:{lineno}", field, record)
                     continue
                 text = record[field]
                 if not isinstance(text, str):
@@ -374,6 +382,9 @@ class HFStreamSource(Source):
                 value = record.get(self.field) if isinstance(record, dict) else None
                 if isinstance(value, str):
                     yield self.spec, value
+                elif not isinstance(record, dict) or self.field not in record:
+                    where = f"{self.name} row {row}"
+                    tally.missing_field(self.spec, where, self.field, record)
                 else:
                     where = f"{self.name} row {row}"
                     tally.bad(self.spec, where, f"no string {self.field!r} field")

@@ -1,0 +1,369 @@
+"""Hostile use through the real command line: each case must end in one sentence naming the
+problem, a non-zero exit, no traceback, and leave what was complete before byte-for-byte as
+it was.
+
+To add a case, append a ``Case`` to ``CASES``: the command's arguments (``{data}``, ``{run}``,
+``{other_data}``, ``{corpus}``, ``{records}``, ``{tmp}`` are filled in; ``{tmp}`` is the
+case's own folder), a regular expression its error must match, and optionally a ``setup``
+called with the ``World`` and the case's folder before the command runs, which may return a
+function to call after it (to stop a helper process, say). ``World`` holds a complete
+dataset (``data``, bytes tokenizer) and a complete tiny run trained on it (``run``); both,
+and the case's folder as the setup left it, are checked unchanged afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+from helpers import cli_env, make_corpus, run_cli
+from oneepoch.data.prepare import prepare
+
+TINY_RUN = ["--n-layer", "1", "--n-head", "1", "--d-model", "32", "--seq-len", "32"]
+TINY_RUN += ["--eval-tokens", "1024", "--steps", "5", "--quiet"]
+
+
+@dataclass
+class World:
+    root: Path
+    corpus: Path  # 200 small text files
+    data: Path  # a complete dataset of them (bytes tokenizer)
+    run: Path  # a complete 5-step run trained on `data`
+    other_data: Path  # the same text with a BPE tokenizer
+    records: Path  # a JSONL file whose records hold their text under "text"
+
+    def fill(self, arg: str, tmp: Path) -> str:
+        return arg.format(
+            data=self.data,
+            run=self.run,
+            other_data=self.other_data,
+            corpus=self.corpus,
+            records=self.records,
+            tmp=tmp,
+        )
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> World:
+    root = tmp_path_factory.mktemp("hostile")
+    corpus = make_corpus(root / "corpus", n=200)
+    data, other = root / "data", root / "other-data"
+    prepare([str(corpus)], data, tokenizer="bytes")
+    prepare([str(corpus)], other, vocab_size=300)
+    records = root / "records.jsonl"
+    records.write_text(
+        "".join(json.dumps({"text": f"record {i}", "id": i}) + "\n" for i in range(9))
+    )
+    run = root / "run"
+    res = run_cli("train", "--data", str(data), "--out", str(run), *TINY_RUN)
+    assert res.returncode == 0, res.stderr
+    return World(root, corpus, data, run, other, records)
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every file and folder under ``root``, with a hash of each file's bytes."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            out[rel] = "link:" + os.readlink(path)
+        elif path.is_dir():
+            out[rel] = "dir"
+        else:
+            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+# --- setups -------------------------------------------------------------------------
+
+
+def copy_data(world: World, tmp: Path) -> Path:
+    shutil.copytree(world.data, tmp / "data")
+    return tmp / "data"
+
+
+def edit_manifest(change: Callable[[dict], None]):
+    def setup(world, tmp):
+        path = copy_data(world, tmp) / "manifest.json"
+        manifest = json.loads(path.read_text())
+        change(manifest)
+        path.write_text(json.dumps(manifest))
+
+    return setup
+
+
+def flip_shard_byte(world, tmp):
+    shard = copy_data(world, tmp) / "train_00000.bin"
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+
+
+def files(**contents: str):
+    def setup(world, tmp):
+        for name, text in contents.items():
+            (tmp / name).write_text(text)
+
+    return setup
+
+
+def hold_lock_on_data(world, tmp):
+    """Another process holds the dataset (as a prepare in progress would)."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys\nfrom oneepoch.locking import hold\n"
+            "with hold(sys.argv[1], 'prepare'):\n    print('held', flush=True); sys.stdin.read()",
+            str(world.data),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
+    assert holder.stdout.readline().strip() == "held"
+
+    def stop():
+        holder.stdin.close()
+        assert holder.wait(timeout=60) == 0
+
+    return stop
+
+
+class Case(NamedTuple):
+    name: str
+    args: list[str]
+    message: str  # a regular expression the error must match
+    setup: Callable | None = None
+
+
+PREP = ["prepare", "--quiet", "--tokenizer", "bytes"]
+
+CASES = [
+    # prepare over a complete dataset: it must survive every failure
+    Case(
+        "rerun-mistyped-text-field",
+        [*PREP, "--source", "{records}", "--out", "{data}", "--text-field", "txt"],
+        r"no record in .*records.jsonl has a 'txt' field .*--text-field",
+    ),
+    Case(
+        "rerun-empty-source",
+        [*PREP, "--source", "{tmp}/empty.txt", "--out", "{data}"],
+        r"hold no text",
+        files(**{"empty.txt": ""}),
+    ),
+    Case(
+        "rerun-with-bpe-on-blank-text",
+        ["prepare", "--quiet", "--source", "{tmp}/blank.md", "--out", "{data}"],
+        r"hold no text \(1 empty documents\)",
+        files(**{"blank.md": " \n\n "}),
+    ),
+    Case(
+        "rerun-one-document",
+        [*PREP, "--source", "{tmp}/one.txt", "--out", "{data}"],
+        r"only one distinct document",
+        files(**{"one.txt": "just one"}),
+    ),
+    Case(
+        "rerun-while-another-prepare-writes",
+        [*PREP, "--source", "{corpus}", "--out", "{data}"],
+        r"is in use by process \d+ \(oneepoch prepare, since .*\), so this prepare cannot",
+        hold_lock_on_data,
+    ),
+    Case(
+        "rerun-source-inside-out",
+        [*PREP, "--source", "{tmp}/data/notes.md", "--out", "{tmp}/data"],
+        r"inside --out",
+        lambda world, tmp: (copy_data(world, tmp) / "notes.md").write_text("my notes") and None,
+    ),
+    Case(
+        "rerun-missing-tokenizer-file",
+        ["prepare", "--source", "{corpus}", "--out", "{data}", "--tokenizer", "{tmp}/t.json"],
+        r"tokenizer file .* does not exist",
+    ),
+    Case("out-is-a-file", [*PREP, "--source", "{corpus}", "--out", "{records}"], r"is a file"),
+    Case(
+        "out-is-someone-elses-folder",
+        [*PREP, "--source", "{corpus}", "--out", "{tmp}"],
+        r"not empty and is not a oneepoch dataset",
+        files(**{"thesis.tex": "precious"}),
+    ),
+    Case(
+        "val-fraction-out-of-range",
+        [*PREP, "--source", "{corpus}", "--out", "{tmp}/d", "--val-fraction", "2"],
+        r"between 0 and 1",
+    ),
+    # data inspect
+    Case("inspect-a-file", ["data", "inspect", "{records}"], r"is a file, not a dataset directory"),
+    Case("inspect-missing", ["data", "inspect", "{tmp}/nothing"], r"does not exist"),
+    Case("inspect-a-run", ["data", "inspect", "{run}"], r"not a prepared dataset"),
+    Case(
+        "inspect-non-numeric-vocab-size",
+        ["data", "inspect", "{tmp}/data"],
+        r"damaged \(tokenizer vocab_size is 'many', not a whole number\)",
+        edit_manifest(lambda m: m["tokenizer"].update(vocab_size="many")),
+    ),
+    Case(
+        "inspect-manifest-without-splits",
+        ["data", "inspect", "{tmp}/data"],
+        r"damaged \(no splits\)",
+        edit_manifest(lambda m: m.pop("splits")),
+    ),
+    Case(
+        "inspect-corrupted-shard",
+        ["data", "inspect", "{tmp}/data", "--verify"],
+        r"corrupted \(checksum differs\)",
+        flip_shard_byte,
+    ),
+    # sample
+    Case(
+        "sample-with-another-tokenizer",
+        ["sample", "{run}", "--data", "{other_data}"],
+        r"another tokenizer than the one run .* was trained with",
+    ),
+    Case("sample-temperature-nan", ["sample", "{run}", "--temperature", "nan"], r"not a finite"),
+    Case("sample-temperature-negative", ["sample", "{run}", "--temperature", "-1"], r"negative"),
+    Case("sample-negative-length", ["sample", "{run}", "--max-new-tokens", "-5"], r"no text"),
+    Case("sample-not-a-run", ["sample", "{data}"], r"not a run directory"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_hostile_case(world, tmp_path, case):
+    before = {p: tree_digest(p) for p in (world.data, world.run)}
+    after = case.setup(world, tmp_path) if case.setup else None
+    before[tmp_path] = tree_digest(tmp_path)
+    try:
+        res = run_cli(*(world.fill(a, tmp_path) for a in case.args), timeout=120)
+    finally:
+        if after:
+            after()
+    output = res.stdout + res.stderr
+    assert res.returncode != 0, output
+    assert "Traceback" not in output, output
+    err = res.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert re.search(case.message, err), err
+    for path, digest in before.items():
+        assert tree_digest(path) == digest, f"{path} changed"
+    leftovers = [p.name for p in world.root.iterdir() if p.name.startswith(".")]
+    assert leftovers == [], leftovers
+
+
+def test_inspect_into_a_closed_pipe(world):
+    """`oneepoch data inspect DIR | head -1`: the reader went away; stop quietly."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "oneepoch", "data", "inspect", str(world.data)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+    )
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and err == "", err
+
+
+def _unshare_works() -> bool:
+    try:
+        res = subprocess.run(
+            ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k none /mnt"],
+            capture_output=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return res.returncode == 0
+
+
+DISK_FULL = """
+set -e
+mount -t tmpfs -o size=320k none "$DISK"
+"$PY" -m oneepoch prepare --quiet --tokenizer bytes --source "$SMALL" --out "$DISK/d" > /dev/null
+"$PY" -c "$DIGEST" "$DISK/d" > "$OUTDIR/before.json"
+set +e
+"$PY" -m oneepoch prepare --quiet --tokenizer bytes --source "$BIG" --out "$DISK/d" \
+    > "$OUTDIR/out.txt" 2> "$OUTDIR/err.txt"
+echo $? > "$OUTDIR/rc.txt"
+"$PY" -c "$DIGEST" "$DISK/d" > "$OUTDIR/after.json"
+ls -a "$DISK" > "$OUTDIR/disk.txt"
+"""
+
+DIGEST = """
+import hashlib, json, pathlib, sys
+root = pathlib.Path(sys.argv[1])
+print(json.dumps({str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+                  for p in sorted(root.rglob("*")) if p.is_file()}))
+"""
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="cannot mount a small tmpfs (unshare -rm)")
+def test_disk_full_during_prepare_keeps_the_old_dataset(tmp_path):
+    """A real full disk: a 320 KiB tmpfs holding a small dataset, then a rerun that needs
+    more room than is left."""
+    small = make_corpus(tmp_path / "small", n=20)  # ~4 KB of text
+    big = make_corpus(tmp_path / "big", n=1500)  # ~400 KB of tokens
+    (tmp_path / "disk").mkdir()
+    env = cli_env(
+        PY=sys.executable,
+        DISK=str(tmp_path / "disk"),
+        SMALL=str(small),
+        BIG=str(big),
+        OUTDIR=str(tmp_path),
+        DIGEST=DIGEST,
+    )
+    res = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", DISK_FULL], env=env, capture_output=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr
+    rc = int((tmp_path / "rc.txt").read_text())
+    err = (tmp_path / "err.txt").read_text().strip()
+    assert rc == 2 and "Traceback" not in err and "\n" not in err, err
+    assert err.startswith("error: the disk is full") and "is unchanged" in err, err
+    before = json.loads((tmp_path / "before.json").read_text())
+    assert before and json.loads((tmp_path / "after.json").read_text()) == before
+    assert (tmp_path / "disk.txt").read_text().split() == [".", "..", "d"]  # nothing beside
+
+
+def test_file_size_limit_during_prepare_keeps_the_old_dataset(world, tmp_path):
+    """RLIMIT_FSIZE: the kernel refuses a write past the limit (EFBIG), a real write error
+    on a real write path."""
+    import resource
+
+    data = copy_data(world, tmp_path)
+    before = tree_digest(data)
+    big = make_corpus(tmp_path / "big", n=1000)
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    res = subprocess.run(
+        [sys.executable, "-m", "oneepoch", *PREP, "--source", str(big), "--out", str(data)],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        preexec_fn=limit,
+        timeout=120,
+    )
+    err = res.stderr.strip()
+    assert res.returncode == 2 and "Traceback" not in err and "\n" not in err, err
+    assert "file-size limit (ulimit -f)" in err and "is unchanged" in err, err
+    assert tree_digest(data) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big", "data"]
+
+
+def test_sample_from_the_run_still_works(world):
+    res = run_cli("sample", str(world.run), "--max-new-tokens", "30", "--prompt", "The")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("The") and "<|endoftext|>" not in res.stdout
