@@ -92,11 +92,16 @@ def run_reproduce(args) -> int:
         return 128 + exc.signum
     if skipped:
         say(f"{skipped} run(s) were already complete and were not trained again")
+    say("fitting and writing the report")
     paths = write_outputs(out, job)
+    results = json.loads(paths["results"].read_text())
     if args.json:
-        print(json.dumps(json.loads(paths["results"].read_text()), indent=1))
-    else:
-        print(f"report: {paths['html']}")
+        print(json.dumps(results, indent=1))
+        return 0
+    from oneepoch.reproduce.report import claim_lines
+
+    print("\n".join(claim_lines(results["claims"])))
+    print(f"report: {paths['html']} (and {paths['md'].name}, {paths['results'].name})")
     return 0
 
 

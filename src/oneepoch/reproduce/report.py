@@ -407,6 +407,28 @@ def _throughput_notes(exps: dict) -> list[str]:
 # Formatting
 
 
+def claim_lines(claims: list[dict]) -> list[str]:
+    """The claims table as plain text lines, for the terminal."""
+    lines = []
+    for c in claims:
+        exp, claim, paper, ours, verdict = _claim_row(c)
+        lines.append(f"[{verdict.strip('*'):>13}] exp {exp}: {claim} | paper {paper} | ours {ours}")
+    return lines
+
+
+def _rules(claims: list[dict]) -> list[str]:
+    """Each distinct rule once, with the claims it decides and what qualified them."""
+    by_rule: dict[str, list[dict]] = {}
+    for c in claims:
+        by_rule.setdefault(c["rule"], []).append(c)
+    items = []
+    for rule, cs in by_rule.items():
+        names = "; ".join(f"experiment {c['experiment']}: {c['claim']}" for c in cs)
+        why = sorted({w for c in cs for w in c.get("why", [])})
+        items.append(f"**{names}.** {rule}" + (f" Here: {'; '.join(why)}." if why else ""))
+    return items
+
+
 def _claim_row(c: dict) -> list[str]:
     m = c["measured"]
     if isinstance(m, dict) and "values" in m:
@@ -434,12 +456,13 @@ def _short_value(v) -> str:
     return str(v)
 
 
-def _spread(s: dict, fmt: str = "{:.2f}x") -> str:
+def _spread(s: dict, fmt: str = "{:.2f}x", over: str = "seeds") -> str:
+    """median [min, max] over the seeds (or curves) that have a value."""
     if not s or s.get("n", 0) == 0:
         return "n/a"
     if s["n"] == 1:
-        return fmt.format(s["median"]) + " (one seed)"
-    return f"{fmt.format(s['median'])} [{fmt.format(s['min'])}, {fmt.format(s['max'])}] over {s['n']} seeds"
+        return fmt.format(s["median"]) + f" (one {over[:-1]})"
+    return f"{fmt.format(s['median'])} [{fmt.format(s['min'])}, {fmt.format(s['max'])}] over {s['n']} {over}"
 
 
 def _x(v) -> str:

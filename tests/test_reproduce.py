@@ -1,0 +1,261 @@
+"""`oneepoch reproduce --preset micro` end to end, as a user runs it: structure and internal
+consistency of results.json, exactness of interleaved training, kill and rerun, the report
+in a real browser. The scientific outcome is noisy at this size and is not asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import launch, read_metrics, run_cli, stdlib_text
+
+SPEEDUP_AXES = {
+    "wall_clock_speedup": "wall_s",
+    "step_speedup": "steps",
+    "token_speedup": "tokens",
+    "flop_speedup": "flops",
+}
+
+
+@pytest.fixture(scope="module")
+def bpe_dataset(tmp_path_factory) -> Path:
+    """~1.5 MB of real text in 150 documents, a trained 1024-token BPE."""
+    root = tmp_path_factory.mktemp("bpe")
+    text = stdlib_text(1_500_000).decode("utf-8", "replace")
+    docs = root / "docs"
+    docs.mkdir()
+    step = len(text) // 150
+    for i in range(150):
+        (docs / f"doc{i:03d}.txt").write_text(text[i * step : (i + 1) * step])
+    out = root / "data"
+    res = run_cli(
+        "prepare", "--source", str(docs), "--out", str(out), "--vocab-size", "1024",
+        "--val-fraction", "0.05", "--quiet",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def job(bpe_dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("job") / "out"
+    res = run_cli(
+        "reproduce", "--preset", "micro", "--data", str(bpe_dataset), "--out", str(out),
+        timeout=900,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "report: " in res.stdout
+    return out
+
+
+def results(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+def comparisons(obj):
+    """Every comparison dict (it has cost_a and cost_b) anywhere in results.json."""
+    if isinstance(obj, dict):
+        if "cost_a" in obj and "cost_b" in obj:
+            yield obj
+        for v in obj.values():
+            yield from comparisons(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from comparisons(v)
+
+
+def test_results_are_complete_and_internally_consistent(job):
+    res = results(job)
+    exps = res["experiments"]
+    assert set(exps) == {"exp1", "exp2", "exp3", "exp4", "exp5"}
+    assert len(exps["exp4"]) == len(res["preset"]["budget_fractions"])
+    found = list(comparisons(res))
+    assert len(found) >= 6
+    for c in found:
+        for name, axis in SPEEDUP_AXES.items():
+            a, b = c["cost_a"].get(axis), c["cost_b"].get(axis)
+            if c[name] is None:
+                assert a is None or b is None
+            else:  # every speedup is the ratio of the costs it is computed from
+                assert c[name] == pytest.approx(a / b, rel=1e-12), (name, c)
+        for side in ("run_a", "run_b"):
+            assert (Path(c[side]) / "metrics.jsonl").is_file()
+    for name, run in res["runs"].items():  # every referenced run exists and is complete
+        assert run["status"] == "completed", name
+        assert (job / run["dir"] / "metrics.jsonl").is_file()
+        info = json.loads((job / run["dir"] / "run.json").read_text())
+        assert info["final"]["step"] == run["steps"]
+    plan = json.loads((job / "job.json").read_text())["plan"]
+    assert {f"seed0/{k}" for k in plan["runs"]} == set(res["runs"])
+    # Shared runs are trained once: exp1's one-epoch run is exp2's dropout-0 run and the
+    # baseline at the full budget.
+    assert plan["exp2"]["0"] == plan["exp1"][0]["one_epoch"] == plan["exp4"][-1]["baseline"]
+    for c in res["claims"]:
+        assert c["verdict"] in ("supports", "contradicts", "cannot decide")
+        assert c["rule"]
+    # Multi-epoch runs see 1/E of the tokens: unique tokens are counted, not assumed.
+    for x in exps["exp1"]:
+        rep = res["runs"][f"seed0/{x['runs']['repeated']}"]
+        assert rep["unique_tokens"] <= rep["tokens"] / x["epochs"] * 1.01
+        # With one seed there is no spread, and the summary says so.
+        assert "one seed" in x["summary"]["vs_repeated"]["step_speedup"]["note"]
+
+
+def test_interleaved_runs_log_what_one_uninterrupted_run_logs(job, bpe_dataset, tmp_path):
+    """Each run trained in segments with pauses and resumes; train one straight through."""
+    plan = json.loads((job / "job.json").read_text())
+    key = plan["plan"]["exp1"][0]["regularized"]  # multi-epoch with dropout: the most state
+    src = job / "runs" / "seed0" / key
+    alone = tmp_path / "alone"
+    res = run_cli(
+        "train", "--config", str(src / "config.toml"), "--data", str(bpe_dataset),
+        "--out", str(alone), "--quiet",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+
+    def strip(lines):
+        return [{k: v for k, v in line.items() if k != "wall_s"} for line in lines]
+
+    assert strip(read_metrics(src)) == strip(read_metrics(alone))
+
+
+def without_clock(obj):
+    """results.json without what depends on the clock (wall-clock, throughput, verdicts)."""
+    clocky = ("wall", "throughput", "tokens_per_s", "notes", "steady", "machine", "claims")
+    if isinstance(obj, dict):
+        return {k: without_clock(v) for k, v in obj.items() if not any(w in k for w in clocky)}
+    if isinstance(obj, list):
+        return [without_clock(v) for v in obj]
+    return obj
+
+
+def test_kill_and_rerun_resumes_without_retraining_and_matches(job, bpe_dataset, tmp_path):
+    out = tmp_path / "out"
+    args = ["reproduce", "--preset", "micro", "--data", str(bpe_dataset), "--out", str(out)]
+    proc = launch(args)
+    plan = json.loads((job / "job.json").read_text())["plan"]
+    first, later = list(plan["runs"])[0], list(plan["runs"])[-1]
+    # Runs finish in the last round: wait for the first to complete, then kill mid-job.
+    deadline = time.time() + 600
+    done = out / "runs" / "seed0" / first / "run.json"
+    while time.time() < deadline:
+        if done.is_file() and json.loads(done.read_text() or "{}").get("status") == "completed":
+            break
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        time.sleep(0.05)
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert json.loads(done.read_text())["status"] == "completed"
+    last_info = out / "runs" / "seed0" / later / "run.json"
+    assert not last_info.is_file() or json.loads(last_info.read_text())["status"] != "completed"
+    kept = (out / "runs" / "seed0" / first / "metrics.jsonl").read_bytes()
+    stamp = (out / "runs" / "seed0" / first / "metrics.jsonl").stat().st_mtime_ns
+
+    res = run_cli(*args, timeout=900)
+    assert res.returncode == 0, res.stderr
+    assert "already complete" in res.stderr
+    metrics = out / "runs" / "seed0" / first / "metrics.jsonl"
+    assert metrics.read_bytes() == kept and metrics.stat().st_mtime_ns == stamp
+    for key in plan["runs"]:
+        a = [
+            {k: v for k, v in x.items() if k != "wall_s"}
+            for x in read_metrics(job / "runs" / "seed0" / key)
+        ]
+        b = [
+            {k: v for k, v in x.items() if k != "wall_s"}
+            for x in read_metrics(out / "runs" / "seed0" / key)
+        ]
+        assert a == b, key
+    mine, ref = without_clock(results(out)), without_clock(results(job))
+    # Paths differ between the two output folders; everything else must not.
+    assert json.loads(json.dumps(mine).replace(str(out), "OUT")) == json.loads(
+        json.dumps(ref).replace(str(job), "OUT")
+    )
+
+
+def test_changing_the_preset_or_data_of_a_job_is_a_clear_error(job, tmp_path):
+    before = {p: p.read_bytes() for p in job.rglob("*") if p.is_file()}
+    res = run_cli(
+        "reproduce",
+        "--preset",
+        "tiny",
+        "--data",
+        str(Path(results(job)["data"]["path"])),
+        "--out",
+        str(job),
+    )
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert "--preset" in res.stderr and "another --out" in res.stderr
+    after = {p: p.read_bytes() for p in job.rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_a_corpus_too_small_for_the_preset_says_what_it_has_and_needs(tmp_path):
+    from helpers import write_byte_dataset
+
+    data = write_byte_dataset(tmp_path / "small", stdlib_text(60_000))
+    res = run_cli(
+        "reproduce", "--preset", "micro", "--data", str(data), "--out", str(tmp_path / "o")
+    )
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert "training tokens" in res.stderr and "needs at least" in res.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def chromium() -> str:
+    """Debian's chromium, installed when absent (CI runs as root)."""
+    for name in ("chromium", "chromium-browser"):
+        if shutil.which(name):
+            return shutil.which(name)
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("chromium is absent and cannot be installed here (needs root and apt-get)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env, capture_output=True
+    )
+    return shutil.which("chromium")
+
+
+def screenshot(page: Path, png: Path) -> np.ndarray:
+    from PIL import Image
+
+    subprocess.run(
+        [
+            chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+            "--window-size=1280,7000", f"--screenshot={png}", page.as_uri(),
+        ],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    return np.asarray(Image.open(png).convert("RGB")).astype(int)
+
+
+def colourful_share(pixels: np.ndarray) -> float:
+    """Share of clearly coloured pixels: plot lines, bands, bars; text and tables are grey."""
+    return float(np.mean(pixels.max(axis=2) - pixels.min(axis=2) > 60))
+
+
+def test_report_renders_in_chromium_with_its_plots(job, tmp_path):
+    import re
+
+    page = (job / "report.html").read_text()
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) >= 5  # speedups, exp1, exp2, exp3, exp4
+    assert 'src="http' not in page and "<script" not in page  # self-contained, static
+    shot = screenshot(job / "report.html", tmp_path / "report.png")
+    # The same page with its figures removed: what a broken or blank render would show.
+    bare = tmp_path / "bare.html"
+    bare.write_text(re.sub(r"<img [^>]*>", "", page))
+    bare_shot = screenshot(bare, tmp_path / "bare.png")
+    assert (shot < 250).any(axis=2).mean() > 0.05  # not a blank page
+    assert colourful_share(shot) > 10 * max(colourful_share(bare_shot), 1e-4)
+    assert re.search(r"<b>(supports|contradicts|cannot decide)</b>", page)
