@@ -42,6 +42,11 @@ def register(subparsers) -> None:
         "(default: the preset's)",
     )
     p.add_argument(
+        "--law",
+        help="a scaling law fitted on this corpus (`oneepoch scaling fit --json LAW.json`): "
+        "experiment 4 then also trains the size it makes compute-optimal",
+    )
+    p.add_argument(
         "--sequential",
         action="store_true",
         help="train the runs one after another instead of interleaved (wall-clock then depends "
@@ -71,7 +76,12 @@ def run_reproduce(args) -> int:
                 "`oneepoch prepare --out` first."
             )
         _prepare_builtin(data)
-    job = open_job(out, preset, data, args.seeds, epochs)
+    if args.law and not Path(args.law).is_file():
+        raise UserError(
+            f"--law {args.law} does not exist; pass a file from `oneepoch scaling fit --json`."
+        )
+    rules = (*preset.rules, f"fitted:{Path(args.law).resolve()}") if args.law else None
+    job = open_job(out, preset, data, args.seeds, epochs, rules)
     job["sequential"] = args.sequential
     runs = len(job["plan"]["runs"]) * args.seeds
     say = (lambda *_: None) if args.quiet else (lambda m: print(m, file=sys.stderr))

@@ -40,7 +40,7 @@ class RunSpec:
         return f"{self.n_layer}x{self.n_head}x{self.d_model}"
 
 
-def plan_job(preset: Preset, train_tokens: int, vocab_size: int, epochs=None) -> dict:
+def plan_job(preset: Preset, train_tokens: int, vocab_size: int, epochs=None, rules=None) -> dict:
     """Runs and experiments for ``preset`` on a corpus of ``train_tokens`` training tokens."""
     epochs = tuple(float(e) for e in (epochs or preset.epochs))
     seq = preset.seq_len
@@ -115,7 +115,7 @@ def plan_job(preset: Preset, train_tokens: int, vocab_size: int, epochs=None) ->
             RunSpec(f"baseline-{label}", **base, steps=steps, role=f"baseline at {label}")
         )
         budget = {"fraction": f, "flops": flops, "baseline": baseline, "rules": {}}
-        for name in preset.rules:
+        for name in rules or preset.rules:
             budget["rules"][name] = _rule_run(name, flops, preset, vocab_size, ctx, max_steps, add)
         exp4.append(budget)
     full = next(b for b in exp4 if b["fraction"] == max(preset.budget_fractions))

@@ -32,7 +32,7 @@ def data_fingerprint(data: Path) -> str:
     return hashlib.sha256((data / "manifest.json").read_bytes()).hexdigest()
 
 
-def open_job(out: Path, preset: Preset, data: Path, seeds: int, epochs) -> dict:
+def open_job(out: Path, preset: Preset, data: Path, seeds: int, epochs, rules=None) -> dict:
     """The job's plan, from OUT/job.json when it exists (its fixed settings must match)."""
     from oneepoch.plan.planner import corpus_from_data
 
@@ -65,7 +65,9 @@ def open_job(out: Path, preset: Preset, data: Path, seeds: int, epochs) -> dict:
                 "the same settings to continue it, or choose another --out."
             )
     spec["preset_settings"] = preset.to_json()
-    spec["plan"] = plan_job(preset, corpus.train_tokens, corpus.vocab_size, spec["epochs"])
+    spec["plan"] = plan_job(
+        preset, corpus.train_tokens, corpus.vocab_size, spec["epochs"], rules or preset.rules
+    )
     out.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(".job.json.tmp")
     tmp.write_text(json.dumps(spec, indent=1) + "\n")
