@@ -24,13 +24,16 @@ def _pyplot():
 
 
 def _plain_log_ticks(ax, axis: str = "y") -> None:
+    """Plain-number labels: at 1, 2, 5 per decade where the axis spans decades, denser on a
+    narrow axis (a loss axis from 4 to 8 would otherwise carry no label at all)."""
     from matplotlib.ticker import FuncFormatter, LogLocator
 
     target = ax.yaxis if axis == "y" else ax.xaxis
-    target.set_major_locator(
-        LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0))
-    )
-    target.set_minor_locator(LogLocator(base=10, subs=np.arange(1, 10) * 0.25))
+    lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    wide = lo > 0 and hi / lo > 20
+    subs = (1.0, 2.0, 5.0) if wide else (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
+    target.set_major_locator(LogLocator(base=10, subs=subs))
+    target.set_minor_locator(LogLocator(base=10, subs=np.arange(1, 10)))
     target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     target.set_minor_formatter(FuncFormatter(lambda v, _: ""))
 

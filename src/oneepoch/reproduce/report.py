@@ -69,14 +69,7 @@ def _blocks(results: dict, job: dict, figs: dict) -> list[tuple]:
         ("table", ["exp", "claim", "paper", "ours", "verdict"], [_claim_row(c) for c in claims]),
         ("img", figs["speedups"], "Wall-clock speedups: our seeds against the paper's ranges."),
         ("h3", "How each verdict is decided"),
-        (
-            "list",
-            [
-                f"**Experiment {c['experiment']}, {c['claim']}**: {c['rule']}"
-                + (f" ({'; '.join(c['why'])})" if c.get("why") else "")
-                for c in claims
-            ],
-        ),
+        ("list", _rules(claims)),
         ("h2", "Setup"),
         (
             "p",
@@ -423,7 +416,8 @@ def _rules(claims: list[dict]) -> list[str]:
         by_rule.setdefault(c["rule"], []).append(c)
     items = []
     for rule, cs in by_rule.items():
-        names = "; ".join(f"experiment {c['experiment']}: {c['claim']}" for c in cs)
+        exps = ", ".join(dict.fromkeys(str(c["experiment"]) for c in cs))
+        names = f"Experiment {exps}, {cs[0]['claim']}" if len(cs) == 1 else f"Experiments {exps}"
         why = sorted({w for c in cs for w in c.get("why", [])})
         items.append(f"**{names}.** {rule}" + (f" Here: {'; '.join(why)}." if why else ""))
     return items
@@ -432,12 +426,12 @@ def _rules(claims: list[dict]) -> list[str]:
 def _claim_row(c: dict) -> list[str]:
     m = c["measured"]
     if isinstance(m, dict) and "values" in m:
-        ours = _spread(
-            m,
-            "{:+.2%}"
-            if m.get("unit") == "relative error"
-            else ("{:.2f}" if m.get("unit") else "{:.2f}x"),
-        )
+        if m.get("unit") == "relative error":  # per curve, not a speedup per seed
+            ours = _spread(m, "{:+.2%}", over="curves")
+        elif m.get("unit"):
+            ours = f"{_spread(m, '{:.2f}', over='curves')} ({m['unit']})"
+        else:
+            ours = _spread(m) + (" at median throughput" if c.get("basis") == "median" else "")
     elif isinstance(m, dict):
         ours = "; ".join(f"{k}: {_short_value(v)}" for k, v in m.items())
     else:

@@ -65,7 +65,10 @@ def judge_range(comparisons: list[dict], paper: tuple[float, float]) -> dict:
         why.append("judged at each run's median throughput (the machine's load bent wall-clock)")
     if stats["n"] == 1:
         why.append("one seed: no spread available")
-    return {"verdict": verdict, "measured": stats, "paper": list(paper), "why": why}
+    if verdict == CONTRADICTS:
+        why.append("above the paper's range" if stats["min"] > hi else "below the paper's range")
+    basis = "median" if used_median else "wall-clock"
+    return {"verdict": verdict, "measured": stats, "paper": list(paper), "why": why, "basis": basis}
 
 
 def judge(exps: dict, job: dict) -> list[dict]:
