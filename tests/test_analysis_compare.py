@@ -98,3 +98,26 @@ def test_run_that_never_reaches_target_is_extrapolated_and_flagged(tmp_path):
     speedup = out["speedup_intervals"]["token_speedup"]
     assert speedup["ci_low"] < out["token_speedup"] < speedup["ci_high"]
     assert speedup["ci_low"] <= true_tokens / out["B"]["tokens"] <= speedup["ci_high"]
+
+
+def test_no_common_loss_means_no_speedup(tmp_path):
+    a = write_run(tmp_path / "a", power_law(3.0, 400.0, 0.3), total_steps=500, noise=0.003, seed=1)
+    b = write_run(tmp_path / "b", power_law(2.5, 400.0, 0.3), total_steps=500, noise=0.003, seed=2)
+    ra, rb = load_run(a), load_run(b)
+    below_both = 0.9 * min(ra.evals["val_loss"].min(), rb.evals["val_loss"].min())
+    out = compare_runs(ra, rb, below_both, n_boot=50)
+    assert out["no_common_loss"] and "speedup_intervals" not in out
+    assert all(out[name] is None for name in ("wall_clock_speedup", "step_speedup"))
+    assert any("no speedup to report" in n for n in out["notes"])
+
+
+def test_a_far_extrapolation_is_reported_as_a_bound(tmp_path):
+    # The slow run stops long before the fast run's best loss: any ratio is only a bound.
+    fast = write_run(tmp_path / "f", power_law(2.0, 400.0, 0.3), total_steps=3000, seed=1)
+    slow = write_run(tmp_path / "s", power_law(2.0, 4000.0, 0.3), total_steps=300, seed=2)
+    a, b = load_run(slow), load_run(fast)
+    out = compare_runs(a, b, float(b.evals["val_loss"].min()), n_boot=50)
+    assert out["bound_only"] and out["bound"]["kind"] == "lower"
+    # A needs more than its whole run: the bound is its length over B's cost to the target.
+    assert out["bound"]["step_speedup"] == pytest.approx(300 / out["B"]["steps"])
+    assert any("only a bound" in n for n in out["notes"])

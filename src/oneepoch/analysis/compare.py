@@ -76,12 +76,47 @@ def compare_runs(
                 intervals[name] = robust.estimate(ratio, samples, level, df)
     if intervals:
         result["speedup_intervals"] = intervals
+    reached = [key for key in ("A", "B") if costs[key]["reached"]]
+    if not reached:
+        # Two extrapolations divided by each other are no measurement of a speedup.
+        for name in SPEEDUPS.values():
+            result[name] = None
+        result.pop("speedup_intervals", None)
+        result["no_common_loss"] = True
+        result.setdefault("notes", []).append(
+            f"neither run reached loss {target:.4g} (best losses: A {best['A']:.4g}, B "
+            f"{best['B']:.4g}), so there is no speedup to report; give a --target-loss that "
+            "at least one run reaches."
+        )
     for key in ("A", "B"):
-        if not costs[key]["reached"]:
+        if reached and key not in reached:
+            other = reached[0]
+            trained = _trained(run_a if key == "A" else run_b)
+            reach = costs[other]["_raw"]
+            # The run's whole length is a lower bound on its cost: a bound, not a measurement.
+            bound = {
+                name: (
+                    trained[axis] / reach[axis][0] if key == "A" else reach[axis][0] / trained[axis]
+                )
+                for axis, name in SPEEDUPS.items()
+                if trained.get(axis) and axis in reach and reach[axis][0] > 0
+            }
+            result["bound"] = {"kind": "lower" if key == "A" else "upper", **bound}
+            tokens = costs[key]["_raw"]["tokens"][0]
+            far = not np.isfinite(tokens) or tokens > BOUND_ONLY_BEYOND * trained["tokens"]
+            step_bound = bound.get("step_speedup")
             result.setdefault("notes", []).append(
                 f"run {key} never reached loss {target:.4g} (best {best[key]:.4g}); its costs "
-                "are extrapolated with a power-law fit and carry intervals."
+                "are extrapolated with a power-law fit and carry intervals"
+                + (
+                    f", but that is more than {BOUND_ONLY_BEYOND:g}x its trained length: the "
+                    f"ratio is only a bound (step speedup {'at least' if key == 'A' else 'at most'} "
+                    f"{step_bound:.3g}x)."
+                    if far and step_bound
+                    else "."
+                )
             )
+            result["bound_only"] = bool(far)
     check = throughput_check({"A": run_a, "B": run_b})
     result["throughput"] = check
     at_median = _speedup_at_median_throughput(costs, check)
@@ -93,6 +128,18 @@ def compare_runs(
                 f"at each run's median throughput the wall-clock speedup would be {at_median:.3g}x."
             )
     return result
+
+
+# An extrapolation past this multiple of a run's trained tokens is reported as a bound only.
+BOUND_ONLY_BEYOND = 3.0
+
+
+def _trained(run: Run) -> dict:
+    """The costs of the whole run: a bound on the cost of a loss it never reached."""
+    last = {axis: run.lines[axis][-1] for axis in ("wall_s", "tokens", "flops")}
+    out = {k: float(v) for k, v in last.items() if np.isfinite(v)}
+    out["steps"] = float(run.lines["step"][-1])
+    return out
 
 
 # A run is "steady" when at most STEADY_SHARE of its training time ran more than

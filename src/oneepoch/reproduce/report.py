@@ -216,7 +216,7 @@ def _exp2_blocks(exp2: dict, figs: dict) -> list[tuple]:
     bounds = []
     for seed, r in enumerate(exp2["per_seed"]):
         for p, d in r["dropout"].items():
-            lb = d["slowdown"].get("lower_bound", {}).get("step_speedup")
+            lb = (d["slowdown"].get("bound") or {}).get("step_speedup")
             if lb:
                 bounds.append(
                     f"seed {seed}, dropout {p}: never reached dropout 0's final loss within "

@@ -120,8 +120,8 @@ def _seed_results(seed: int, plan: dict, runs: dict) -> dict:
 def _comparison(slow: Run, fast: Run, target: float) -> dict:
     """Costs of ``slow`` (A) and ``fast`` (B) to reach ``target`` and A/B for each cost.
 
-    A run that never reaches the target has its cost extrapolated by compare_runs; its
-    whole run is then a lower bound on that cost, which gives a bound on the ratio too.
+    A run that never reaches the target has its cost extrapolated by compare_runs, and its
+    whole run bounds the ratio (``bound``).
     """
     res = compare_runs(slow, fast, target, n_boot=N_BOOT)
     costs = {side: _plain_costs(res[side]) for side in ("A", "B")}
@@ -140,13 +140,9 @@ def _comparison(slow: Run, fast: Run, target: float) -> dict:
     for axis, name in SPEEDUPS.items():
         a, b = costs["A"].get(axis), costs["B"].get(axis)
         out[name] = a / b if a is not None and b and b > 0 else None
-    if not res["A"]["reached"] and res["B"]["reached"]:
-        trained = _trained_costs(slow)
-        out["lower_bound"] = {
-            name: trained[axis] / costs["B"][axis]
-            for axis, name in SPEEDUPS.items()
-            if trained.get(axis) and costs["B"].get(axis)
-        }
+    if "bound" in res:  # a run never reached the target: its whole length bounds the ratio
+        out["bound"] = res["bound"]
+        out["bound_only"] = res.get("bound_only", False)
     return out
 
 
@@ -159,17 +155,6 @@ def _plain_costs(side: dict) -> dict:
         if isinstance(value, (int, float)) and np.isfinite(value):
             out[axis] = float(value)
     return out
-
-
-def _trained_costs(run: Run) -> dict:
-    lines = run.lines
-    flops = lines["flops"][-1] if np.isfinite(lines["flops"][-1]) else None
-    return {
-        "wall_s": float(lines["wall_s"][-1]),
-        "steps": float(lines["step"][-1]),
-        "tokens": float(lines["tokens"][-1]),
-        "flops": float(flops) if flops is not None else None,
-    }
 
 
 def _best(run: Run) -> float:
