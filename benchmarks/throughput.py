@@ -266,6 +266,13 @@ def main() -> None:
     p.add_argument("--tokens", default="4M", help="size of the synthetic dataset (--make-data)")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args()
+    for flag, given, known in (
+        ("--modes", args.modes, ("eager", "compiled")),
+        ("--dtypes", args.dtypes, ("float32", "bfloat16")),
+    ):
+        unknown = [v for v in given.split(",") if v not in known]
+        if unknown:  # a misspelt choice used to run nothing of it, silently
+            p.error(f"{flag}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
 
     if args.one:
         spec = json.loads(args.one)
