@@ -4,6 +4,7 @@ written by the test (metrics.jsonl + run.json + config.toml per docs/formats.md)
 import csv
 import io
 import json
+import math
 
 import numpy as np
 import pytest
@@ -77,17 +78,18 @@ def test_fit_json_reports_every_form_with_intervals(capsys, cosine_run, tmp_path
         assert {"t_min", "t_max", "decades"} <= set(form["valid_range"])
     assert result["tail_check"]["better"] in expected
     assert set(result["predict_at"]["forms"]) == set(expected)
-    # 3e7 tokens is past the run's 1.6e7: an extrapolation, for which the schedule-aware
-    # form without a floor is recommended; 5.0 lies inside the fitted losses.
+    # 3e7 tokens is past the run's 1.6e7: an extrapolation, decay inside the fitted range,
+    # so the schedule forms, weighed by their backtests; 5.0 lies inside the fitted losses
     forecast = result["predict_at"]["forecast"]
-    assert forecast["form"] == "schedule-nofloor"
-    assert forecast["spans"] == ["schedule-nofloor", "schedule"]
-    assert forecast["value"] == result["predict_at"]["forms"]["schedule-nofloor"]["value"]
-    bounds = [result["predict_at"]["forms"][n] for n in forecast["spans"]]
-    assert forecast["ci_low"] == min(b["ci_low"] for b in bounds)
-    assert forecast["ci_high"] == max(b["ci_high"] for b in bounds)
+    weights = forecast["weights"]
+    assert set(weights) <= {"schedule", "schedule-nofloor"}
+    assert sum(weights.values()) == pytest.approx(1.0)
+    forms = result["predict_at"]["forms"]
+    log_mean = sum(w * math.log(forms[n]["value"]) for n, w in weights.items())
+    assert forecast["value"] == pytest.approx(math.exp(log_mean), rel=1e-3)
+    assert min(forms[n]["ci_low"] for n in weights) * 0.98 < forecast["ci_low"] < forecast["value"]
     assert result["target"]["forecast"]["form"] == result["tail_check"]["better"]
-    assert result["target"]["forecast"]["spans"] == [result["tail_check"]["better"]]
+    assert result["target"]["forecast"]["weights"] == {result["tail_check"]["better"]: 1.0}
     assert result["target"]["forms"]["power"]["tokens"]["value"] > 0
     assert result["throughput"]["tokens_per_s"] == pytest.approx(8192 / 0.05)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -366,6 +366,7 @@ def _print_run_fit(r: dict) -> None:
         for name, est in pa["forms"].items():
             print(f"  loss at t = {pa['x']:.4g} ({name}): {_fmt_value(est)}")
         print(f"  forecast: loss at t = {pa['x']:.4g}: {_fmt_value(pa['forecast'])}{_how(pa)}")
+        _print_forecast_lines(pa["forecast"])
         if pa["observed_loss"] is not None:
             print(f"  observed loss at t = {pa['x']:.4g}: {pa['observed_loss']:.4f}")
     if "target" in r:
@@ -385,18 +386,25 @@ def _print_run_fit(r: dict) -> None:
             print(f"  forecast: to reach loss {tg['loss']:g}: " + ", ".join(parts) + _how(tg))
         else:
             print(f"  forecast: loss {tg['loss']:g} not reached{_how(tg)}")
+        _print_forecast_lines(fc)
         if tg["observed"]:
             obs = tg["observed"]
             print(f"  observed: reached at tokens {obs['tokens']:.4g}, step {obs['steps']:.4g}")
 
 
 def _how(prediction: dict) -> str:
-    forecast = prediction["forecast"]
-    central, spans = forecast["central"], forecast["spans"]
-    text = central[0] if len(central) == 1 else f"geometric mean of {' and '.join(central)}"
-    if spans != central:
-        text += f"; interval spans {', '.join(spans)}"
-    return f" ({text})"
+    weights = prediction["forecast"]["weights"]
+    if len(weights) == 1:
+        return f" ({next(iter(weights))})"
+    parts = ", ".join(f"{name} {w:.2f}" for name, w in weights.items())
+    return f" (weighed by backtests: {parts})"
+
+
+def _print_forecast_lines(forecast: dict) -> None:
+    for line in forecast["warnings"]:
+        print(f"  warning: {line}")
+    for line in forecast["notes"]:
+        print(f"  note: {line}")
 
 
 def _fmt(x) -> str:
