@@ -148,6 +148,38 @@ def _register_scaling(subparsers) -> None:
         help="unique tokens column, used by the data-constrained form",
     )
     f.add_argument("--huber-delta", type=float, default=1e-3)
+    f.add_argument(
+        "--procedure",
+        choices=("paper", "joint"),
+        default="paper",
+        help="data-constrained only: paper (default; Muennighoff et al.: Chinchilla terms "
+        "fixed from --base or the single-epoch rows, then R_D*, R_N* alone) or joint (all "
+        "seven parameters at once)",
+    )
+    f.add_argument(
+        "--base",
+        metavar="LAW.json",
+        help="a chinchilla law (from `scaling fit --form chinchilla`) whose terms the paper's "
+        "data-constrained procedure holds fixed",
+    )
+    f.add_argument(
+        "--tie",
+        choices=("alpha=beta",),
+        help="fit the Chinchilla terms with beta tied to alpha, as Muennighoff et al. did",
+    )
+    f.add_argument(
+        "--drop-highest",
+        type=int,
+        default=0,
+        metavar="K",
+        help="outlier policy: drop the K highest-loss rows before fitting",
+    )
+    f.add_argument(
+        "--drop-above",
+        type=float,
+        metavar="LOSS",
+        help="outlier policy: drop rows with a loss above LOSS before fitting",
+    )
     _add_uncertainty_args(f)
     f.set_defaults(func=_cmd_scaling_fit)
 
@@ -263,7 +295,7 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_scaling_fit(args) -> int:
-    from oneepoch.analysis.scaling import fit_scaling, read_csv
+    from oneepoch.analysis.scaling import fit_scaling, load_law, read_csv
 
     _check_uncertainty_args(args)
     if not args.huber_delta > 0:
@@ -275,6 +307,16 @@ def _cmd_scaling_fit(args) -> int:
         loss_col=args.loss_col,
         unique_col=args.unique_col if args.form == "data-constrained" else None,
     )
+    base = None
+    if args.base is not None:
+        base = load_law(args.base)
+        if base.form != "chinchilla":
+            raise UserError(
+                f"{args.base} holds a {base.form} law; --base needs a chinchilla one "
+                "(`oneepoch scaling fit --form chinchilla`)."
+            )
+        if args.form != "data-constrained":
+            raise UserError("--base belongs to --form data-constrained; drop it.")
     fit = fit_scaling(
         data,
         args.form,
@@ -283,6 +325,12 @@ def _cmd_scaling_fit(args) -> int:
         seed=args.seed,
         delta=args.huber_delta,
         columns=columns,
+        procedure=args.procedure,
+        base=base,
+        base_source=args.base,
+        tie=args.tie is not None,
+        drop_highest=args.drop_highest,
+        drop_above=args.drop_above,
     )
     result = fit.to_json()
     text = json.dumps(_jsonable(result), indent=2, allow_nan=False)
@@ -299,8 +347,19 @@ def _cmd_scaling_fit(args) -> int:
             f"{result['form']}: {result['formula']}  ({result['n_points']} points, "
             f"{result['n_bootstrap']} bootstrap replicates, {args.level:.0%} intervals)"
         )
+        if "procedure" in result:
+            base = result.get("base")
+            print(
+                f"  procedure: {result['procedure']}"
+                + (f" (Chinchilla terms fixed from {base['source']})" if base else "")
+            )
+        print(
+            f"  outliers: {result['outliers']['policy']}, {len(result['outliers']['dropped_lines'])} rows dropped"
+        )
         for name in fit.form.param_names:
             print(_fmt_param(name, result[name]))
+        for line in result["warnings"]:
+            print(f"  warning: {line}")
         print(_fmt_param("N_opt ~ C^a", result["N_opt_exponent"]))
         print(_fmt_param("D_opt ~ C^b", result["D_opt_exponent"]))
         print(
@@ -414,13 +473,17 @@ def _fmt(x) -> str:
 def _fmt_value(est) -> str:
     if not isinstance(est, dict):
         return _fmt(est)
+    if est["ci_low"] is None and est["ci_high"] is None:  # no interval (no bootstrap)
+        return _fmt(est["value"])
     hi = "inf" if est["ci_high"] is None and est["value"] is not None else _fmt(est["ci_high"])
     return f"{_fmt(est['value'])} [{_fmt(est['ci_low'])}, {hi}]"
 
 
 def _fmt_param(name: str, est: dict) -> str:
     se = f"  se {_fmt(est['se'])}" if est.get("se") is not None else ""
-    return f"  {name:>12} {_fmt_value(est)}{se}"
+    why = next((f"  ({est[k]})" for k in ("note", "fixed") if k in est), "")
+    tied = f"  (tied to {est['tied']})" if "tied" in est else ""
+    return f"  {name:>12} {_fmt_value(est)}{se}{why}{tied}"
 
 
 def _jsonable(obj):
