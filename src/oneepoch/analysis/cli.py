@@ -96,6 +96,15 @@ def _register_fit(subparsers) -> None:
         help="share of the last points held out to compare forms (default 0.2)",
     )
     p.add_argument(
+        "--with",
+        dest="with_runs",
+        nargs="+",
+        metavar="RUN",
+        help="runs of the same setup (model, data) to fit the schedule-aware law jointly "
+        "with, e.g. a short decay run, so its annealing term is measured; forecasts each "
+        "RUN_DIR's final loss (or --predict-at) under its planned schedule",
+    )
+    p.add_argument(
         "--lr-decay-factor",
         type=float,
         default=0.999,
@@ -243,6 +252,21 @@ def _cmd_fit(args) -> int:
             rf.predict_at(args.predict_at)
         if args.target_loss is not None:
             rf.time_to_target(args.target_loss)
+        if args.with_runs:
+            from oneepoch.analysis.joint import fit_joint
+
+            rf.predictions["joint"] = fit_joint(
+                rf.run,
+                [load_run(other) for other in args.with_runs],
+                x=args.x,
+                use_first=args.use_first,
+                min_steps={str(rf.run.path): args.min_step} if args.min_step is not None else None,
+                predict_at=args.predict_at,
+                n_boot=args.bootstrap,
+                level=args.level,
+                seed=args.seed + i,
+                decay=args.lr_decay_factor,
+            )
         results.append(rf)
     if args.plot:
         from oneepoch.analysis.plots import plot_run_fits
@@ -428,6 +452,17 @@ def _print_run_fit(r: dict) -> None:
         _print_forecast_lines(pa["forecast"])
         if pa["observed_loss"] is not None:
             print(f"  observed loss at t = {pa['x']:.4g}: {pa['observed_loss']:.4f}")
+    if "joint" in r:
+        jt = r["joint"]
+        fc = jt["forecast"]
+        print(f"  joint schedule-aware fit over {', '.join(jt['runs'])}: {jt['formula']}")
+        for name, est in jt["params"].items():
+            print("  " + _fmt_param(name, est))
+        print(f"  forecast under the planned schedule: loss at t = {fc['x']:.4g}: {_fmt_value(fc)}")
+        if fc["observed_loss"] is not None:
+            print(f"  observed loss at t = {fc['x']:.4g}: {fc['observed_loss']:.4f}")
+        for note in jt["notes"]:
+            print(f"  note: {note}")
     if "target" in r:
         tg = r["target"]
         for name, est in tg["forms"].items():

@@ -399,7 +399,7 @@ def _build_form(name: str, run: Run, x_name: str, fit_x: np.ndarray, decay: floa
     if family is PowerForm:
         t_ref = float(np.exp(np.mean(np.log(fit_x)))) if fit_x.size else 1.0
         return PowerForm(t_ref, floor)
-    log = run.lr_log()
+    log = run.lr_schedule_log()
     if log is None:
         raise UserError(
             f"{run.path} logs no learning rate, which the {name} form needs; "
