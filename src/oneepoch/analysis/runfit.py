@@ -125,11 +125,10 @@ class RunFit:
         Within the fitted range: the form that predicted held-out tail points best. Past
         it, the run's own rolling-origin backtests decide: within each family (power,
         schedule) the form with a floor and the one without are weighed by the inverse
-        of their backtested drift rates, so the form whose refits on early parts of the
-        range predicted the later part better counts more. Which families count follows
-        the LR schedule: constant (or none logged): all forms compete as one family (the
-        schedule forms' S1 also counts the warm-up); decay inside the fitted range (C
-        measured): schedule; decay only after it (C unknown): both, half each, the
+        square of their backtested drift rates, so the form whose refits on early parts of
+        the range predicted the later part better dominates. Which families count follows
+        the LR schedule: constant (or none logged): power; decay inside the fitted range
+        (C measured): schedule; decay only after it (C unknown): both, equally, the
         schedule form without its annealing term being too high and the power law, which
         ignores the LR, too low.
         """
@@ -141,7 +140,7 @@ class RunFit:
         for family in families:
             members = [n for f in family.split("+") for n in (f, f"{f}-nofloor") if n in self.fits]
             rates = {n: self.settings["backtest"][n]["log_error_per_log_distance"] for n in members}
-            for name, weight in _inverse_rate_weights(rates).items():
+            for name, weight in _inverse_square_weights(rates).items():
                 weights[name] = weights.get(name, 0.0) + weight / len(families)
         return weights
 
@@ -358,13 +357,11 @@ def _fast_drop_end(steps: np.ndarray, loss: np.ndarray, need: int) -> float:
     return best_start
 
 
-def _inverse_rate_weights(rates: dict[str, float | None]) -> dict[str, float]:
-    """Weights proportional to 1 / rate (equal where any rate is unknown): on the tuning
-    curves of benchmarks/forecast.py this beat 1 / rate^2 and sharper choices (the single
-    best form: median |error| 1.85%, 1 / rate^2: 1.50%, 1 / rate: 1.46%)."""
+def _inverse_square_weights(rates: dict[str, float | None]) -> dict[str, float]:
+    """Weights proportional to 1 / rate^2 (equal where any rate is unknown)."""
     if any(r is None for r in rates.values()):
         return {n: 1.0 / len(rates) for n in rates}
-    inverse = {n: 1.0 / max(r, 1e-6) for n, r in rates.items()}
+    inverse = {n: 1.0 / max(r, 1e-6) ** 2 for n, r in rates.items()}
     total = sum(inverse.values())
     return {n: v / total for n, v in inverse.items()}
 
