@@ -105,7 +105,7 @@ def measure(run_dir: Path, use_first: float, n_boot: int) -> dict:
         "final_val_loss": float(final),
         "relative_error": {name: est["value"] / final - 1 for name, est in estimates.items()},
         "interval_covers": {name: _covers(est, final) for name, est in estimates.items()},
-        "forecast_spans": pred["forecast"]["spans"],
+        "forecast_weights": pred["forecast"]["weights"],
     }
 
 

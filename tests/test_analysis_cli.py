@@ -4,6 +4,7 @@ written by the test (metrics.jsonl + run.json + config.toml per docs/formats.md)
 import csv
 import io
 import json
+import math
 
 import numpy as np
 import pytest
@@ -77,17 +78,18 @@ def test_fit_json_reports_every_form_with_intervals(capsys, cosine_run, tmp_path
         assert {"t_min", "t_max", "decades"} <= set(form["valid_range"])
     assert result["tail_check"]["better"] in expected
     assert set(result["predict_at"]["forms"]) == set(expected)
-    # 3e7 tokens is past the run's 1.6e7: an extrapolation, for which the schedule-aware
-    # form without a floor is recommended; 5.0 lies inside the fitted losses.
+    # 3e7 tokens is past the run's 1.6e7: an extrapolation, decay inside the fitted range,
+    # so the schedule forms, weighed by their backtests; 5.0 lies inside the fitted losses
     forecast = result["predict_at"]["forecast"]
-    assert forecast["form"] == "schedule-nofloor"
-    assert forecast["spans"] == ["schedule-nofloor", "schedule"]
-    assert forecast["value"] == result["predict_at"]["forms"]["schedule-nofloor"]["value"]
-    bounds = [result["predict_at"]["forms"][n] for n in forecast["spans"]]
-    assert forecast["ci_low"] == min(b["ci_low"] for b in bounds)
-    assert forecast["ci_high"] == max(b["ci_high"] for b in bounds)
+    weights = forecast["weights"]
+    assert set(weights) <= {"schedule", "schedule-nofloor"}
+    assert sum(weights.values()) == pytest.approx(1.0)
+    forms = result["predict_at"]["forms"]
+    log_mean = sum(w * math.log(forms[n]["value"]) for n, w in weights.items())
+    assert forecast["value"] == pytest.approx(math.exp(log_mean), rel=1e-3)
+    assert min(forms[n]["ci_low"] for n in weights) * 0.98 < forecast["ci_low"] < forecast["value"]
     assert result["target"]["forecast"]["form"] == result["tail_check"]["better"]
-    assert result["target"]["forecast"]["spans"] == [result["tail_check"]["better"]]
+    assert result["target"]["forecast"]["weights"] == {result["tail_check"]["better"]: 1.0}
     assert result["target"]["forms"]["power"]["tokens"]["value"] > 0
     assert result["throughput"]["tokens_per_s"] == pytest.approx(8192 / 0.05)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -212,8 +214,67 @@ def test_scaling_fit_data_constrained_with_renamed_columns(capsys, tmp_path):
     )
     assert code == 0
     result = json.loads(out)
-    assert result["form"] == "data-constrained"
+    assert result["form"] == "data-constrained" and result["procedure"] == "paper"
+    assert result["base"]["source"] == "the CSV's single-epoch rows"
     assert {"R_D_star", "R_N_star"} <= set(result)
+
+    # the same with the base law from a file, the terms tied, and an outlier policy
+    base = tmp_path / "base.json"
+    base.write_text(
+        json.dumps(
+            {
+                k: {"value": v}
+                for k, v in (
+                    ("E", 1.9),
+                    ("A", 500.0),
+                    ("B", 1500.0),
+                    ("alpha", 0.35),
+                    ("beta", 0.35),
+                )
+            }
+            | {"form": "chinchilla"}
+        )
+    )
+    args = ["--params-col", "N", "--tokens-col", "D", "--unique-col", "U", "--loss-col", "L"]
+    code, out, _ = run_cli(
+        capsys,
+        "scaling",
+        "fit",
+        "--csv",
+        path,
+        "--json",
+        tmp_path / "law.json",
+        "--form",
+        "data-constrained",
+        "--base",
+        base,
+        "--drop-highest",
+        1,
+        "--bootstrap",
+        10,
+        *args,
+    )
+    assert code == 0
+    assert f"Chinchilla terms fixed from {base}" in out
+    assert "outliers: drop the 1 highest-loss rows, 1 rows dropped" in out
+    assert "(from the base law)" in out
+    assert_user_error(
+        capsys,
+        "scaling",
+        "fit",
+        "--csv",
+        path,
+        "--json",
+        "-",
+        "--form",
+        "data-constrained",
+        "--base",
+        base,
+        "--tie",
+        "alpha=beta",
+        *args,
+        says="--tie applies to the base fit",
+    )
 
 
 # --- bad input: one sentence, exit code 2, no traceback --------------------------------
@@ -279,6 +340,26 @@ def test_csv_with_non_numeric_cell(capsys, tmp_path):
 def test_csv_too_short_for_the_form(capsys, tmp_path):
     text = "params,tokens,loss\n1e6,1e8,3.1\n2e6,2e8,3.0\n"
     assert_csv_error(capsys, tmp_path, text, says="needs at least 7 rows")
+
+
+def test_binary_csv_is_one_sentence(capsys, tmp_path):
+    path = tmp_path / "s.csv"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe" * 20)
+    out = tmp_path / "o.json"
+    assert_user_error(capsys, "scaling", "fit", "--csv", path, "--json", out, says="not a text CSV")
+
+
+def test_identical_rows_are_an_error_not_a_law(capsys, tmp_path):
+    text = "params,tokens,loss\n" + "1e8,2e9,3.1\n" * 8
+    assert_csv_error(capsys, tmp_path, text, says="only 1 distinct (params, tokens) points")
+
+
+def test_fit_without_bootstrap_prints_no_interval(capsys, tmp_path):
+    run = write_run(tmp_path / "run", power_law(2.0, 400.0, 0.3), noise=0.003)
+    code, out, _ = run_cli(capsys, "fit", run, "--bootstrap", 0, "--predict-at", "3e7")
+    assert code == 0
+    assert "inf]" not in out and "[n/a" not in out
+    assert "forecast: loss at t = 3e+07: " in out
 
 
 def test_missing_law_file(tmp_path):

@@ -1,5 +1,7 @@
 """Learning-curve fits: parameter recovery, interval coverage, the LR areas, extrapolation."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -8,7 +10,6 @@ from oneepoch.analysis.lr_schedule import LRSchedule
 from oneepoch.analysis.runfit import fit_run
 from oneepoch.analysis.runs import load_run
 from oneepoch.analysis.synthetic import cosine_lr, power_law, write_run
-from oneepoch.errors import UserError
 
 E, A, ALPHA = 2.0, 400.0, 0.3
 T = np.geomspace(1e5, 1e8, 30)
@@ -171,11 +172,15 @@ def test_extrapolation_from_first_part_of_a_run(tmp_path):
     # the plain power law cannot see the cosine decay coming; the schedule form can
     power = pred["forms"]["power"]["value"]
     assert abs(power / observed - 1) > 3 * abs(sched["value"] / observed - 1)
-    # the forecast (no floor, its interval spanning the floored form) covers the truth,
-    # though this curve has a real floor (L0 = 2) that the floor-free form misses
+    # the decay is inside the fitted range (C measured): the forecast weighs the schedule
+    # forms by their backtests (here they favour the floor-free one, 3% high)
     forecast = pred["forecast"]
-    assert forecast["spans"] == ["schedule-nofloor", "schedule"]
+    assert set(forecast["central"]) == {"schedule", "schedule-nofloor"}
+    assert sum(forecast["weights"].values()) == pytest.approx(1.0)
     assert forecast["ci_low"] <= observed <= forecast["ci_high"]
+    assert abs(forecast["value"] / observed - 1) < 0.03
+    # its backtest refits only prefixes that show enough decay to measure C, as it does
+    assert 0 < rf.settings["backtest"]["schedule"]["origins"] <= 8
 
     target = rf.time_to_target(2.3)
     reach = target["forms"]["schedule"]
@@ -194,7 +199,8 @@ def test_unreachable_target_is_reported_not_invented(tmp_path):
     power = out["forms"]["power"]
     assert power["reached"] is False
     assert power["tokens"]["value"] is None
-    assert power["p_reach"] < 0.05
+    # the backtested drift widens replicates without bound far out, so a few reach it
+    assert power["p_reach"] < 0.2
     assert out["observed"] is None
 
 
@@ -234,14 +240,16 @@ def test_annealing_term_waits_until_the_fitted_range_holds_lr_decay(tmp_path):
     prediction = early.predict_at(run.final_tokens)
     forms = prediction["forms"]
     assert all(0 < est["ci_low"] <= est["value"] <= est["ci_high"] for est in forms.values())
-    # the decay ahead is unmeasured: the forecast sits between the schedule form without
-    # its annealing term and the token-only power form, its interval spanning every form
+    # the decay ahead is unmeasured: the schedule family (no annealing term) and the
+    # token-only power family count half each, and the forecast says it leaves the decay out
     forecast = prediction["forecast"]
-    assert forecast["central"] == ["schedule-nofloor", "power-nofloor"]
-    both = forms["schedule-nofloor"]["value"] * forms["power-nofloor"]["value"]
-    assert forecast["value"] == pytest.approx(np.sqrt(both))
-    assert set(forecast["spans"]) == set(forms)
+    weights = forecast["weights"]
+    assert sum(w for n, w in weights.items() if n.startswith("schedule")) == pytest.approx(0.5)
+    assert sum(weights.values()) == pytest.approx(1.0)
+    log_mean = sum(w * np.log(forms[n]["value"]) for n, w in weights.items())
+    assert forecast["value"] == pytest.approx(np.exp(log_mean), rel=1e-3)  # weights rounded
     assert forecast["ci_low"] <= prediction["observed_loss"] <= forecast["ci_high"]
+    assert "leaves out the loss drop of the LR decay" in forecast["notes"][0]
     late = fit_run(run, use_first=0.6, n_boot=0)
     assert late.fits["schedule"].params()["C"]["value"] > 0
     assert late.fits["schedule"].to_json()["notes"] == []
@@ -282,56 +290,101 @@ def _constant_lr(warmup):
     return lambda s: 1e-3 * np.minimum(np.asarray(s, dtype=float) / warmup, 1.0)
 
 
-def test_constant_lr_forecast_is_the_floorless_power_law(tmp_path):
+def test_constant_lr_forecast_of_a_floorless_curve_rests_on_the_floorless_form(tmp_path):
     write_run(
         tmp_path / "run",
         power_law(0.0, 60.0, 0.15),
         noise=0.003,
         warmup_steps=50,
         lr=_constant_lr(50),
+        eval_every=25,
     )
     run = load_run(tmp_path / "run")
     prediction = fit_run(run, use_first=0.3, n_boot=100).predict_at(run.final_tokens)
     forecast = prediction["forecast"]
-    assert forecast["central"] == ["power-nofloor"]
-    assert forecast["spans"] == ["power-nofloor", "power"]
+    assert sum(w for n, w in forecast["weights"].items() if n.endswith("-nofloor")) > 0.5
     truth = 60.0 * run.final_tokens**-0.15
+    assert abs(forecast["value"] / truth - 1) < 0.01
+    assert forecast["ci_low"] <= truth <= forecast["ci_high"]
+    assert forecast["warnings"] == []
+
+
+def _issue_curve(path, seed):
+    """The curve of issue 11: L = 2.5 + 150 t^-0.3, 5,000 steps of 65,536 tokens, 85
+    log-spaced evaluations, 0.5% noise: a floor that is 86% of the final loss."""
+    steps = np.unique(np.round(np.geomspace(1, 5000, 85)).astype(int))
+    return write_run(
+        path,
+        power_law(2.5, 150.0, 0.3),
+        total_steps=5000,
+        tokens_per_step=65536,
+        eval_steps=steps,
+        noise=0.005,
+        seed=seed,
+        log_every=50,
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_constant_lr_forecast_of_a_floored_curve_follows_the_backtests_to_the_floor(tmp_path, seed):
+    """The floor-free power law is ~12% low here; the run's own backtests show it (its
+    refits on early parts of the range under-predict the later part) and the forecast
+    rests on the floored forms instead."""
+    run = load_run(_issue_curve(tmp_path / "run", seed))
+    rf = fit_run(run, use_first=0.3, n_boot=100, seed=seed)
+    forecast = rf.predict_at(run.final_tokens)["forecast"]
+    truth = 2.5 + 150.0 * run.final_tokens**-0.3
+    assert rf.predictions["predict_at"]["forms"]["power-nofloor"]["value"] < 0.98 * truth
+    backtest = rf.settings["backtest"]
+    rate = {n: backtest[n]["log_error_per_log_distance"] for n in backtest}
+    assert rate["power"] < 0.2 * rate["power-nofloor"]
+    assert sum(w for n, w in forecast["weights"].items() if "nofloor" not in n) > 0.9
     assert abs(forecast["value"] / truth - 1) < 0.01
     assert forecast["ci_low"] <= truth <= forecast["ci_high"]
 
 
-def test_forms_short_of_evaluations_are_left_out_unless_named(tmp_path):
-    # after the 10-step warm-up, 5 evaluations: enough for 3 parameters, not for 4
-    steps = np.array([5, 10, 40, 80, 160, 320, 640])
-    write_run(
+def test_forecast_warns_when_its_form_fails_its_checks_or_no_lr_is_logged(tmp_path):
+    # 7 evaluations, no LR logged: both warnings
+    path = write_run(
         tmp_path / "run",
         power_law(E, A, ALPHA),
-        noise=0.002,
-        total_steps=640,
-        eval_steps=steps,
-        warmup_steps=10,
-        lr=_constant_lr(10),
+        noise=0.003,
+        total_steps=2000,
+        eval_steps=np.array([100, 300, 500, 800, 1100, 1400, 2000]),
     )
-    run = load_run(tmp_path / "run")
-    rf = fit_run(run, n_boot=0)
-    assert set(rf.fits) == {"power", "power-nofloor", "schedule-nofloor"}
-    assert rf.settings["forms_left_out"] == {"schedule": "needs 6 evaluations"}
-    with pytest.raises(UserError, match="the schedule form needs at least 6"):
-        fit_run(run, forms=("power", "schedule"), n_boot=0)
+    lines = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        del line["lr"]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    run = load_run(path)
+    rf = fit_run(run, n_boot=50)
+    assert set(rf.fits) == {"power", "power-nofloor"}
+    warnings = rf.predict_at(10 * run.final_tokens)["forecast"]["warnings"]
+    assert any("logs no learning rate: the forecast assumes it was constant" in w for w in warnings)
+    assert any("fitted to only 7 points (fewer than 8)" in w for w in warnings)
+    # inside the fitted range the forecast is the tail check's winner: nothing to warn about
+    assert rf.predict_at(run.final_tokens)["forecast"]["warnings"] == []
 
 
-def test_long_warmup_moves_the_fit_start_to_keep_enough_evaluations(tmp_path):
-    # a 100-step warm-up and evaluations every 25 steps to step 300: after 200 only 4
-    # are left, fewer than the 6 the schedule form needs; after 100 there are 8
-    write_run(
-        tmp_path / "run",
-        power_law(E, A, ALPHA),
-        noise=0.002,
-        total_steps=300,
-        eval_steps=np.arange(25, 301, 25),
-        warmup_steps=100,
-        lr=_constant_lr(100),
-    )
-    rf = fit_run(load_run(tmp_path / "run"), n_boot=0)
-    assert rf.settings["min_step"] == 150  # the last 6 evaluations: 175 ... 300
-    assert rf.settings["n_fit_points"] == 6 and len(rf.fits) == 4
+def test_without_warmup_the_fit_skips_the_fast_initial_drop(tmp_path):
+    """Warm-up 0: the run's backtests move the start past a transient that no form
+    describes, while a clean power law is fitted from its first point."""
+    law = power_law(E, A, ALPHA)
+    for name, transient in (("clean", 0.0), ("drop", 3.0)):
+        write_run(
+            tmp_path / name,
+            lambda t, s, c=transient: law(t, s) + c * np.exp(-s / 25.0),
+            noise=0.003,
+            total_steps=2000,
+            eval_every=50,
+        )
+    clean, drop = load_run(tmp_path / "clean"), load_run(tmp_path / "drop")
+    assert clean.warmup_steps == drop.warmup_steps == 0
+    clean_start = fit_run(clean, forms=("power",), n_boot=0).settings["min_step"]
+    rf = fit_run(drop, forms=("power",), n_boot=100)
+    assert clean_start <= 0.01 * 2000 < rf.settings["min_step"]
+    alpha = rf.fits["power"].params()["alpha"]
+    # from step 1 the transient bends the fit away from the law
+    early = fit_run(drop, forms=("power",), n_boot=100, min_step=0).fits["power"].params()
+    assert not early["alpha"]["ci_low"] <= ALPHA <= early["alpha"]["ci_high"]
+    assert abs(alpha["value"] - ALPHA) < 0.5 * abs(early["alpha"]["value"] - ALPHA)

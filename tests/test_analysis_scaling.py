@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from oneepoch.analysis.scaling import ScalingLaw, compute_optimal, fit_scaling, load_law
+from oneepoch.errors import UserError
 
 CHINCHILLA = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
 MUENNIGHOFF = {
@@ -61,8 +62,9 @@ def test_noise_free_data_fitted_exactly():
         assert params[name] == pytest.approx(truth, rel=1e-4), name
 
 
-def test_data_constrained_parameters_recovered_within_intervals():
-    law = ScalingLaw("data-constrained", MUENNIGHOFF)
+def repetition_data(truth=MUENNIGHOFF, seed=1, noise=0.01):
+    """Runs of 1e7..2e9 parameters on 1e8..1e10 unique tokens, repeated 1 to 40 times."""
+    law = ScalingLaw("data-constrained", truth)
     N, D, U = [], [], []
     for n in np.geomspace(1e7, 2e9, 6):
         for u in (1e8, 1e9, 1e10):
@@ -71,12 +73,16 @@ def test_data_constrained_parameters_recovered_within_intervals():
                 U.append(u)
                 D.append(u * epochs)
     N, D, U = map(np.array, (N, D, U))
-    L = law.predict(N, D, U) * np.exp(np.random.default_rng(1).normal(0, 0.01, N.size))
+    L = law.predict(N, D, U) * np.exp(np.random.default_rng(seed).normal(0, noise, N.size))
+    return {"N": N, "D": D, "U": U, "L": L}
+
+
+def test_data_constrained_parameters_recovered_within_intervals():
     # Seven correlated parameters from one draw: at 90% one of them misses by chance about
     # as often as not, so this recovery check uses 98% intervals; calibration itself is
     # tested on the learning-curve fits.
-    data = {"N": N, "D": D, "U": U, "L": L}
-    fit = fit_scaling(data, "data-constrained", n_boot=60, level=0.98)
+    data = repetition_data()
+    fit = fit_scaling(data, "data-constrained", n_boot=60, level=0.98, procedure="joint")
     params = fit.params()
     for name, truth in MUENNIGHOFF.items():
         est = params[name]
@@ -140,3 +146,85 @@ def test_law_file_round_trip(tmp_path):
     expect = p["E"] + p["A"] / n ** p["alpha"] + p["B"] / d ** p["beta"]
     assert law.predict(n, d) == pytest.approx(expect, rel=1e-12)
     assert math.isfinite(law.compute_optimal(1e19)["loss"])
+
+
+BASE = ScalingLaw("chinchilla", {k: MUENNIGHOFF[k] for k in ("E", "A", "B", "alpha", "beta")})
+
+
+def test_paper_procedure_recovers_the_repetition_constants_with_fixed_base_terms():
+    """Muennighoff et al.'s procedure: the Chinchilla terms held at the base law's values,
+    only R_D* and R_N* fitted."""
+    fit = fit_scaling(repetition_data(), "data-constrained", n_boot=100, base=BASE)
+    params = fit.params()
+    for name in ("E", "A", "B", "alpha", "beta"):
+        assert params[name]["value"] == pytest.approx(MUENNIGHOFF[name])
+        assert params[name]["ci_low"] is None and params[name]["fixed"]
+    for name in ("R_D_star", "R_N_star"):
+        est = params[name]
+        assert est["ci_low"] <= MUENNIGHOFF[name] <= est["ci_high"], (name, est)
+        assert abs(est["value"] / MUENNIGHOFF[name] - 1) < 0.15
+    assert fit.to_json()["procedure"] == "paper" and fit.warnings() == []
+
+
+def test_paper_procedure_by_default_takes_its_base_from_the_single_epoch_rows():
+    # excess parameters cost nothing here (R_N* huge), so single-epoch rows follow the
+    # Chinchilla terms exactly and a base fitted to them must find those terms
+    truth = {**MUENNIGHOFF, "R_N_star": 1e7}
+    fit = fit_scaling(repetition_data(truth, noise=0.003), "data-constrained", n_boot=0, tie=True)
+    out = fit.to_json()
+    assert out["base"]["source"] == "the CSV's single-epoch rows"
+    assert out["base"]["alpha"] == out["base"]["beta"]  # tied
+    for name in ("E", "alpha"):
+        assert out["base"][name] == pytest.approx(MUENNIGHOFF[name], rel=0.03), name
+    assert out["R_D_star"]["value"] == pytest.approx(MUENNIGHOFF["R_D_star"], rel=0.1)
+
+
+def test_tied_chinchilla_fit_recovers_a_law_with_alpha_equal_to_beta():
+    truth = {**CHINCHILLA, "beta": CHINCHILLA["alpha"]}
+    N, D = isoflop_design()
+    L = ScalingLaw("chinchilla", truth).predict(N, D)
+    params = fit_scaling({"N": N, "D": D, "L": L}, tie=True, n_boot=0).params()
+    assert params["beta"]["tied"] == "alpha"
+    for name, value in truth.items():
+        assert params[name]["value"] == pytest.approx(value, rel=1e-3), name
+
+
+def test_parameter_at_its_bound_is_reported_unidentified_with_a_warning():
+    # excess parameters that cost nothing (R_N* far beyond the box, e^9): the fit runs to
+    # the bound, which is no estimate
+    truth = {**MUENNIGHOFF, "R_N_star": 1e7}
+    fit = fit_scaling(repetition_data(truth), "data-constrained", n_boot=50, base=BASE)
+    est = fit.params()["R_N_star"]
+    assert est["value"] == pytest.approx(math.exp(9.0))
+    assert est["note"] == "at bound: not identified by these data"
+    assert est["ci_low"] is None and est["ci_high"] is None and est["se"] is None
+    assert len(fit.warnings()) == 1 and "R_N_star ended at a bound" in fit.warnings()[0]
+    assert fit.params()["R_D_star"]["ci_low"] is not None
+
+
+def test_degenerate_data_are_an_error_not_a_law():
+    one = {k: np.full(8, v) for k, v in (("N", 1e8), ("D", 2e9), ("L", 3.1))}
+    with pytest.raises(UserError, match="only 1 distinct"):
+        fit_scaling(one, n_boot=0)
+
+
+def test_outlier_policy_drops_the_highest_losses_and_records_them():
+    data = chinchilla_data(noise=0.003)
+    spoiled = data["L"].copy()
+    bad = [3, 17, 29]
+    spoiled[bad] = spoiled.max() * np.array([1.3, 1.4, 1.5])  # diverged runs
+    data = {**data, "L": spoiled}
+    kept = fit_scaling(data, n_boot=0)
+    dropped = fit_scaling(data, n_boot=0, drop_highest=3)
+    out = dropped.to_json()["outliers"]
+    assert out["policy"] == "drop the 3 highest-loss rows"
+    assert out["dropped_lines"] == [i + 2 for i in bad]
+    assert dropped.to_json()["n_points"] == data["L"].size - 3
+    # the Huber loss already resists them, but the fit still moves when they are kept
+    alpha = {
+        name: fit.params()["alpha"]["value"] for name, fit in (("kept", kept), ("dropped", dropped))
+    }
+    assert abs(alpha["dropped"] - CHINCHILLA["alpha"]) < 0.01
+    assert alpha["kept"] != pytest.approx(alpha["dropped"], rel=1e-4)
+    above = fit_scaling(data, n_boot=0, drop_above=float(np.sort(spoiled)[-4]) + 1e-9)
+    assert above.to_json()["outliers"]["dropped_lines"] == [i + 2 for i in bad]

@@ -24,6 +24,7 @@ _EXPORTS = {
     "fit_curve": "curves",
     "RunFit": "runfit",
     "fit_run": "runfit",
+    "fit_joint": "joint",
     "predict_loss_at": "extrapolate",
     "x_to_reach": "extrapolate",
     "compare_runs": "compare",
@@ -37,6 +38,7 @@ _EXPORTS = {
     "compute_optimal": "scaling",
     "plot_run_fits": "plots",
     "plot_isoflops": "plots",
+    "run_fits_figure": "plots",
 }
 
 # names that differ from the attribute in their module

@@ -96,6 +96,15 @@ def _register_fit(subparsers) -> None:
         help="share of the last points held out to compare forms (default 0.2)",
     )
     p.add_argument(
+        "--with",
+        dest="with_runs",
+        nargs="+",
+        metavar="RUN",
+        help="runs of the same setup (model, data) to fit the schedule-aware law jointly "
+        "with, e.g. a short decay run, so its annealing term is measured; forecasts each "
+        "RUN_DIR's final loss (or --predict-at) under its planned schedule",
+    )
+    p.add_argument(
         "--lr-decay-factor",
         type=float,
         default=0.999,
@@ -148,6 +157,38 @@ def _register_scaling(subparsers) -> None:
         help="unique tokens column, used by the data-constrained form",
     )
     f.add_argument("--huber-delta", type=float, default=1e-3)
+    f.add_argument(
+        "--procedure",
+        choices=("paper", "joint"),
+        default="paper",
+        help="data-constrained only: paper (default; Muennighoff et al.: Chinchilla terms "
+        "fixed from --base or the single-epoch rows, then R_D*, R_N* alone) or joint (all "
+        "seven parameters at once)",
+    )
+    f.add_argument(
+        "--base",
+        metavar="LAW.json",
+        help="a chinchilla law (from `scaling fit --form chinchilla`) whose terms the paper's "
+        "data-constrained procedure holds fixed",
+    )
+    f.add_argument(
+        "--tie",
+        choices=("alpha=beta",),
+        help="fit the Chinchilla terms with beta tied to alpha, as Muennighoff et al. did",
+    )
+    f.add_argument(
+        "--drop-highest",
+        type=int,
+        default=0,
+        metavar="K",
+        help="outlier policy: drop the K highest-loss rows before fitting",
+    )
+    f.add_argument(
+        "--drop-above",
+        type=float,
+        metavar="LOSS",
+        help="outlier policy: drop rows with a loss above LOSS before fitting",
+    )
     _add_uncertainty_args(f)
     f.set_defaults(func=_cmd_scaling_fit)
 
@@ -211,6 +252,21 @@ def _cmd_fit(args) -> int:
             rf.predict_at(args.predict_at)
         if args.target_loss is not None:
             rf.time_to_target(args.target_loss)
+        if args.with_runs:
+            from oneepoch.analysis.joint import fit_joint
+
+            rf.predictions["joint"] = fit_joint(
+                rf.run,
+                [load_run(other) for other in args.with_runs],
+                x=args.x,
+                use_first=args.use_first,
+                min_steps={str(rf.run.path): args.min_step} if args.min_step is not None else None,
+                predict_at=args.predict_at,
+                n_boot=args.bootstrap,
+                level=args.level,
+                seed=args.seed + i,
+                decay=args.lr_decay_factor,
+            )
         results.append(rf)
     if args.plot:
         from oneepoch.analysis.plots import plot_run_fits
@@ -263,7 +319,7 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_scaling_fit(args) -> int:
-    from oneepoch.analysis.scaling import fit_scaling, read_csv
+    from oneepoch.analysis.scaling import fit_scaling, load_law, read_csv
 
     _check_uncertainty_args(args)
     if not args.huber_delta > 0:
@@ -275,6 +331,16 @@ def _cmd_scaling_fit(args) -> int:
         loss_col=args.loss_col,
         unique_col=args.unique_col if args.form == "data-constrained" else None,
     )
+    base = None
+    if args.base is not None:
+        base = load_law(args.base)
+        if base.form != "chinchilla":
+            raise UserError(
+                f"{args.base} holds a {base.form} law; --base needs a chinchilla one "
+                "(`oneepoch scaling fit --form chinchilla`)."
+            )
+        if args.form != "data-constrained":
+            raise UserError("--base belongs to --form data-constrained; drop it.")
     fit = fit_scaling(
         data,
         args.form,
@@ -283,6 +349,12 @@ def _cmd_scaling_fit(args) -> int:
         seed=args.seed,
         delta=args.huber_delta,
         columns=columns,
+        procedure=args.procedure,
+        base=base,
+        base_source=args.base,
+        tie=args.tie is not None,
+        drop_highest=args.drop_highest,
+        drop_above=args.drop_above,
     )
     result = fit.to_json()
     text = json.dumps(_jsonable(result), indent=2, allow_nan=False)
@@ -299,8 +371,19 @@ def _cmd_scaling_fit(args) -> int:
             f"{result['form']}: {result['formula']}  ({result['n_points']} points, "
             f"{result['n_bootstrap']} bootstrap replicates, {args.level:.0%} intervals)"
         )
+        if "procedure" in result:
+            base = result.get("base")
+            print(
+                f"  procedure: {result['procedure']}"
+                + (f" (Chinchilla terms fixed from {base['source']})" if base else "")
+            )
+        print(
+            f"  outliers: {result['outliers']['policy']}, {len(result['outliers']['dropped_lines'])} rows dropped"
+        )
         for name in fit.form.param_names:
             print(_fmt_param(name, result[name]))
+        for line in result["warnings"]:
+            print(f"  warning: {line}")
         print(_fmt_param("N_opt ~ C^a", result["N_opt_exponent"]))
         print(_fmt_param("D_opt ~ C^b", result["D_opt_exponent"]))
         print(
@@ -366,8 +449,20 @@ def _print_run_fit(r: dict) -> None:
         for name, est in pa["forms"].items():
             print(f"  loss at t = {pa['x']:.4g} ({name}): {_fmt_value(est)}")
         print(f"  forecast: loss at t = {pa['x']:.4g}: {_fmt_value(pa['forecast'])}{_how(pa)}")
+        _print_forecast_lines(pa["forecast"])
         if pa["observed_loss"] is not None:
             print(f"  observed loss at t = {pa['x']:.4g}: {pa['observed_loss']:.4f}")
+    if "joint" in r:
+        jt = r["joint"]
+        fc = jt["forecast"]
+        print(f"  joint schedule-aware fit over {', '.join(jt['runs'])}: {jt['formula']}")
+        for name, est in jt["params"].items():
+            print("  " + _fmt_param(name, est))
+        print(f"  forecast under the planned schedule: loss at t = {fc['x']:.4g}: {_fmt_value(fc)}")
+        if fc["observed_loss"] is not None:
+            print(f"  observed loss at t = {fc['x']:.4g}: {fc['observed_loss']:.4f}")
+        for note in jt["notes"]:
+            print(f"  note: {note}")
     if "target" in r:
         tg = r["target"]
         for name, est in tg["forms"].items():
@@ -385,18 +480,25 @@ def _print_run_fit(r: dict) -> None:
             print(f"  forecast: to reach loss {tg['loss']:g}: " + ", ".join(parts) + _how(tg))
         else:
             print(f"  forecast: loss {tg['loss']:g} not reached{_how(tg)}")
+        _print_forecast_lines(fc)
         if tg["observed"]:
             obs = tg["observed"]
             print(f"  observed: reached at tokens {obs['tokens']:.4g}, step {obs['steps']:.4g}")
 
 
 def _how(prediction: dict) -> str:
-    forecast = prediction["forecast"]
-    central, spans = forecast["central"], forecast["spans"]
-    text = central[0] if len(central) == 1 else f"geometric mean of {' and '.join(central)}"
-    if spans != central:
-        text += f"; interval spans {', '.join(spans)}"
-    return f" ({text})"
+    weights = prediction["forecast"]["weights"]
+    if len(weights) == 1:
+        return f" ({next(iter(weights))})"
+    parts = ", ".join(f"{name} {w:.2f}" for name, w in weights.items())
+    return f" (weighed by backtests: {parts})"
+
+
+def _print_forecast_lines(forecast: dict) -> None:
+    for line in forecast["warnings"]:
+        print(f"  warning: {line}")
+    for line in forecast["notes"]:
+        print(f"  note: {line}")
 
 
 def _fmt(x) -> str:
@@ -406,13 +508,17 @@ def _fmt(x) -> str:
 def _fmt_value(est) -> str:
     if not isinstance(est, dict):
         return _fmt(est)
+    if est["ci_low"] is None and est["ci_high"] is None:  # no interval (no bootstrap)
+        return _fmt(est["value"])
     hi = "inf" if est["ci_high"] is None and est["value"] is not None else _fmt(est["ci_high"])
     return f"{_fmt(est['value'])} [{_fmt(est['ci_low'])}, {hi}]"
 
 
 def _fmt_param(name: str, est: dict) -> str:
     se = f"  se {_fmt(est['se'])}" if est.get("se") is not None else ""
-    return f"  {name:>12} {_fmt_value(est)}{se}"
+    why = next((f"  ({est[k]})" for k in ("note", "fixed") if k in est), "")
+    tied = f"  (tied to {est['tied']})" if "tied" in est else ""
+    return f"  {name:>12} {_fmt_value(est)}{se}{why}{tied}"
 
 
 def _jsonable(obj):

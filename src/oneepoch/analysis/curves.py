@@ -110,7 +110,7 @@ class ScheduleForm:
         # any C fits and extrapolating it can predict any loss, even a negative one. Below
         # MIN_DECAY_TO_FIT_C of the peak's drop, C is fixed at 0 and ``c_note`` says why.
         lowest = schedule.lowest_fraction(steps.min(), steps.max()) if steps.size else 1.0
-        self.c_fixed = not (s2.max() > 0 and 1.0 - lowest >= MIN_DECAY_TO_FIT_C)
+        self.c_fixed = not self.measures_c(fit_x)
         # The run anneals, but not where the fit can see it: predictions past the range
         # lack the annealing term (see RunFit's forecast).
         self.annealing_unmeasured = self.c_fixed and not schedule.constant
@@ -125,6 +125,14 @@ class ScheduleForm:
             )
         c_box = (0.0, 0.0) if self.c_fixed else (0.0, 1e3)
         self.bounds = np.array([_level_box(floor), _LOG_LEVEL, _ALPHA, c_box])
+
+    def measures_c(self, fit_x) -> bool:
+        """Whether a fit to ``fit_x`` sees enough LR decay to fit C (MIN_DECAY_TO_FIT_C)."""
+        steps = self.x_to_steps(np.asarray(fit_x, dtype=float))
+        if steps.size == 0 or self.schedule.areas(steps.max())[1] <= 0:
+            return False
+        lowest = self.schedule.lowest_fraction(steps.min(), steps.max())
+        return 1.0 - lowest >= MIN_DECAY_TO_FIT_C
 
     def model(self, x) -> _ScheduleModel:
         s1, s2 = self.schedule.areas(self.x_to_steps(x))
@@ -199,6 +207,35 @@ class CurveFit:
         self.drift = float(drift)
         self.drift_draws = rng.standard_normal(len(self.boot))
         return self
+
+    def refit_prefixes(self, counts) -> np.ndarray:
+        """Parameters [len(counts), p] refitted on the first m points for each m in
+        ``counts``, as one batch: zero weights hide the later points, and each refit starts
+        from this fit (Levenberg-Marquardt, like the bootstrap), which costs one batched
+        solve instead of a multi-start fit per m. A schedule form whose prefix shows too
+        little LR decay to measure C (``measures_c``) has C held at 0 there, as a fit to
+        that prefix alone would."""
+        counts = np.asarray(counts, dtype=int)
+        out = np.empty((counts.size, self.theta.size))
+        if counts.size == 0:
+            return out
+        logy = np.log(self.loss)
+        model = self.form.model(self.x)
+        measures_c = getattr(self.form, "measures_c", None)
+        hold_c = np.array([measures_c is not None and not measures_c(self.x[:m]) for m in counts])
+        for hold in (False, True):
+            rows = np.flatnonzero(hold_c == hold)
+            if rows.size == 0:
+                continue
+            bounds = self.form.bounds.copy()
+            if hold:
+                bounds[-1] = 0.0  # C, the schedule form's last parameter
+            start = np.clip(np.tile(self.theta, (rows.size, 1)), bounds[:, 0], bounds[:, 1])
+            weights = (np.arange(self.x.size)[None, :] < counts[rows, None]).astype(float)
+            out[rows] = robust.refine_batch(
+                _Bounded(model, bounds), start, logy, self.delta, weights=weights
+            )
+        return out
 
     @property
     def residuals(self) -> np.ndarray:
@@ -317,3 +354,13 @@ def noise_sigma(values: np.ndarray) -> float:
 
 def _robust_sigma(r: np.ndarray) -> float:
     return float(1.4826 * np.median(np.abs(r - np.median(r))))
+
+
+class _Bounded:
+    """A model with another box for its parameters (e.g. one held fixed)."""
+
+    def __init__(self, model, bounds: np.ndarray):
+        self.model, self.bounds = model, bounds
+
+    def log_pred_jac(self, theta):
+        return self.model.log_pred_jac(theta)

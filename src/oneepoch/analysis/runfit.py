@@ -9,7 +9,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from oneepoch.analysis import extrapolate, robust
-from oneepoch.analysis.curves import CurveFit, PowerForm, ScheduleForm, fit_curve, param_names
+from oneepoch.analysis.curves import (
+    CurveFit,
+    PowerForm,
+    ScheduleForm,
+    fit_curve,
+    param_names,
+)
 from oneepoch.analysis.lr_schedule import DEFAULT_DECAY, LRSchedule
 from oneepoch.analysis.runs import Run, eval_curve
 from oneepoch.errors import UserError
@@ -31,8 +37,21 @@ N_PARAMS = {
 # Fits start after this many warm-ups by default: right after the warm-up the loss is
 # still in its initial fast drop, which no form here describes (docs/analysis.md).
 SKIP_WARMUPS = 2
+# Without a warm-up to go by (none configured, or no LR logged), the fit may start at these
+# shares of the last fitted step; the run's own backtests choose (``_fast_drop_end``).
+FAST_DROP_STARTS = (0.0, 0.01, 0.03, 0.1)
 # Beyond this multiple of the last fitted t a prediction counts as an extrapolation.
 EXTRAPOLATION_RATIO = 1.25
+# Rolling-origin backtests: each form is refitted on the first m fitted points for at most
+# this many origins m and predicts the last points of the fitted range; origins lie
+# between these ratios of t below those points (the forecasts asked of `fit` are a few
+# times past the fitted range), or anywhere when none do.
+BACKTEST_ORIGINS = 8
+BACKTEST_RATIOS = (1.5, 10.0)
+# A forecast warns when the form it rests on fails one of its own checks.
+MIN_VALID_DECADES = 0.3
+MAX_RESIDUAL_LAG1 = 0.5
+MIN_FIT_POINTS = 8
 
 
 @dataclass
@@ -63,11 +82,14 @@ class RunFit:
         """Loss at x (the fit's units) under each form; with the observed loss when the
         full run got there (so an extrapolation from --use-first can be checked)."""
         out = {"x": float(x), "forms": {}}
+        points, samples = {}, {}
         for name, fit in self.fits.items():
             out["forms"][name] = extrapolate.predict_loss(fit, x)
-        out["forecast"] = self._forecast(
-            out["forms"], extrapolating=x > EXTRAPOLATION_RATIO * self.x_fit_end
+            points[name], samples[name] = fit.predict([x])[0], fit.predict_samples([x])[:, 0]
+        mix = self._forecast(
+            points, samples, extrapolating=x > EXTRAPOLATION_RATIO * self.x_fit_end
         )
+        out["forecast"] = _forecast_entry(mix, {"loss": lambda v: v})["loss"] | _forecast_info(mix)
         observed = _observed_loss_at(self.run, self.x_name, x)
         out["observed_loss"] = observed
         self.predictions["predict_at"] = out
@@ -78,21 +100,18 @@ class RunFit:
         if not target > 0:
             raise UserError(f"--target-loss must be a positive loss, not {target}.")
         out = {"loss": float(target), "forms": {}, "observed": _observed_cost(self.run, target)}
+        converters = {"tokens": self.tokens_at, "steps": self.steps_at}
+        if self.wall_rate is not None:
+            converters["wall_s"] = self.wall_at
+        points, samples = {}, {}
         for name, fit in self.fits.items():
-            point, samples = extrapolate.x_to_reach(fit, target)
-            costs = {
-                "tokens": (self.tokens_at(point), self.tokens_at(samples)),
-                "steps": (self.steps_at(point), self.steps_at(samples)),
-            }
-            if self.wall_rate is not None:
-                costs["wall_s"] = (self.wall_at(point), self.wall_at(samples))
-            entry = {key: robust.estimate(p, s, fit.level, fit.df) for key, (p, s) in costs.items()}
-            entry["reached"] = bool(np.isfinite(point))
-            entry["p_reach"] = float(np.mean(np.isfinite(samples))) if samples.size else None
-            out["forms"][name] = entry
+            points[name], samples[name] = extrapolate.x_to_reach(fit, target)
+            mix = {"point": points[name], "samples": samples[name], "level": fit.level}
+            out["forms"][name] = _forecast_entry({**mix, "df": fit.df}, converters)
         # A target below every fitted loss is reached, if at all, past the fitted range.
         lowest = min(float(fit.loss.min()) for fit in self.fits.values())
-        out["forecast"] = self._forecast(out["forms"], extrapolating=target < lowest)
+        mix = self._forecast(points, samples, extrapolating=target < lowest)
+        out["forecast"] = _forecast_entry(mix, converters) | _forecast_info(mix)
         self.predictions["target"] = out
         return out
 
@@ -100,49 +119,104 @@ class RunFit:
     def x_fit_end(self) -> float:
         return float(max(fit.x[-1] for fit in self.fits.values()))
 
-    def forecast_forms(self, extrapolating: bool) -> list[str]:
-        """The forms whose (geometric-mean) estimate to trust; measured in docs/analysis.md.
+    def forecast_weights(self, extrapolating: bool) -> dict[str, float]:
+        """How much each form counts in the forecast (docs/analysis.md has the evidence).
 
-        Within the fitted range: the one that predicted held-out tail points best. Past it,
-        a form without a floor, since a floor fitted to the first part of a curve takes the
-        bend left by the initial fast drop for saturation and over-predicts later losses:
-        - constant LR (or none logged): the power law, L = A t^-alpha;
-        - LR decay inside the fitted range: the schedule-aware law, which measured it;
-        - LR decay only after it: the annealing term is unknown, so the schedule-aware law
-          without it over-predicts while the power law ignores the schedule: both.
+        Within the fitted range: the form that predicted held-out tail points best. Past
+        it, the run's own rolling-origin backtests decide: within each family (power,
+        schedule) the form with a floor and the one without are weighed by the inverse
+        square of their backtested drift rates, so the form whose refits on early parts of
+        the range predicted the later part better dominates. Which families count follows
+        the LR schedule: constant (or none logged): all forms compete as one family (the
+        schedule forms' S1 also counts the warm-up); decay inside the fitted range (C
+        measured): schedule; decay only after it (C unknown): both, half each, the
+        schedule form without its annealing term being too high and the power law, which
+        ignores the LR, too low.
         """
-        if extrapolating:
-            power, sched = "power-nofloor", "schedule-nofloor"
-            form = self.fits[sched].form if sched in self.fits else None
-            if form is not None and form.annealing_unmeasured and power in self.fits:
-                return [sched, power]
-            if form is not None and not form.schedule.constant:
-                return [sched]
-            for name in (power, sched):
-                if name in self.fits:
-                    return [name]
-        better = self.tail_check.get("better")
-        return [better if better in self.fits else next(iter(self.fits))]
+        if not extrapolating:
+            better = self.tail_check.get("better")
+            return {better if better in self.fits else next(iter(self.fits)): 1.0}
+        families = self._forecast_families()
+        weights: dict[str, float] = {}
+        for family in families:
+            members = [n for f in family.split("+") for n in (f, f"{f}-nofloor") if n in self.fits]
+            rates = {n: self.settings["backtest"][n]["log_error_per_log_distance"] for n in members}
+            for name, weight in _inverse_square_weights(rates).items():
+                weights[name] = weights.get(name, 0.0) + weight / len(families)
+        return weights
 
-    def _forecast(self, by_form: dict, extrapolating: bool) -> dict:
-        """What to expect: the geometric mean of ``forecast_forms``' estimates. Past the
-        fitted range the interval also spans the same forms with a floor: the first part
-        of a curve cannot show whether a floor is real."""
-        central = self.forecast_forms(extrapolating)
-        spans = list(central)
-        if extrapolating:
-            spans += [n.removesuffix("-nofloor") for n in central]
-            spans = [n for n in dict.fromkeys(spans) if n in by_form]
-        out = {"form": central[0], "central": central, "spans": spans}
-        entry = by_form[central[0]]
-        if "value" in entry:  # a loss estimate
-            return {**out, **_combine([by_form[n] for n in central], [by_form[n] for n in spans])}
-        for key, est in entry.items():  # a cost to a target: tokens, steps, wall_s, ...
-            if isinstance(est, dict):
-                est = _combine([by_form[n][key] for n in central], [by_form[n][key] for n in spans])
-            out[key] = est
-        out["reached"] = out["tokens"]["value"] is not None
+    def _forecast_families(self) -> list[str]:
+        schedule = next((f.form for n, f in self.fits.items() if n.startswith("schedule")), None)
+        has_power = any(n.startswith("power") for n in self.fits)
+        if schedule is None or not has_power:
+            return ["power" if has_power else "schedule"]
+        if schedule.schedule.constant:
+            return ["power+schedule"]
+        if schedule.annealing_unmeasured:
+            return ["schedule", "power"]
+        return ["schedule"]
+
+    def _forecast(self, points: dict, samples: dict, extrapolating: bool) -> dict:
+        """The forecast: the weighted geometric mean of the forms' point estimates, its
+        interval from the mixture of their bootstrap replicates (each form contributing
+        replicates in proportion to its weight), so disagreement between forms widens it."""
+        weights = self.forecast_weights(extrapolating)
+        names = [n for n, w in sorted(weights.items(), key=lambda kv: -kv[1]) if w > 0]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_point = sum(weights[n] * np.log(points[n]) for n in names)
+        n_boot = min(len(samples[n]) for n in names)
+        counts = _split_count(n_boot, [weights[n] for n in names])
+        mixed = np.concatenate([samples[n][:k] for n, k in zip(names, counts)])
+        fit = self.fits[names[0]]
+        return {
+            "form": names[0],
+            "central": names,
+            "weights": {n: round(float(weights[n]), 4) for n in names},
+            "point": float(np.exp(log_point)),
+            "samples": mixed,
+            "level": fit.level,
+            "df": fit.df,
+            "warnings": self._forecast_warnings(names[0]) if extrapolating else [],
+            "notes": self._forecast_notes(extrapolating),
+        }
+
+    def _forecast_warnings(self, name: str) -> list[str]:
+        """One line per check that the form the forecast rests on fails."""
+        fit = self.fits[name]
+        out = []
+        decades = fit.valid_range()["decades"]
+        if decades < MIN_VALID_DECADES:
+            out.append(
+                f"the forecast rests on {name}, which holds over only {decades:.2f} decades "
+                f"of t (less than {MIN_VALID_DECADES}): evaluate more often or fit more of the run"
+            )
+        lag1 = fit.goodness()["residual_lag1_autocorr"]
+        if lag1 is not None and lag1 > MAX_RESIDUAL_LAG1:
+            out.append(
+                f"the forecast rests on {name}, whose residuals have lag-1 autocorrelation "
+                f"{lag1:.2f} (above {MAX_RESIDUAL_LAG1}): it misses a bend of the curve and "
+                "its interval is too narrow"
+            )
+        if fit.x.size < MIN_FIT_POINTS:
+            out.append(
+                f"the forecast rests on {name}, fitted to only {fit.x.size} points (fewer "
+                f"than {MIN_FIT_POINTS}): evaluate more often"
+            )
+        if self.run.lr_log() is None:
+            out.append(
+                f"{self.run.path} logs no learning rate: the forecast assumes it was constant"
+            )
         return out
+
+    def _forecast_notes(self, extrapolating: bool) -> list[str]:
+        schedule = next((f.form for n, f in self.fits.items() if n.startswith("schedule")), None)
+        if extrapolating and schedule is not None and schedule.annealing_unmeasured:
+            return [
+                "the forecast leaves out the loss drop of the LR decay still to come: the "
+                "fitted range shows too little decay to measure the annealing term C (fit "
+                "with --with RUN, a run of the same setup whose LR decayed, to include it)"
+            ]
+        return []
 
     def to_json(self) -> dict:
         forms = {}
@@ -200,7 +274,7 @@ def fit_run(
         keep &= curve["tokens"] <= cutoff
     if min_step is None:
         need = max(N_PARAMS[name] for name in forms) + 2
-        min_step = _default_min_step(run.warmup_steps, curve["steps"][keep], need)
+        min_step = _default_min_step(run, curve["steps"][keep], curve["loss"][keep], need)
     min_step = float(min_step)
     keep &= curve["steps"] > min_step
     x_fit, loss_fit = curve["x"][keep], curve["loss"][keep]
@@ -221,7 +295,7 @@ def fit_run(
         name: fit_curve(form, x_fit, loss_fit, n_boot=n_boot, level=level, rng=rng)
         for name, form in built.items()
     }
-    backtest = {name: _backtest(run, name, x, x_fit, loss_fit, decay) for name in built}
+    backtest = {name: _backtest(fit) for name, fit in fits.items()}
     for name, fit in fits.items():
         fit.with_drift(backtest[name]["log_error_per_log_distance"] or 0.0, rng)
     settings = {
@@ -235,14 +309,18 @@ def fit_run(
         "lr_decay_factor": decay if any(FORM_SPECS[n][0] is ScheduleForm for n in built) else None,
         "backtest": backtest,
     }
-    tail = _tail_check(run, x, x_fit, loss_fit, forms, tail_fraction, decay)
+    tail = _tail_check(fits, tail_fraction)
     return RunFit(run, x, fits, settings, tail, run.wall_rate(max_tokens=cutoff))
 
 
-def _default_min_step(warmup: int, steps: np.ndarray, need: int) -> float:
+def _default_min_step(run: Run, steps: np.ndarray, loss: np.ndarray, need: int) -> float:
     """SKIP_WARMUPS warm-ups, or, where that leaves fewer than ``need`` evaluations (a long
     warm-up, a short --use-first), as late as leaves ``need``, but never inside the
-    warm-up itself."""
+    warm-up itself. With no warm-up to go by (none configured, no LR logged), where the
+    curve's fast initial drop is over (``_fast_drop_end``)."""
+    warmup = run.warmup_steps
+    if warmup == 0 or run.lr_log() is None:
+        return _fast_drop_end(steps, loss, need)
     after = np.sort(steps[steps > warmup])
     if after.size <= need:
         return float(warmup)
@@ -251,22 +329,73 @@ def _default_min_step(warmup: int, steps: np.ndarray, need: int) -> float:
     return float(after[-need - 1])  # keeps the last ``need``
 
 
-def _combine(central: list[dict], spans: list[dict]) -> dict:
-    """The geometric mean of the central estimates' values, with an interval covering
-    every spanned estimate's interval (None, an unbounded side, wins)."""
-    values = [e["value"] for e in central]
-    value = None
-    if all(v is not None and v > 0 for v in values):
-        value = float(np.exp(np.mean(np.log(values))))
-    lows = [e["ci_low"] for e in spans]
-    highs = [e["ci_high"] for e in spans]
-    ses = [e["se"] for e in spans if e["se"] is not None]
-    return {
-        "value": value,
-        "ci_low": None if None in lows else min(lows),
-        "ci_high": None if None in highs else max(highs),
-        "se": max(ses) if ses else None,
+def _fast_drop_end(steps: np.ndarray, loss: np.ndarray, need: int) -> float:
+    """Where the fast initial drop is over, decided from the curve by backtests.
+
+    No form here describes the drop, so a fit that includes it mispredicts the later
+    points of its own range. The fit may start at each of FAST_DROP_STARTS (shares of the
+    last step); the start whose power-law fits (with and without a floor) backtest best
+    (``_backtest``: the lowest drift rate) wins. A start must leave ``need`` + 4 points.
+    """
+    order = np.argsort(steps)
+    steps, loss = steps[order], loss[order]
+    best_rate, best_start = np.inf, 0.0
+    for share in FAST_DROP_STARTS:
+        keep = steps > share * steps[-1]
+        if keep.sum() < need + 4:
+            break
+        x, y = steps[keep], loss[keep]
+        t_ref = float(np.exp(np.mean(np.log(x))))
+        rates = [
+            _backtest(fit_curve(PowerForm(t_ref, floor), x, y, n_boot=0))[
+                "log_error_per_log_distance"
+            ]
+            for floor in (True, False)
+        ]
+        rate = min(r if r is not None else np.inf for r in rates)
+        if rate < best_rate:
+            best_rate, best_start = rate, share * float(steps[-1])
+    return best_start
+
+
+def _inverse_square_weights(rates: dict[str, float | None]) -> dict[str, float]:
+    """Weights proportional to 1 / rate^2 (equal where any rate is unknown). On the tuning
+    seeds of benchmarks/forecast.py: median |error| 1.50%, 90% coverage 92%; 1 / rate gave
+    1.46% but 96% coverage (intervals too wide), sharper choices larger errors (the single
+    best form: 1.85%)."""
+    if any(r is None for r in rates.values()):
+        return {n: 1.0 / len(rates) for n in rates}
+    inverse = {n: 1.0 / max(r, 1e-6) ** 2 for n, r in rates.items()}
+    total = sum(inverse.values())
+    return {n: v / total for n, v in inverse.items()}
+
+
+def _split_count(n: int, weights: list[float]) -> list[int]:
+    """n items split in proportion to weights (largest remainders), summing to n."""
+    exact = np.asarray(weights, dtype=float) / np.sum(weights) * n
+    counts = np.floor(exact).astype(int)
+    for i in np.argsort(counts - exact)[: n - counts.sum()]:
+        counts[i] += 1
+    return counts.tolist()
+
+
+def _forecast_entry(mix: dict, converters: dict) -> dict:
+    """Estimates (value, interval, se) of each converted quantity of a forecast's point
+    and replicates; for a target loss also whether and how often it is reached."""
+    point, samples = np.asarray(mix["point"], dtype=float), np.asarray(mix["samples"])
+    out = {
+        key: robust.estimate(convert(point), convert(samples), mix["level"], mix["df"])
+        for key, convert in converters.items()
     }
+    if "tokens" in converters:
+        out["reached"] = bool(np.isfinite(point))
+        out["p_reach"] = float(np.mean(np.isfinite(samples))) if samples.size else None
+    return out
+
+
+def _forecast_info(mix: dict) -> dict:
+    keys = ("form", "central", "weights", "warnings", "notes")
+    return {k: mix[k] for k in keys}
 
 
 def _build_form(name: str, run: Run, x_name: str, fit_x: np.ndarray, decay: float):
@@ -274,7 +403,7 @@ def _build_form(name: str, run: Run, x_name: str, fit_x: np.ndarray, decay: floa
     if family is PowerForm:
         t_ref = float(np.exp(np.mean(np.log(fit_x)))) if fit_x.size else 1.0
         return PowerForm(t_ref, floor)
-    log = run.lr_log()
+    log = run.lr_schedule_log()
     if log is None:
         raise UserError(
             f"{run.path} logs no learning rate, which the {name} form needs; "
@@ -288,51 +417,62 @@ def _identity(x) -> np.ndarray:
     return np.asarray(x, dtype=float)
 
 
-def _refit(run, name, x_name, x, loss, m, decay) -> CurveFit:
-    """The form fitted to the first m points only (no bootstrap)."""
-    form = _build_form(name, run, x_name, x[:m], decay)
-    return fit_curve(form, x[:m], loss[:m], n_boot=0)
+def _backtest(fit: CurveFit) -> dict:
+    """Rolling-origin backtest: how fast the form's error grows with extrapolation
+    distance, from the fitted range alone.
 
-
-def _backtest(run, name, x_name, x, loss, decay) -> dict:
-    """How fast the form's error grows with extrapolation distance, from the data alone.
-
-    Refit on the first m points for every m from half the points (or the fewest the form
-    can take) up to all but the last, predict the last point, and divide the log errors
-    by the log distances log(x_last / x_m): their root-mean-square ratio (sum e^2 / sum
-    d^2) is the drift rate that widens intervals past the fitted range. It includes the
-    last point's own noise, so it errs on the wide side.
+    The last tenth of the fitted points (at least 3) is the target; the form is refitted
+    on the first m points for up to BACKTEST_ORIGINS origins m, spread evenly in log t
+    between BACKTEST_RATIOS below the target (all possible origins when none is), and
+    predicts the target. With e_m the mean log error over the target points and d_m their
+    mean log distance past point m, sqrt(sum e_m^2 / sum d_m^2) is the drift rate that
+    widens intervals past the fitted range and weighs forms in the forecast. Averaging
+    over the target points keeps one noisy evaluation from deciding it.
     """
-    n, first = x.size, max(N_PARAMS[name] + 2, (x.size + 1) // 2)
-    errors, distances = [], []
-    for m in range(first, n - 1):
-        predicted = _refit(run, name, x_name, x, loss, m, decay).predict(x[-1:])[0]
-        errors.append(np.log(predicted / loss[-1]))
-        distances.append(np.log(x[-1] / x[m - 1]))
-    if not errors:
+    n, p = fit.x.size, int(np.sum(fit.form.bounds[:, 1] > fit.form.bounds[:, 0]))
+    n_target = max(3, int(np.ceil(0.1 * n)))
+    counts = np.arange(max(p + 2, (n + 1) // 2), n - n_target + 1)
+    measures_c = getattr(fit.form, "measures_c", None)
+    if measures_c is not None and not fit.form.c_fixed:
+        # a prefix too short to measure C would test another model than the one fitted
+        counts = np.array([m for m in counts if measures_c(fit.x[:m])], dtype=int)
+    if counts.size == 0:
         return {"origins": 0, "log_error_per_log_distance": None}
-    errors, distances = np.array(errors), np.array(distances)
+    log_x = np.log(fit.x)
+    target_log_x = log_x[n - n_target :].mean()
+    log_ratio = target_log_x - log_x[counts - 1]
+    inside = (log_ratio >= np.log(BACKTEST_RATIOS[0])) & (log_ratio <= np.log(BACKTEST_RATIOS[1]))
+    if inside.any():
+        counts, log_ratio = counts[inside], log_ratio[inside]
+    if counts.size > BACKTEST_ORIGINS:
+        wanted = np.linspace(log_ratio.min(), log_ratio.max(), BACKTEST_ORIGINS)
+        pick = np.unique([int(np.argmin(np.abs(log_ratio - w))) for w in wanted])
+        counts, log_ratio = counts[pick], log_ratio[pick]
+    log_pred = robust.log_pred(fit.form.model(fit.x[n - n_target :]), fit.refit_prefixes(counts))
+    errors = (log_pred - np.log(fit.loss[n - n_target :])).mean(axis=1)
     return {
-        "origins": int(errors.size),
-        "log_error_per_log_distance": float(np.sqrt(np.sum(errors**2) / np.sum(distances**2))),
+        "origins": int(counts.size),
+        "log_error_per_log_distance": float(np.sqrt(np.sum(errors**2) / np.sum(log_ratio**2))),
+        "log_errors": [round(float(e), 5) for e in errors],
+        "log_distances": [round(float(d), 4) for d in log_ratio],
     }
 
 
-def _tail_check(run, x_name, x, loss, forms, tail_fraction, decay) -> dict:
+def _tail_check(fits: dict[str, CurveFit], tail_fraction: float) -> dict:
     """Refit each form without the last points and score its predictions of them."""
-    n_tail = max(2, int(round(tail_fraction * x.size)))
-    n_head = x.size - n_tail
-    need = max(N_PARAMS[f] for f in forms) + 2
+    fit = next(iter(fits.values()))
+    n_tail = max(2, int(round(tail_fraction * fit.x.size)))
+    n_head = fit.x.size - n_tail
+    need = max(N_PARAMS[f] for f in fits) + 2
     if n_head < need:
         return {"n_holdout": 0, "skipped": f"needs at least {need + n_tail} fitted points"}
     rmse = {}
-    for name in forms:
-        fit = _refit(run, name, x_name, x, loss, n_head, decay)
-        err = np.log(fit.predict(x[n_head:])) - np.log(loss[n_head:])
-        rmse[name] = float(np.sqrt(np.mean(err**2)))
+    for name, fit in fits.items():
+        log_pred = robust.log_pred(fit.form.model(fit.x[n_head:]), fit.refit_prefixes([n_head]))
+        rmse[name] = float(np.sqrt(np.mean((log_pred[0] - np.log(fit.loss[n_head:])) ** 2)))
     return {
         "n_holdout": n_tail,
-        "holdout_from": float(x[n_head]),
+        "holdout_from": float(fit.x[n_head]),
         "rmse_log": rmse,
         "better": min(rmse, key=rmse.get),
     }

@@ -79,6 +79,44 @@ class Run:
             return None
         return self.lines["step"][ok], self.lines["lr"][ok]
 
+    def planned_lr(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(steps, lr) for every step of the run's planned schedule, from config.toml
+        (the trainer's own schedule function); None without a step budget to plan by."""
+        from oneepoch.config import RunConfig, total_steps
+        from oneepoch.schedule import lr_at
+
+        if not self.config:
+            return None
+        try:
+            cfg = RunConfig.from_dict(self.config, origin=str(self.path / "config.toml"))
+        except (UserError, TypeError, ValueError):
+            return None
+        total = total_steps(cfg)
+        if not total:
+            return None
+        steps = np.arange(1, total + 1, dtype=float)
+        # the LR logged at step s is the one the update to step s used: lr_at(s - 1)
+        lr = np.array([lr_at(cfg.optim, int(s) - 1, total) for s in steps])
+        return steps, lr
+
+    def lr_schedule_log(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The logged LR, continued by the planned schedule past the last logged step (a
+        run still training, or paused); None without a logged LR."""
+        log = self.lr_log()
+        if log is None:
+            return None
+        plan = self.planned_lr()
+        if plan is None or plan[0][-1] <= log[0][-1]:
+            return log
+        later = plan[0] > log[0][-1]
+        return np.concatenate([log[0], plan[0][later]]), np.concatenate([log[1], plan[1][later]])
+
+    @property
+    def planned_final_steps(self) -> float:
+        """The planned last step (config.toml), else the last logged one."""
+        plan = self.planned_lr()
+        return float(plan[0][-1]) if plan is not None else float(np.nanmax(self.lines["step"]))
+
     def wall_rate(self, max_tokens: float | None = None) -> tuple[float, float] | None:
         """(offset_s, tokens_per_s) from a least-squares line wall_s = offset + tokens / rate.
 

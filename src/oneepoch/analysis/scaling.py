@@ -10,7 +10,13 @@
       N' = U_N + U_N R_N* (1 - exp(-R_N / R_N*)),  R_N = N / U_N - 1,
   with U_N = min(N, N_opt(U_D)): N_opt(U_D) is the parameter count whose compute-optimal
   token count under the law's own A, B, alpha, beta equals U_D (``_log_n_opt_for_tokens``).
-  All seven parameters are fitted together.
+  Two procedures: ``paper`` (the default), Muennighoff et al.'s: the Chinchilla terms are
+  fixed from a base law (``--base``, or a Chinchilla fit to the CSV's single-epoch rows)
+  and only R_D*, R_N* are fitted (``RepetitionForm``); ``joint``: all seven at once, a
+  different problem with a different optimum.
+
+A parameter that ends at a bound of its box is reported as not identified, without an
+interval. Degenerate data (fewer distinct points than free parameters) are an error.
 
 Internally log N and log D are centred on reference values (a_c = a - alpha log N_ref),
 which leaves the objective unchanged but conditions the solvers.
@@ -22,7 +28,7 @@ import csv
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,12 +50,20 @@ _GRID = {
 }
 # Muennighoff et al.'s fitted values, the centre of the grid for R_D*, R_N*.
 _R_STARTS = {"R_D_star": [5.0, 15.4, 50.0], "R_N_star": [2.0, 5.3, 20.0]}
+PROCEDURES = ("paper", "joint")
+# The paper's procedure starts L-BFGS from this grid of log R_D* x log R_N*.
+_R_GRID = np.log(np.geomspace(0.1, 5000.0, 12))
+AT_BOUND = "at bound: not identified by these data"
 
 
 class ChinchillaForm:
     name = "chinchilla"
     param_names = ("E", "A", "B", "alpha", "beta")
     formula = "L = E + A / N^alpha + B / D^beta"
+    # the internal parameters, in order (what the fit moves; the rest are fixed or tied)
+    free_names = param_names
+    fixed_names: tuple[str, ...] = ()
+    tied: dict[str, str] = {}
 
     def __init__(self, n_ref: float, d_ref: float):
         self.log_n_ref, self.log_d_ref = math.log(n_ref), math.log(d_ref)
@@ -115,9 +129,45 @@ class _LSEModel:
         return lp, np.stack([se, sn, sd, -self.zn * sn, -self.zd * sd], axis=-1)
 
 
+class TiedChinchillaForm(ChinchillaForm):
+    """The Chinchilla form with beta tied to alpha (``--tie alpha=beta``)."""
+
+    free_names = ("E", "A", "B", "alpha")
+    tied = {"beta": "alpha"}
+    formula = "L = E + A / N^alpha + B / D^alpha"
+
+    def __init__(self, n_ref: float, d_ref: float):
+        super().__init__(n_ref, d_ref)
+        self.bounds = self.bounds[:4]
+
+    def model(self, N, D, U=None) -> _TiedModel:
+        return _TiedModel(super().model(N, D), self.bounds)
+
+    def grid(self) -> np.ndarray:
+        full = super().grid()
+        return full[full[:, 3] == full[:, 4], :4]
+
+    def raw(self, theta) -> dict[str, np.ndarray]:
+        theta = np.atleast_2d(theta)
+        return super().raw(np.column_stack([theta, theta[:, 3]]))
+
+
+class _TiedModel:
+    def __init__(self, inner: _LSEModel, bounds: np.ndarray):
+        self.inner, self.bounds = inner, bounds
+
+    def log_pred(self, theta):
+        return self.inner.log_pred(np.column_stack([theta, theta[:, 3]]))
+
+    def log_pred_jac(self, theta):
+        lp, jac = self.inner.log_pred_jac(np.column_stack([theta, theta[:, 3]]))
+        return lp, np.concatenate([jac[..., :3], jac[..., 3:4] + jac[..., 4:5]], axis=-1)
+
+
 class DataConstrainedForm(ChinchillaForm):
     name = "data-constrained"
     param_names = ("E", "A", "B", "alpha", "beta", "R_D_star", "R_N_star")
+    free_names = param_names
     formula = "L = E + A / N'^alpha + B / D'^beta (effective N', D' under repetition)"
 
     def __init__(self, n_ref: float, d_ref: float):
@@ -169,6 +219,59 @@ class _DataConstrainedModel:
         return robust.numeric_jac(self.log_pred, theta, self.bounds)
 
 
+class RepetitionForm:
+    """Muennighoff et al.'s procedure: the data-constrained form with its Chinchilla terms
+    fixed at a base law's values, fitting only R_D* and R_N* (in log)."""
+
+    name = "data-constrained"
+    param_names = DataConstrainedForm.param_names
+    formula = DataConstrainedForm.formula
+    free_names = ("R_D_star", "R_N_star")
+    fixed_names = ("E", "A", "B", "alpha", "beta")
+    tied: dict[str, str] = {}
+
+    def __init__(self, n_ref: float, d_ref: float, base: ScalingLaw):
+        self.full_form = DataConstrainedForm(n_ref, d_ref)
+        p = base.params
+        self.base_theta = np.array(
+            [
+                math.log(p["E"]),
+                math.log(p["A"]) - p["alpha"] * self.full_form.log_n_ref,
+                math.log(p["B"]) - p["beta"] * self.full_form.log_d_ref,
+                p["alpha"],
+                p["beta"],
+            ]
+        )
+        self.bounds = self.full_form.bounds[5:]
+
+    def full(self, theta) -> np.ndarray:
+        theta = np.atleast_2d(theta)
+        return np.column_stack([np.tile(self.base_theta, (len(theta), 1)), theta])
+
+    def model(self, N, D, U=None) -> _RepetitionModel:
+        return _RepetitionModel(self, self.full_form.model(N, D, U))
+
+    def starts(self, model, logy) -> np.ndarray:
+        return np.array([(d, n) for d in _R_GRID for n in _R_GRID])
+
+    def raw(self, theta) -> dict[str, np.ndarray]:
+        return self.full_form.raw(self.full(theta))
+
+    def params(self, theta) -> dict[str, np.ndarray]:
+        return self.full_form.params(self.full(theta))
+
+
+class _RepetitionModel:
+    def __init__(self, form: RepetitionForm, full_model: _DataConstrainedModel):
+        self.form, self.full_model, self.bounds = form, full_model, form.bounds
+
+    def log_pred(self, theta):
+        return self.full_model.log_pred(self.form.full(theta))
+
+    def log_pred_jac(self, theta):
+        return robust.numeric_jac(self.log_pred, theta, self.bounds)
+
+
 def _log_repetition_gain(repeats, log_r_star):
     """log(1 + R* (1 - exp(-R / R*))): effective over unique count (Muennighoff et al.)."""
     r_star = np.exp(log_r_star)
@@ -189,7 +292,7 @@ def _log_n_opt_for_tokens(raw: dict, log_tokens):
 
 @dataclass
 class ScalingFit:
-    form: ChinchillaForm
+    form: ChinchillaForm | RepetitionForm
     data: dict[str, np.ndarray]  # N, D, (U), L
     theta: np.ndarray
     boot: np.ndarray
@@ -197,10 +300,33 @@ class ScalingFit:
     delta: float
     level: float
     columns: dict[str, str]
+    procedure: str | None = None  # data-constrained only: "paper" or "joint"
+    base: dict | None = None  # the paper's procedure: where the fixed terms came from
+    outliers: dict = field(default_factory=lambda: {"policy": "none", "dropped_lines": []})
+
+    def at_bound(self) -> list[str]:
+        """Free parameters whose estimate ended at (within 1e-6 of) a bound of the box."""
+        lo, hi = self.form.bounds[:, 0], self.form.bounds[:, 1]
+        hit = (np.abs(self.theta - lo) < 1e-6) | (np.abs(self.theta - hi) < 1e-6)
+        return [name for name, h in zip(self.form.free_names, hit) if h]
 
     def params(self) -> dict[str, dict]:
         point, samples = self.form.params(self.theta), self.form.params(self.boot)
-        return {k: robust.estimate(point[k][0], samples[k], self.level) for k in point}
+        out = {k: robust.estimate(point[k][0], samples[k], self.level) for k in point}
+        for name in self.form.fixed_names:
+            out[name] = {**_point_only(point[name][0]), "fixed": "from the base law"}
+        for name, to in self.form.tied.items():
+            out[name] = {**out[name], "tied": to}
+        for name in self.at_bound():
+            out[name] = {**_point_only(point[name][0]), "note": AT_BOUND}
+        return out
+
+    def warnings(self) -> list[str]:
+        return [
+            f"{name} ended at a bound of its range ({self.params()[name]['value']:.4g}): "
+            "it is not identified by these data, so no interval is given"
+            for name in self.at_bound()
+        ]
 
     def law(self) -> ScalingLaw:
         return ScalingLaw(
@@ -208,7 +334,8 @@ class ScalingFit:
         )
 
     def compute_optimal_summary(self) -> dict:
-        """Allocation exponents and tokens per parameter implied by the fit, under C = 6ND."""
+        """Allocation exponents and tokens per parameter implied by the fit, under C = 6ND.
+        With the base terms fixed these follow from the base alone: no interval here."""
         c_ref = float(np.median(6 * self.data["N"] * self.data["D"]))
         point, samples = self.form.params(self.theta), self.form.params(self.boot)
 
@@ -221,6 +348,8 @@ class ScalingFit:
             return a, b, ratio
 
         (a, b, r), (a_s, b_s, r_s) = implied(point), implied(samples)
+        if self.form.fixed_names:
+            a_s = b_s = r_s = np.empty(0)
         return {
             "N_opt_exponent": robust.estimate(a[0], a_s, self.level),
             "D_opt_exponent": robust.estimate(b[0], b_s, self.level),
@@ -239,9 +368,19 @@ class ScalingFit:
             "n_bootstrap": int(len(self.boot)),
             "level": self.level,
             "columns": self.columns,
+            "outliers": self.outliers,
+            "warnings": self.warnings(),
         }
+        if self.procedure is not None:
+            out["procedure"] = self.procedure
+        if self.base is not None:
+            out["base"] = self.base
         out.update(self.compute_optimal_summary())
         return out
+
+
+def _point_only(value: float) -> dict:
+    return {"value": float(value), "ci_low": None, "ci_high": None, "se": None}
 
 
 def fit_scaling(
@@ -253,21 +392,118 @@ def fit_scaling(
     seed: int = 0,
     delta: float = HUBER_DELTA,
     columns: dict[str, str] | None = None,
+    procedure: str = "paper",
+    base: ScalingLaw | None = None,
+    base_source: str | None = None,
+    tie: bool = False,
+    drop_highest: int = 0,
+    drop_above: float | None = None,
 ) -> ScalingFit:
-    """Fit ``form`` to data {"N", "D", "L"[, "U"]} with a pairs bootstrap."""
+    """Fit ``form`` to data {"N", "D", "L"[, "U"]} with a pairs bootstrap.
+
+    Outliers first (``_drop_outliers``). Chinchilla: all five terms (``tie``: beta =
+    alpha). Data-constrained, ``procedure="paper"``: the Chinchilla terms from ``base``
+    (else a Chinchilla fit, tied if ``tie``, to the single-epoch rows, U = D), then R_D*
+    and R_N* alone; ``"joint"``: all seven at once.
+    """
     if form not in FORMS:
         raise UserError(f"unknown scaling form {form!r}; choose from {', '.join(FORMS)}.")
-    cls = ChinchillaForm if form == "chinchilla" else DataConstrainedForm
+    if procedure not in PROCEDURES:
+        raise UserError(f"--procedure must be one of {', '.join(PROCEDURES)}, not {procedure!r}.")
+    data, outliers = _drop_outliers(data, drop_highest, drop_above)
     N, D, L = data["N"], data["D"], data["L"]
-    need = len(cls.param_names) + 2
-    if L.size < need:
-        raise UserError(f"the {form} form needs at least {need} rows, the CSV has {L.size}.")
-    fitted = cls(float(np.exp(np.mean(np.log(N)))), float(np.exp(np.mean(np.log(D)))))
+    refs = (float(np.exp(np.mean(np.log(N)))), float(np.exp(np.mean(np.log(D)))))
+    base_info = None
+    if form == "chinchilla":
+        fitted = (TiedChinchillaForm if tie else ChinchillaForm)(*refs)
+    elif procedure == "joint":
+        if base is not None or tie:
+            raise UserError("--base and --tie belong to the paper's procedure; drop them.")
+        fitted = DataConstrainedForm(*refs)
+    else:
+        if base is not None and tie:
+            raise UserError(
+                "--tie applies to the base fit; fit the base law with --tie instead of "
+                "passing both --tie and --base."
+            )
+        if base is None:
+            base, base_source = _single_epoch_base(data, tie, delta), "the CSV's single-epoch rows"
+        base_info = {"source": base_source, **base.params}
+        fitted = RepetitionForm(*refs, base)
+    _check_identifiable(data, form, fitted)
     model, logy = fitted.model(N, D, data.get("U")), np.log(L)
     theta, obj = robust.fit_multistart(model, logy, fitted.starts(model, logy), delta, n_polish=8)
     rng = np.random.default_rng(seed)
     boot = robust.bootstrap(model, theta, logy, delta, n_boot, rng, kind="pairs")
-    return ScalingFit(fitted, data, theta, boot, obj, delta, level, columns or {})
+    return ScalingFit(
+        fitted,
+        data,
+        theta,
+        boot,
+        obj,
+        delta,
+        level,
+        columns or {},
+        procedure=None if form == "chinchilla" else procedure,
+        base=base_info,
+        outliers=outliers,
+    )
+
+
+def _drop_outliers(data: dict, drop_highest: int, drop_above: float | None):
+    """The named outlier policy: drop the ``drop_highest`` highest-loss rows and/or rows
+    with loss above ``drop_above``. Returns the kept data and a record of what was done
+    (CSV line numbers, the header being line 1)."""
+    L = data["L"]
+    if drop_highest < 0:
+        raise UserError(f"--drop-highest must be 0 or more, not {drop_highest}.")
+    drop = np.zeros(L.size, dtype=bool)
+    if drop_highest:
+        drop[np.argsort(-L, kind="stable")[:drop_highest]] = True
+    if drop_above is not None:
+        drop |= L > drop_above
+    policy = []
+    if drop_highest:
+        policy.append(f"drop the {drop_highest} highest-loss rows")
+    if drop_above is not None:
+        policy.append(f"drop rows with loss above {drop_above:g}")
+    record = {
+        "policy": "; ".join(policy) or "none",
+        "dropped_lines": [int(i) + 2 for i in np.flatnonzero(drop)],
+    }
+    return {k: v[~drop] for k, v in data.items()}, record
+
+
+def _single_epoch_base(data: dict, tie: bool, delta: float) -> ScalingLaw:
+    """A Chinchilla fit to the rows trained for one epoch (U = D): the paper's base."""
+    single = data["U"] >= data["D"] * (1 - 1e-9)
+    need = len((TiedChinchillaForm if tie else ChinchillaForm).free_names) + 2
+    if single.sum() < need:
+        raise UserError(
+            f"the paper's data-constrained procedure needs fixed Chinchilla terms: the CSV has "
+            f"{int(single.sum())} single-epoch rows (unique_tokens = tokens), fewer than the "
+            f"{need} a base fit needs; pass --base LAW.json or --procedure joint."
+        )
+    rows = {k: v[single] for k, v in data.items() if k != "U"}
+    return fit_scaling(rows, "chinchilla", n_boot=0, delta=delta, tie=tie).law()
+
+
+def _check_identifiable(data: dict, form: str, fitted) -> None:
+    n_free = len(fitted.free_names)
+    need = n_free + 2
+    if data["L"].size < need:
+        raise UserError(
+            f"the {form} fit needs at least {need} rows, the CSV has {data['L'].size} "
+            "after dropping outliers."
+        )
+    keys = [k for k in ("N", "D", "U") if k in data]
+    distinct = len({tuple(data[k][i] for k in keys) for i in range(data["L"].size)})
+    if distinct < n_free:
+        names = "(params, tokens" + (", unique tokens)" if "U" in keys else ")")
+        raise UserError(
+            f"the {form} fit has {n_free} free parameters but the CSV holds only {distinct} "
+            f"distinct {names} points; add runs of other sizes or token counts."
+        )
 
 
 @dataclass
@@ -392,9 +628,14 @@ def read_csv(
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} does not exist; build one with `oneepoch scaling sweep-csv`.")
-    with path.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-        header = rows[0].keys() if rows else []
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+    except (UnicodeDecodeError, csv.Error):
+        raise UserError(
+            f"{path} is not a text CSV; pass the file `oneepoch scaling sweep-csv` wrote."
+        ) from None
+    header = rows[0].keys() if rows else []
     wanted = {"N": params_col, "D": tokens_col, "L": loss_col}
     if unique_col:
         wanted["U"] = unique_col
