@@ -215,9 +215,7 @@ def run_train(args) -> int:
             until_step=args.until_step,
         )
     except Interrupted as exc:
-        if is_main:
-            print(str(exc), file=sys.stderr)
-        return 128 + exc.signum
+        return interrupted_exit(exc, is_main)
     except UserError:
         if is_main:
             raise  # printed once, by the CLI
@@ -237,6 +235,16 @@ def run_train(args) -> int:
             else f"done -> {args.out}"
         )
     return 0
+
+
+def interrupted_exit(exc, is_main: bool = True) -> int:
+    """Say how to continue an interrupted run; the exit status is 128 + the signal."""
+    if is_main:
+        print(
+            f"{exc}; continue with `oneepoch train --data {exc.data} --out {exc.out} --resume`",
+            file=sys.stderr,
+        )
+    return 128 + exc.signum
 
 
 def run_sample(args) -> int:

@@ -12,7 +12,6 @@ follow the planner's heuristics. Rerunning skips completed runs and resumes unfi
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 
 from oneepoch.errors import UserError
@@ -177,6 +176,7 @@ def run_sweep(args) -> int:
         return 0
 
     from oneepoch.train import Interrupted, train
+    from oneepoch.train_cli import interrupted_exit
 
     for point in todo:
         cfg = run_config(point["plan"], corpus, settings, calib)
@@ -184,8 +184,7 @@ def run_sweep(args) -> int:
         try:
             train(cfg, run_dir, resume=point["action"] == "resume", show_progress=not args.quiet)
         except Interrupted as exc:
-            print(str(exc), file=sys.stderr)
-            return 128 + exc.signum
+            return interrupted_exit(exc)
         point["action"] = "trained"
 
     csv_path = write_csv(
