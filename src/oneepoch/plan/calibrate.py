@@ -39,6 +39,7 @@ PRIOR_DISK_BYTES_PER_S = 200e6
 CACHE_VERSION = 1
 NOISY_STEPS = 0.15  # step times varying more than this (std / mean): the machine was busy
 BUSY_CORES = 0.25  # other processes using more CPU than this while we measure: busy
+MEASURE_SECONDS = 1.0  # timed seconds per measured shape and batch
 MAX_CALIBRATION_S = 30.0  # all measuring of one Calibration together, whatever the budget
 
 
@@ -78,7 +79,7 @@ class Calibration:
         *,
         measure: bool = True,
         recalibrate: bool = False,
-        seconds: float = 1.0,
+        seconds: float = MEASURE_SECONDS,
         path: Path | None = None,
         max_seconds: float = MAX_CALIBRATION_S,
         verbose: bool | None = None,
@@ -298,16 +299,18 @@ def machine_busy(seconds: float = 0.0, share: CpuShare | None = None) -> bool:
 
 
 def measure_point(
-    shape: Shape, batch: int, device, dtype: str, seconds: float = 1.0, say=None
+    shape: Shape, batch: int, device, dtype: str, seconds: float = MEASURE_SECONDS, say=None
 ) -> dict:
     """Time the trainer's own step pieces for one shape and batch, in about 2 x ``seconds``.
 
     A step is ``grad_accum`` micro-batches of forward and backward, then clipping and AdamW
     (``oneepoch.step.train_step``). This times micro-batches, not whole steps: ``micro_step``
     on n sequences, and ``train_step`` on one micro-batch of n (the same plus the update),
-    where n is the micro-batch, halved until it takes at most a third of ``seconds``; then
-    step = grad_accum x micro-batch (scaled from n sequences) + update. Evaluation is timed
-    the same way, forward passes of n sequences; the checkpoint is written once.
+    where n is the micro-batch, or the most sequences (a power of two, at least 4) that take
+    at most half of ``seconds``. Below the micro-batch, n / 2 sequences are timed too and
+    the micro-batch's time extrapolated on the line through both (a fixed cost plus a cost
+    per sequence). Then step = grad_accum x micro-batch + update. Evaluation forward passes
+    of n sequences are scaled the same way; the checkpoint is written once.
     """
     import numpy as np
     import torch
@@ -357,35 +360,49 @@ def measure_point(
         return times
 
     kw = {"device": device, "dtype": dtype, "grad_clip": optim.grad_clip}
+
     # Untimed warm-up on a small micro-batch (allocations, kernel selection), then a probe
     # that says how many sequences fit the time.
-    n = min(micro, 4)
-    x = windows(n)
-    timed(lambda: micro_step(model, x, accum, dtype), 1, 0)
-    probe = statistics.fmean(timed(lambda: micro_step(model, x, accum, dtype), 1, 0))
-    while n < micro and 2 * n * probe / min(micro, 4) <= seconds / 3:
+    def fwd_bwd(x):
+        return lambda: micro_step(model, x, accum, dtype)
+
+    n0 = min(micro, 4)
+    x = windows(n0)
+    timed(fwd_bwd(x), 1, 0)
+    probe = statistics.fmean(timed(fwd_bwd(x), 1, 0))
+    n = n0
+    while n < micro and 2 * n * probe / n0 <= seconds / 2:
         n *= 2
     x = windows(n)
-    if n > min(micro, 4):
-        timed(lambda: micro_step(model, x, accum, dtype), 1, 0)  # warm at the new size
+    if n > n0:
+        timed(fwd_bwd(x), 1, 0)  # warm at the new size
     if say:
         say(f"{n} of {micro} sequences of a micro-batch, {accum} micro-batches a step", end="; ")
     share = CpuShare()
-    fwd_bwd = timed(lambda: micro_step(model, x, accum, dtype), 2, seconds / 3)
+    micro_n = timed(fwd_bwd(x), 2, seconds / 3)
     whole = timed(lambda: train_step(model, model, optimizer, x[None], 1e-4, **kw), 2, seconds / 3)
+    samples = [micro_n, whole]
+    t_n = statistics.fmean(micro_n)  # the mean: a run's wall-clock is a sum of steps
+    micro_s = t_n
+    if n < micro:
+        # time = fixed + per sequence x sequences, from n and n / 2 sequences; bounded by
+        # the n sequences' time and its proportional scaling
+        half = windows(n // 2)
+        timed(fwd_bwd(half), 1, 0)
+        samples.append(timed(fwd_bwd(half), 2, seconds / 6))
+        per_sequence = max(0.0, (t_n - statistics.fmean(samples[-1])) / (n - n // 2))
+        micro_s = min(max(t_n + per_sequence * (micro - n), t_n), t_n * micro / n)
     busy = machine_busy(share=share) or any(
-        statistics.pstdev(t) > NOISY_STEPS * statistics.fmean(t) for t in (fwd_bwd, whole)
+        statistics.pstdev(t) > NOISY_STEPS * statistics.fmean(t) for t in samples
     )
-    micro_s = statistics.fmean(fwd_bwd) * micro / n  # the mean: wall-clock is a sum of steps
-    update_s = max(0.0, statistics.fmean(whole) - statistics.fmean(fwd_bwd))
+    update_s = max(0.0, statistics.fmean(whole) - t_n)
     step_s = accum * micro_s + update_s
     optimizer.zero_grad(set_to_none=True)
 
-    model.eval()  # the trainer evaluates in chunks of the micro-batch
+    model.eval()  # the trainer evaluates in chunks of the micro-batch, scaled like training
     with torch.no_grad(), autocast(dtype, device):
-        eval_s = statistics.fmean(
-            timed(lambda: model(x[:, :-1], x[:, 1:]).item(), 2, seconds / 6)
-        ) * (batch / n)  # per batch of windows, as the rates are
+        forward = timed(lambda: model(x[:, :-1], x[:, 1:]).item(), 2, seconds / 6)
+    eval_s = statistics.fmean(forward) * micro_s / t_n * accum  # per batch, as the rates are
     model.train()
 
     with tempfile.TemporaryDirectory(prefix="oneepoch-calibrate-") as tmp:
