@@ -80,11 +80,9 @@ def overrides_from_args(args) -> dict:
         out.setdefault("train", {})["compile"] = True
     if args.data:
         out.setdefault("data", {})["path"] = args.data
-    given = [b for b in ("tokens", "steps", "time") if getattr(args, b) is not None]
-    if len(given) > 1:
-        raise UserError("give exactly one budget: --tokens, --steps or --time, not several.")
-    if given:
-        # A budget on the command line replaces whatever budget the config file had.
+    if any(getattr(args, b) is not None for b in ("tokens", "steps", "time")):
+        # A budget on the command line replaces whatever budget the config file had (that
+        # exactly one is given is checked once, with the rest of the config: config.validate).
         out.setdefault("train", {}).update(
             steps=args.steps or 0,
             tokens=parse_count(args.tokens, "token count") if args.tokens is not None else 0,
