@@ -124,6 +124,23 @@ def cache_path() -> Path:
     return root / "peak_flops.json"
 
 
+def _peak_key(device: torch.device, dtype_name: str) -> str:
+    name = device_name(device)
+    return f"{device.type}|{name}|threads={torch.get_num_threads()}|torch={torch.__version__}|{dtype_name}"
+
+
+def peak_is_known(device: torch.device, dtype_name: str) -> bool:
+    """Whether peak_flops answers without measuring (a GPU in the table, or cached)."""
+    if device.type == "cuda" and gpu_table_peak(device_name(device), dtype_name):
+        return True
+    try:
+        return isinstance(
+            json.loads(cache_path().read_text()).get(_peak_key(device, dtype_name)), dict
+        )
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def peak_flops(device: torch.device, dtype_name: str) -> dict:
     """{"value", "dtype", "source"}: the per-device FLOP/s that MFU is a fraction of."""
     name = device_name(device)
@@ -131,7 +148,7 @@ def peak_flops(device: torch.device, dtype_name: str) -> dict:
         found = gpu_table_peak(name, dtype_name)
         if found:
             return found
-    key = f"{device.type}|{name}|threads={torch.get_num_threads()}|torch={torch.__version__}|{dtype_name}"
+    key = _peak_key(device, dtype_name)
     cache = cache_path()
     try:
         cached = json.loads(cache.read_text())

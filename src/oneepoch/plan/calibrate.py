@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from oneepoch.config import DTYPES
 from oneepoch.flops import Shape, param_counts, train_flops_per_token
 
 PRIOR_PEAK_FRACTION = 0.35
@@ -86,15 +87,19 @@ class Calibration:
     ):
         import torch
 
-        from oneepoch.hardware import device_name, pick_dtype
+        from oneepoch.hardware import device_name, peak_is_known, pick_dtype
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        self.dtype = pick_dtype(dtype, self.device)
         self.allow_measure, self.seconds = measure, seconds
         self.max_seconds, self._deadline = max_seconds, None
         self.verbose = sys.stderr.isatty() if verbose is None else verbose
+        if dtype == "auto" and not all(
+            peak_is_known(self.device, d) for d in DTYPES if d != "auto"
+        ):
+            self.say(f"calibration: timing {self.device.type} matmuls to choose the dtype (once)")
+        self.dtype = pick_dtype(dtype, self.device)
         self.path = path or cache_path()
         self.machine = (
             f"{self.device.type}|{device_name(self.device)}|threads={torch.get_num_threads()}"
