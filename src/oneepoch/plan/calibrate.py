@@ -40,7 +40,8 @@ PRIOR_DISK_BYTES_PER_S = 200e6
 CACHE_VERSION = 1
 NOISY_STEPS = 0.15  # step times varying more than this (std / mean): the machine was busy
 BUSY_CORES = 0.25  # other processes using more CPU than this while we measure: busy
-MEASURE_SECONDS = 1.0  # timed seconds per measured shape and batch
+MEASURE_SECONDS = 1.0
+MIN_TIMED_TOKENS = 4096  # tokens of a timed micro-batch, when the micro-batch has as many  # timed seconds per measured shape and batch
 MAX_CALIBRATION_S = 30.0  # all measuring of one Calibration together, whatever the budget
 
 
@@ -245,7 +246,7 @@ class Calibration:
             return self.rate(shape, batch)
         self.say(f"calibration: timing {key} on {self.device.type} {self.dtype}", end=": ")
         point = measure_point(
-            shape, batch, self.device, self.dtype, min(self.seconds, left / 3), self.say
+            shape, batch, self.device, self.dtype, min(self.seconds, left / 3), self.say, left
         )
         self.say(f"{point['tokens_per_s']:,.0f} tokens/s")
         self.points[key] = point
@@ -304,17 +305,24 @@ def machine_busy(seconds: float = 0.0, share: CpuShare | None = None) -> bool:
 
 
 def measure_point(
-    shape: Shape, batch: int, device, dtype: str, seconds: float = MEASURE_SECONDS, say=None
+    shape: Shape,
+    batch: int,
+    device,
+    dtype: str,
+    seconds: float = MEASURE_SECONDS,
+    say=None,
+    limit_s: float = MAX_CALIBRATION_S,
 ) -> dict:
-    """Time the trainer's own step pieces for one shape and batch, in about 2 x ``seconds``.
+    """Time the trainer's own step pieces for one shape and batch, in a few seconds.
 
     A step is ``grad_accum`` micro-batches of forward and backward, then clipping and AdamW
     (``oneepoch.step.train_step``). This times micro-batches, not whole steps: ``micro_step``
     on n sequences, and ``train_step`` on one micro-batch of n (the same plus the update),
-    where n is the micro-batch, or the most sequences (a power of two, at least 4) that take
-    at most half of ``seconds``. Below the micro-batch, n / 2 sequences are timed too and
-    the micro-batch's time extrapolated on the line through both (a fixed cost plus a cost
-    per sequence). Then step = grad_accum x micro-batch + update. Evaluation forward passes
+    where n is the micro-batch, or, below it, a power of two of sequences: at least
+    ``MIN_TIMED_TOKENS`` tokens (fewer make a CPU's time per token up to twice as high),
+    more while that takes at most half of ``seconds``, fewer where the calibration's time
+    (``limit_s`` left) would not allow it. The micro-batch's time is the n sequences' scaled
+    in proportion. Then step = grad_accum x micro-batch + update. Evaluation forward passes
     of n sequences are scaled the same way; the checkpoint is written once.
     """
     import numpy as np
@@ -374,29 +382,30 @@ def measure_point(
     n0 = min(micro, 4)
     x = windows(n0)
     timed(fwd_bwd(x), 1, 0)
-    probe = statistics.fmean(timed(fwd_bwd(x), 1, 0))
+    per_sequence = statistics.fmean(timed(fwd_bwd(x), 1, 0)) / n0
+    # At least MIN_TIMED_TOKENS (below that a CPU's per-token time is up to twice as high),
+    # more while it fits the seconds, fewer if the calibration's time is running out.
     n = n0
-    while n < micro and 2 * n * probe / n0 <= seconds / 2:
+    while n < micro and (
+        n * shape.seq_len < MIN_TIMED_TOKENS or 2 * n * per_sequence <= seconds / 2
+    ):
         n *= 2
+    while n > n0 and 3 * n * per_sequence > limit_s:
+        n //= 2
     x = windows(n)
     if n > n0:
         timed(fwd_bwd(x), 1, 0)  # warm at the new size
     if say:
         say(f"{n} of {micro} sequences of a micro-batch, {accum} micro-batches a step", end="; ")
+    least = 1 if n * per_sequence > seconds / 4 else 2
     share = CpuShare()
-    micro_n = timed(fwd_bwd(x), 2, seconds / 3)
-    whole = timed(lambda: train_step(model, model, optimizer, x[None], 1e-4, **kw), 2, seconds / 3)
+    micro_n = timed(fwd_bwd(x), least, seconds / 3)
+    whole = timed(
+        lambda: train_step(model, model, optimizer, x[None], 1e-4, **kw), least, seconds / 3
+    )
     samples = [micro_n, whole]
     t_n = statistics.fmean(micro_n)  # the mean: a run's wall-clock is a sum of steps
-    micro_s = t_n
-    if n < micro:
-        # time = fixed + per sequence x sequences, from n and n / 2 sequences; bounded by
-        # the n sequences' time and its proportional scaling
-        half = windows(n // 2)
-        timed(fwd_bwd(half), 1, 0)
-        samples.append(timed(fwd_bwd(half), 2, seconds / 6))
-        per_sequence = max(0.0, (t_n - statistics.fmean(samples[-1])) / (n - n // 2))
-        micro_s = min(max(t_n + per_sequence * (micro - n), t_n), t_n * micro / n)
+    micro_s = t_n * micro / n  # from MIN_TIMED_TOKENS on, time per token is about flat
     busy = machine_busy(share=share) or any(
         statistics.pstdev(t) > NOISY_STEPS * statistics.fmean(t) for t in samples
     )
@@ -406,7 +415,7 @@ def measure_point(
 
     model.eval()  # the trainer evaluates in chunks of the micro-batch, scaled like training
     with torch.no_grad(), autocast(dtype, device):
-        forward = timed(lambda: model(x[:, :-1], x[:, 1:]).item(), 2, seconds / 6)
+        forward = timed(lambda: model(x[:, :-1], x[:, 1:]).item(), least, seconds / 6)
     eval_s = statistics.fmean(forward) * micro_s / t_n * accum  # per batch, as the rates are
     model.train()
 
