@@ -14,24 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from oneepoch.atomic import fsync_dir, write_atomic
 from oneepoch.errors import UserError
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save(ckpt_root: Path, step: int, model_state: dict, train_state: dict, keep: int = 2) -> Path:
@@ -50,7 +34,7 @@ def save(ckpt_root: Path, step: int, model_state: dict, train_state: dict, keep:
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(ckpt_root)
+    fsync_dir(ckpt_root)
     write_atomic(ckpt_root / "LATEST", final.name.encode())
     for old in sorted(ckpt_root.glob("step_*"))[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)

@@ -1,9 +1,11 @@
 """Command-line entry point.
 
-Each subcommand lives in its own module, which exposes ``register(subparsers)``; that
-function adds the parser and sets ``func`` (called with the parsed args, returns an exit
-code or None). Command modules import heavy libraries (torch, scipy, matplotlib) inside
-their functions, so ``oneepoch --help`` is fast and the analysis commands run without torch.
+Each command lives in its package's ``cli`` module (or, for one-module commands, the module
+itself), which exposes ``register(subparsers)``; that function adds the parser and sets
+``func`` (called with the parsed args, returns an exit code or None). The list below is
+explicit: a command module that fails to import is an error, not a missing command. Command
+modules import heavy libraries (torch, scipy, matplotlib) inside their functions, so
+``oneepoch --help`` is fast and the analysis commands run without torch.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import sys
 from oneepoch import __version__
 from oneepoch.errors import UserError
 
-# Modules that register subcommands, in the order they appear in --help.
+# Modules that register subcommands, in the order they appear in --help. Each is imported
+# as is: a command whose module is broken fails loudly instead of vanishing from --help.
 COMMAND_MODULES = [
     "oneepoch.data.cli",  # prepare, data inspect
     "oneepoch.train_cli",  # train, sample
@@ -37,13 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"oneepoch {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("oneepoch"):
-                continue  # a command module not written yet
-            raise
-        module.register(subparsers)
+        importlib.import_module(name).register(subparsers)
     return parser
 
 

@@ -61,7 +61,7 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 0  # 0: about 10 checkpoints per run
     keep_checkpoints: int = 2
-    dtype: str = "auto"  # bf16 autocast where it is faster (see train.pick_dtype), else fp32
+    dtype: str = "auto"  # bf16 autocast where it is faster (hardware.pick_dtype), else fp32
     compile: bool = False
     device: str = "auto"
     parallel: str = "ddp"
@@ -177,20 +177,23 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"grad_accum ({t.grad_accum}) must divide batch_size ({t.batch_size}).")
     budgets = [b for b in (t.steps, t.tokens, t.time_s) if b]
     if any(b < 0 for b in budgets):
-        raise UserError("the budget (--steps, --tokens or --time) must be positive.")
+        raise UserError("the budget (train.steps, train.tokens or train.time_s) must be positive.")
     if len(budgets) != 1:
-        raise UserError("give exactly one budget: --steps N, --tokens N or --time SECONDS.")
+        raise UserError(
+            "give exactly one budget: train.steps, train.tokens or train.time_s "
+            "(`oneepoch train`: --steps N, --tokens N or --time SECONDS)."
+        )
     tokens_per_step = t.batch_size * m.seq_len
     if t.tokens and t.tokens < tokens_per_step:
         raise UserError(
             f"a budget of {t.tokens} tokens is smaller than one batch "
-            f"({t.batch_size} x {m.seq_len} = {tokens_per_step} tokens); raise --tokens or lower --batch-size."
+            f"({t.batch_size} x {m.seq_len} = {tokens_per_step} tokens); raise the tokens or lower batch_size."
         )
     if cfg.data.epochs < 1:
         raise UserError(f"epochs must be at least 1, got {cfg.data.epochs}.")
     if cfg.data.epochs > 1 and t.time_s:
         raise UserError(
-            "--epochs needs a --steps or --tokens budget, so the repeated subset can be sized."
+            "epochs > 1 needs a steps or tokens budget (not time_s), so the repeated subset can be sized."
         )
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from oneepoch.errors import UserError
+
 # Dense peak FLOP/s by device-name pattern (first match wins) and dtype. "float32" is the
 # TF32 tensor-core peak where the GPU has one, because the trainer enables TF32 for float32
 # on CUDA; GPUs without bf16 tensor cores have no "bfloat16" entry (so it gets measured).
@@ -122,6 +124,23 @@ def cache_path() -> Path:
     return root / "peak_flops.json"
 
 
+def _peak_key(device: torch.device, dtype_name: str) -> str:
+    name = device_name(device)
+    return f"{device.type}|{name}|threads={torch.get_num_threads()}|torch={torch.__version__}|{dtype_name}"
+
+
+def peak_is_known(device: torch.device, dtype_name: str) -> bool:
+    """Whether peak_flops answers without measuring (a GPU in the table, or cached)."""
+    if device.type == "cuda" and gpu_table_peak(device_name(device), dtype_name):
+        return True
+    try:
+        return isinstance(
+            json.loads(cache_path().read_text()).get(_peak_key(device, dtype_name)), dict
+        )
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def peak_flops(device: torch.device, dtype_name: str) -> dict:
     """{"value", "dtype", "source"}: the per-device FLOP/s that MFU is a fraction of."""
     name = device_name(device)
@@ -129,7 +148,7 @@ def peak_flops(device: torch.device, dtype_name: str) -> dict:
         found = gpu_table_peak(name, dtype_name)
         if found:
             return found
-    key = f"{device.type}|{name}|threads={torch.get_num_threads()}|torch={torch.__version__}|{dtype_name}"
+    key = _peak_key(device, dtype_name)
     cache = cache_path()
     try:
         cached = json.loads(cache.read_text())
@@ -180,3 +199,32 @@ def cpu_bf16_is_faster() -> bool:
 def gpu_supports_bf16(device: torch.device) -> bool:
     """bf16 tensor cores (Ampere and newer); older GPUs only emulate bf16, slowly."""
     return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+# ---------------------------------------------------------------------------------------
+# Device and dtype of a run: chosen once, here, for the trainer and the planner alike
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto``: this process's CUDA GPU if one is visible, else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("device 'cuda' was asked for but no CUDA GPU is visible; use 'cpu'.")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def pick_dtype(name: str, device: torch.device) -> str:
+    """The compute dtype: "auto" means bf16 autocast where the hardware is fast at bf16.
+
+    GPUs: bf16 tensor cores (Ampere on). CPUs: measured (once, cached): bf16 only where its
+    matmuls clearly beat fp32's, as with AMX.
+    """
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bfloat16" if gpu_supports_bf16(device) else "float32"
+    return "bfloat16" if cpu_bf16_is_faster() else "float32"

@@ -7,7 +7,7 @@ import math
 import os
 from pathlib import Path
 
-from oneepoch.checkpoint import write_atomic
+from oneepoch.atomic import write_atomic
 
 
 class MetricsLog:

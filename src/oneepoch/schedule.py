@@ -36,3 +36,43 @@ def lr_at(
     if cfg.schedule == "linear":
         return floor + (cfg.lr - floor) * (1.0 - progress)
     return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# ---------------------------------------------------------------------------------------
+# When a run evaluates and checkpoints: one cadence, for the trainer and the planner
+
+
+def log_spaced_steps(last: int, per_decade: int = 5) -> set[int]:
+    """1, 2, 3, 4, 6, 10, 16, 25, 40, 63, 100, ...: evaluation points across decades."""
+    out, k = set(), 0
+    while (s := round(10 ** (k / per_decade))) <= last:
+        out.add(s)
+        k += 1
+    return out
+
+
+class Cadence:
+    """Evaluation at log-spaced early steps, every ``eval_every`` steps (default ~20 a run)
+    and at the end; checkpoints every ``checkpoint_every`` (default ~10 a run) and at the
+    end. ``steps`` is None for a wall-clock budget."""
+
+    def __init__(self, steps: int | None, eval_every: int = 0, checkpoint_every: int = 0):
+        self.steps = steps
+        self.eval_every = eval_every or (max(1, steps // 20) if steps else 100)
+        self.checkpoint_every = checkpoint_every or (max(1, steps // 10) if steps else 500)
+        self.early = log_spaced_steps(steps or 10**9)
+
+    def evaluates(self, step: int, final: bool = False) -> bool:
+        return final or step in self.early or step % self.eval_every == 0
+
+    def checkpoints(self, step: int, final: bool = False) -> bool:
+        return final or step % self.checkpoint_every == 0
+
+    def evaluations(self) -> int:
+        """How many evaluations a run of ``steps`` steps makes."""
+        every = set(range(self.eval_every, self.steps + 1, self.eval_every))
+        return len(self.early | every | {self.steps})
+
+    def checkpoint_count(self) -> int:
+        every = set(range(self.checkpoint_every, self.steps + 1, self.checkpoint_every))
+        return len(every | {self.steps})

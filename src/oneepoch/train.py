@@ -6,16 +6,22 @@ reproduces the uninterrupted run exactly. ``batch_size`` is global: each step's 
 split into ``grad_accum`` micro-batches and each of those over the ranks, so the global
 batch, and the one-pass guarantee, do not depend on the number of ranks (see
 ``oneepoch.distributed``).
+
+The pieces, in the order ``train`` composes them: ``setup`` (the config resolved once, the
+data, the sampler, the cadence), ``build_model`` and ``restore`` (model, optimizer, loss
+meter and clock from the latest checkpoint), ``RunRecord`` (config.toml, metrics.jsonl,
+run.json), ``Evaluator``, the step (``oneepoch.step.train_step``) and the loop.
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import math
 import signal
 import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,77 +29,28 @@ import torch
 
 from oneepoch import __version__, checkpoint
 from oneepoch.config import RunConfig, load_toml, total_steps, validate
-from oneepoch.data.dataset import Dataset, Split, open_dataset
-from oneepoch.distributed import (
-    Ranks,
-    clip_grad_norm_,
-    full_state,
-    grad_sync,
-    init_distributed,
-    load_full_state,
-    parallelize,
-)
+from oneepoch.data.dataset import Dataset, open_dataset
+from oneepoch.distributed import Ranks, full_state, init_distributed, load_full_state, parallelize
 from oneepoch.errors import UserError
 from oneepoch.flops import Shape, param_counts, train_flops_per_token
-from oneepoch.hardware import cpu_bf16_is_faster, gpu_supports_bf16, hardware_info, peak_flops
+from oneepoch.hardware import hardware_info, peak_flops, pick_device, pick_dtype
 from oneepoch.model import GPT
 from oneepoch.prefetch import Prefetcher
 from oneepoch.progress import Progress
 from oneepoch.rundir import MetricsLog, read_json, write_json
 from oneepoch.sampler import OnePassSampler, RepeatedSampler, num_windows
-from oneepoch.schedule import lr_at
+from oneepoch.schedule import Cadence, log_spaced_steps, lr_at
+from oneepoch.step import autocast, build_optimizer, micro_step, read_windows, train_step
+
+__all__ = ["Interrupted", "train", "pick_dtype", "log_spaced_steps", "read_windows"]
 
 
 class Interrupted(Exception):
-    """SIGINT/SIGTERM arrived; a checkpoint was written."""
+    """SIGINT/SIGTERM arrived; a checkpoint was written, so the run can be resumed."""
 
-    def __init__(self, signum: int, step: int, message: str):
-        super().__init__(message)
-        self.signum, self.step = signum, step
-
-
-# ---------------------------------------------------------------------------------------
-# Small pieces the loop composes
-
-
-def pick_device(name: str, ranks: Ranks) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(
-                "--device cuda was asked for but no CUDA GPU is visible; use --device cpu."
-            )
-        torch.cuda.set_device(ranks.local_rank)
-        return torch.device("cuda", ranks.local_rank)
-    return torch.device("cpu")
-
-
-def pick_dtype(name: str, device: torch.device) -> str:
-    """The compute dtype: "auto" means bf16 autocast where the hardware is fast at bf16.
-
-    GPUs: bf16 tensor cores (Ampere on). CPUs: measured (once, cached): bf16 only where its
-    matmuls clearly beat fp32's, as with AMX.
-    """
-    if name != "auto":
-        return name
-    if device.type == "cuda":
-        return "bfloat16" if gpu_supports_bf16(device) else "float32"
-    return "bfloat16" if cpu_bf16_is_faster() else "float32"
-
-
-def log_spaced_steps(last: int, per_decade: int = 5) -> set[int]:
-    """1, 2, 3, 4, 6, 10, 16, 25, 40, 63, 100, ...: evaluation points across decades."""
-    out, k = set(), 0
-    while (s := round(10 ** (k / per_decade))) <= last:
-        out.add(s)
-        k += 1
-    return out
-
-
-def read_windows(split: Split, windows: np.ndarray, seq_len: int) -> torch.Tensor:
-    """(n, seq_len + 1) int64 tokens: window i is tokens [i*T, i*T + T + 1)."""
-    return torch.from_numpy(np.stack([split.read(int(w) * seq_len, seq_len + 1) for w in windows]))
+    def __init__(self, signum: int, step: int, out: Path | None = None, data: str = ""):
+        super().__init__(f"{signal.Signals(signum).name} at step {step}: checkpoint written")
+        self.signum, self.step, self.out, self.data = signum, step, out, data
 
 
 class TrainClock:
@@ -124,7 +81,7 @@ class TrainClock:
 
 
 # ---------------------------------------------------------------------------------------
-# Run setup
+# Setup: the config resolved once
 
 
 # Where the data lives and how ranks share the model may change between sessions of a run:
@@ -133,7 +90,7 @@ RESUME_MAY_CHANGE = {"data.path", "train.parallel"}
 
 
 def resolve_config(base: RunConfig, out: Path, resume: bool, overrides: dict) -> RunConfig:
-    """The run's config: the saved one when resuming (flags may not change it)."""
+    """The run's config, a copy: the saved one when resuming (overrides may not change it)."""
     saved = out / "config.toml"
     if resume and saved.is_file():
         cfg = RunConfig.from_dict(load_toml(saved), str(saved))
@@ -149,19 +106,21 @@ def resolve_config(base: RunConfig, out: Path, resume: bool, overrides: dict) ->
         ]
         if changed:
             raise UserError(
-                f"--resume continues {out} exactly as configured in its config.toml, but the command "
-                f"line changes {', '.join(changed)}; drop those flags or start a new run with another --out."
+                f"resuming continues {out} exactly as configured in its config.toml, but the "
+                f"settings given change {', '.join(changed)}; drop them or start a new run "
+                "elsewhere (with `oneepoch train`: drop those flags or pass another --out)."
             )
-        if overrides.get("data", {}).get("path"):
-            cfg.data.path = overrides["data"]["path"]
-        if overrides.get("train", {}).get("parallel"):
-            cfg.train.parallel = overrides["train"]["parallel"]
+        for key in RESUME_MAY_CHANGE:
+            sec, k = key.split(".")
+            if overrides.get(sec, {}).get(k):
+                setattr(getattr(cfg, sec), k, overrides[sec][k])
         return cfg
     if not resume and (saved.exists() or (out / "metrics.jsonl").exists()):
         raise UserError(
-            f"{out} already holds a run; pass --resume to continue it or choose another --out."
+            f"{out} already holds a run; resume it (`oneepoch train --resume`) or choose "
+            "another run directory (--out)."
         )
-    return base
+    return copy.deepcopy(base)
 
 
 def make_sampler(cfg: RunConfig, data: Dataset, steps: int | None):
@@ -177,15 +136,380 @@ def make_sampler(cfg: RunConfig, data: Dataset, steps: int | None):
     return sampler
 
 
-def build_optimizer(model: GPT, cfg: RunConfig, device: torch.device) -> torch.optim.AdamW:
-    o = cfg.optim
-    return torch.optim.AdamW(
-        model.param_groups(o.weight_decay), lr=o.lr, betas=(o.beta1, o.beta2), fused=True
+@dataclass
+class Run:
+    """What setup decided, read-only for the rest: the resolved config and its consequences."""
+
+    cfg: RunConfig
+    out: Path
+    ranks: Ranks
+    device: torch.device
+    data: Dataset
+    sampler: OnePassSampler | RepeatedSampler
+    steps: int | None  # None: a wall-clock budget
+    per_rank: int  # sequences of a micro-batch on each rank
+    val_windows: int
+    cadence: Cadence
+    shape: Shape
+    resolved: dict = field(default_factory=dict)  # what "auto"s and zeros became (run.json)
+
+    @property
+    def max_steps(self) -> int:
+        return self.steps or self.sampler.max_steps
+
+    def is_final(self, step: int, elapsed_s: float) -> bool:
+        """The budget is spent after ``step`` steps and ``elapsed_s`` training seconds."""
+        if self.steps is not None:
+            return step == self.steps
+        return elapsed_s >= self.cfg.train.time_s or step >= self.sampler.max_steps
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.train.batch_size * self.cfg.model.seq_len
+
+    def seed_step(self, step: int) -> None:
+        # Dropout masks become a function of (seed, step, rank): nothing to save for resume.
+        torch.manual_seed((self.cfg.train.seed * 1_000_003 + step) * 1009 + self.ranks.rank)
+
+    def batch(self, step: int) -> torch.Tensor:
+        """This rank's (grad_accum, per_rank, seq_len + 1) share of the global batch."""
+        t, r = self.cfg.train, self.ranks
+        mine = self.sampler.windows(step).reshape(t.grad_accum, r.world_size, self.per_rank)
+        windows = mine[:, r.rank].reshape(-1)
+        return read_windows(self.data.train, windows, self.cfg.model.seq_len).view(
+            t.grad_accum, self.per_rank, -1
+        )
+
+
+def setup(cfg: RunConfig, out: Path, resume: bool, overrides: dict) -> Run:
+    """Parse, validate and resolve (device, dtype, vocabulary, steps) once; ``cfg`` itself
+    is left as it was."""
+    auto_kind = "cuda" if torch.cuda.is_available() else "cpu"
+    ranks = init_distributed(auto_kind if cfg.train.device == "auto" else cfg.train.device)
+    cfg = ranks.from_main(lambda: resolve_config(cfg, out, resume, overrides))
+    validate(cfg)
+    m, t = cfg.model, cfg.train
+    device = pick_device(t.device, ranks.local_rank)
+    # Rank 0 decides (on CPU by measuring, which ranks sharing cores must not do at once);
+    # config.toml records what ran, not "auto".
+    t.dtype = ranks.from_main(lambda: pick_dtype(t.dtype, device))
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # float32 matmuls on TF32 tensor cores
+    if not cfg.data.path:
+        raise UserError("no dataset given; name a dataset directory made by `oneepoch prepare`.")
+    # Rank 0 re-hashes the shards (and reports a mismatch to all); the others check sizes.
+    ranks.from_main(lambda: open_dataset(cfg.data.path, verify_checksums=True).path)
+    data = open_dataset(cfg.data.path, verify_checksums=False)
+    if m.vocab_size and m.vocab_size != data.vocab_size:
+        raise UserError(
+            f"the config's vocab_size ({m.vocab_size}) does not match the dataset's tokenizer "
+            f"({data.vocab_size}); remove vocab_size from the config or use the matching dataset."
+        )
+    m.vocab_size = data.vocab_size
+    steps = total_steps(cfg)
+    micro = t.batch_size // t.grad_accum
+    if micro % ranks.world_size:
+        raise UserError(
+            f"the micro-batch ({t.batch_size} / grad_accum {t.grad_accum} = {micro}) must divide "
+            f"evenly over {ranks.world_size} ranks; change batch_size or grad_accum."
+        )
+    val_windows = min(
+        max(1, t.eval_tokens // m.seq_len), num_windows(data.val.num_tokens, m.seq_len)
+    )
+    if val_windows < 1:
+        raise UserError(
+            f"the validation split has fewer than {m.seq_len + 1} tokens; prepare with a larger validation split."
+        )
+    cadence = Cadence(steps, t.eval_every, t.checkpoint_every)
+    resolved = {
+        "device": str(device),
+        "dtype": t.dtype,
+        "vocab_size": m.vocab_size,
+        "steps": steps,
+        "eval_every": cadence.eval_every,
+        "checkpoint_every": cadence.checkpoint_every,
+    }
+    return Run(
+        cfg=cfg,
+        out=out,
+        ranks=ranks,
+        device=device,
+        data=data,
+        sampler=make_sampler(cfg, data, steps),
+        steps=steps,
+        per_rank=micro // ranks.world_size,
+        val_windows=val_windows,
+        cadence=cadence,
+        shape=Shape(m.n_layer, m.n_head, m.d_model, m.seq_len, m.vocab_size),
+        resolved=resolved,
     )
 
 
 # ---------------------------------------------------------------------------------------
-# The run
+# Model, optimizer and what a checkpoint restores
+
+
+class LossMeter:
+    """The training loss between log lines, part of checkpointed state.
+
+    Each rank sums its per-step losses on the device (no sync per step); at a log line the
+    mean over ranks is folded in and the mean per step since the last line comes out.
+    """
+
+    def __init__(self, device: torch.device):
+        self.sum, self.count, self.steps = 0.0, 0, 0
+        self.acc = torch.zeros((), device=device)
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.acc += loss
+        self.steps += 1
+
+    def take(self, ranks: Ranks) -> float:
+        """Mean training loss since the last call (a host sync; every rank calls it)."""
+        self.sum, self.count = self.sum + ranks.mean(self.acc).item(), self.count + self.steps
+        self.acc.zero_()
+        self.steps = 0
+        mean = self.sum / self.count
+        self.sum, self.count = 0.0, 0
+        return mean
+
+    def state_dict(self, ranks: Ranks) -> dict:
+        acc = ranks.mean(self.acc).cpu()  # every rank calls it
+        return {"loss_sum": self.sum, "loss_count": self.count, "acc": acc, "acc_steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sum, self.count, self.steps = (
+            state["loss_sum"],
+            state["loss_count"],
+            state["acc_steps"],
+        )
+        self.acc = state["acc"].to(self.acc.device)
+
+
+def build_model(run: Run):
+    """(model, the model as wrapped for ranks, AdamW), initialised from the seed."""
+    t = run.cfg.train
+    torch.manual_seed(t.seed)
+    model = GPT(run.cfg.model).to(run.device)
+    train_model = parallelize(model, t.parallel, t.compile, run.device, run.ranks)
+    return model, train_model, build_optimizer(model, run.cfg.optim)  # after FSDP's sharding
+
+
+@dataclass
+class Resumed:
+    step: int = 0
+    wall_s: float = 0.0
+    metrics_bytes: int | None = None  # where metrics.jsonl is cut back to; None: keep it
+
+
+def restore(run: Run, model, optimizer, meter: LossMeter, resume: bool) -> Resumed:
+    """Load the latest checkpoint (rank 0 reads, every rank loads) when resuming."""
+    ckpt_root, tensors = run.out / "checkpoints", [{}, {}]
+
+    def read() -> dict | None:
+        last = checkpoint.latest(ckpt_root) if resume else None
+        if last is None:
+            return None
+        tensors[0], state = checkpoint.load(last)
+        if state["tokenizer_sha256"] != run.data.tokenizer_sha256:
+            raise UserError(
+                f"{run.cfg.data.path} was made with a different tokenizer than the run in "
+                f"{run.out}; resume with the dataset the run started on."
+            )
+        tensors[1] = state.pop("optimizer")
+        return state
+
+    state = run.ranks.from_main(read)
+    if state is None:
+        return Resumed(metrics_bytes=0 if resume else None)  # no checkpoint yet: start over
+    load_full_state(model, optimizer, tensors[0], tensors[1], run.ranks)
+    meter.load_state_dict(state)
+    return Resumed(state["step"], state["wall_s"], state["metrics_bytes"])
+
+
+def save_checkpoint(run: Run, model, optimizer, meter: LossMeter, record, step, wall_s) -> None:
+    """Every rank takes part (FSDP gathers the shards); rank 0 writes."""
+    model_state, optim_state = full_state(model, optimizer)
+    loss_state = meter.state_dict(run.ranks)
+    if run.ranks.is_main:
+        record.metrics.sync()
+        state = {"step": step, "wall_s": wall_s, "optimizer": optim_state, **loss_state}
+        state.update(
+            metrics_bytes=record.metrics.offset(),
+            tokenizer_sha256=run.data.tokenizer_sha256,
+            config=run.cfg.to_dict(),
+            world_size=run.ranks.world_size,
+        )
+        checkpoint.save(
+            run.out / "checkpoints", step, model_state, state, keep=run.cfg.train.keep_checkpoints
+        )
+    run.ranks.barrier()  # nobody leaves (e.g. on a signal) before the checkpoint is complete
+
+
+# ---------------------------------------------------------------------------------------
+# The run record and evaluation
+
+
+class RunRecord:
+    """config.toml, metrics.jsonl and run.json; rank 0 writes, the others only keep count."""
+
+    def __init__(self, run: Run, metrics_bytes: int | None):
+        self.run, self.path = run, run.out / "run.json"
+        ranks, cfg, data, t = run.ranks, run.cfg, run.data, run.cfg.train
+        # Measured by rank 0 alone (the others would compete for the same cores), then shared.
+        peak = ranks.from_main(
+            lambda: {**peak_flops(run.device, t.dtype), "devices": ranks.world_size}
+        )
+        self.flops_per_token = train_flops_per_token(run.shape)
+        self.peak_total = peak["value"] * ranks.world_size
+        self.rates: list[float] = []  # tokens/s between log lines
+        self.info = {
+            "oneepoch_version": __version__,
+            "torch_version": torch.__version__,
+            "python": sys.version.split()[0],
+            "status": "running",
+            "hardware": hardware_info(run.device, ranks.world_size),
+            "dtype": t.dtype,
+            "compile": t.compile,
+            "parallel": t.parallel if ranks.active else "none",
+            "params": param_counts(run.shape),
+            "flops_per_token": self.flops_per_token,
+            "peak_flops": peak,
+            "sampler": {
+                "kind": run.sampler.kind,
+                "pool_windows": run.sampler.pool,
+                "epochs": cfg.data.epochs,
+            },
+            "data": {
+                "path": str(Path(cfg.data.path).resolve()),
+                "tokenizer_sha256": data.tokenizer_sha256,
+                "vocab_size": data.vocab_size,
+                "train_tokens": data.train.num_tokens,
+                "val_tokens_evaluated": run.val_windows * cfg.model.seq_len,
+            },
+            "resolved": run.resolved,
+        }
+        self.metrics = None
+        if ranks.is_main:
+            run.out.mkdir(parents=True, exist_ok=True)
+            (run.out / "config.toml").write_text(cfg.to_toml())
+            self.metrics = MetricsLog(run.out / "metrics.jsonl", truncate_to=metrics_bytes)
+            write_json(self.path, self.info)
+
+    def rate(self, steps: int, seconds: float) -> float:
+        """Record the tokens/s of ``steps`` steps in ``seconds``; the latest rate."""
+        if seconds > 0:
+            self.rates.append(steps * self.run.tokens_per_step / seconds)
+        return self.rates[-1] if self.rates else 0.0
+
+    def mfu(self, tokens_per_s: float) -> float:
+        return tokens_per_s * self.flops_per_token / self.peak_total
+
+    def write(self, record: dict) -> None:
+        if self.metrics is not None:
+            self.metrics.write(record)
+
+    def finish(self, status: str, step: int, wall_s: float, val_loss: float | None) -> dict:
+        if self.metrics is None:
+            return self.info
+        self.metrics.close()
+        tokens_per_s = statistics.median(self.rates) if self.rates else 0.0
+        prog = self.run.sampler.progress(step)
+        self.info.update(
+            status=status,
+            tokens_per_s=tokens_per_s,
+            mfu=self.mfu(tokens_per_s),
+            final={
+                "step": step,
+                "tokens": prog["tokens"],
+                "unique_tokens": prog["unique_tokens"],
+                "wall_s": wall_s,
+                "val_loss": val_loss,
+            },
+        )
+        write_json(self.path, self.info)
+        return read_json(self.path)
+
+
+class Evaluator:
+    """Mean loss over the fixed validation windows, shared out over the ranks in chunks of
+    the micro-batch."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.tokens = read_windows(run.data.val, np.arange(run.val_windows), run.cfg.model.seq_len)
+
+    @torch.no_grad()
+    def __call__(self, model: GPT) -> float:
+        run, ranks, per_rank = self.run, self.run.ranks, self.run.per_rank
+        model.eval()
+        mine = self.tokens[ranks.rank :: ranks.world_size]
+        chunks = math.ceil(math.ceil(run.val_windows / ranks.world_size) / per_rank)
+        total = torch.zeros(2, dtype=torch.float64, device=run.device)
+        for i in range(chunks):
+            chunk = mine[i * per_rank : (i + 1) * per_rank]
+            # A rank short of windows still runs a forward pass, weighted 0, because FSDP's
+            # parameter gathers need every rank.
+            x = (chunk if len(chunk) else self.tokens[:1]).to(run.device)
+            with autocast(run.cfg.train.dtype, run.device):
+                loss = model(x[:, :-1], x[:, 1:])
+            total[0] += loss.double() * len(chunk)
+            total[1] += len(chunk)
+        ranks.sum_(total)
+        model.train()
+        return (total[0] / total[1]).item()
+
+
+def warm_up(run: Run, train_model, optimizer, start_step: int) -> None:
+    """Untimed: one forward/backward on the first batch (allocations, compilation), gradients
+    discarded and the random state re-seeded afterwards, so results don't change."""
+    if start_step < run.max_steps:  # not when resuming a finished run
+        run.seed_step(start_step)
+        micro = run.batch(start_step)[0].to(run.device)
+        micro_step(train_model, micro, 1, run.cfg.train.dtype, last=True)
+        optimizer.zero_grad(set_to_none=True)
+
+
+class StopSignals:
+    """SIGINT/SIGTERM are noted (``signum``), not raised, while the block runs."""
+
+    def __enter__(self):
+        self.signum = 0
+        self._old = {s: signal.signal(s, self._note) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _note(self, signum, _frame) -> None:
+        self.signum = self.signum or signum
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+# ---------------------------------------------------------------------------------------
+# The loop
+
+
+def log_line(run: Run, record: RunRecord, meter: LossMeter, step: int, lr: float, wall: float):
+    """The metrics line of ``step`` (without evaluation); raises on a non-finite loss."""
+    train_loss = meter.take(run.ranks)
+    if not math.isfinite(train_loss):
+        raise UserError(
+            f"the training loss became {train_loss} at step {step}; lower the learning rate "
+            f"(now {run.cfg.optim.lr:g}) and start again (checkpoints before it are in "
+            f"{run.out / 'checkpoints'})."
+        )
+    line = {"kind": "train", "step": step, **run.sampler.progress(step), "lr": lr}
+    line.update(train_loss=train_loss, wall_s=wall)
+    line["flops"] = line["tokens"] * record.flops_per_token
+    return line
+
+
+def show(progress: Progress, run: Run, record: RunRecord, line: dict, rate: float, final: bool):
+    steps, step, wall = run.steps, line["step"], line["wall_s"]
+    left = (steps - step) * run.tokens_per_step / rate if steps and rate else None
+    left = run.cfg.train.time_s - wall if steps is None else left
+    progress.update(step, steps, line["train_loss"], rate, left, record.mfu(rate), final)
 
 
 def train(
@@ -200,322 +524,68 @@ def train(
 
     ``until_step`` pauses the run there: a checkpoint is written and run.json says "paused";
     ``resume=True`` later continues it exactly (the schedule is the whole run's). Runs that
-    are compared by wall-clock train this way in interleaved segments.
-    Under torchrun every rank calls this; rank 0 alone reads and writes ``out``.
+    are compared by wall-clock train this way in interleaved segments. ``cfg`` is not
+    changed; what was resolved is in run.json's "resolved". Under torchrun every rank calls
+    this; rank 0 alone reads and writes ``out``.
     """
-    out = Path(out)
-    auto_kind = "cuda" if torch.cuda.is_available() else "cpu"
-    ranks = init_distributed(auto_kind if cfg.train.device == "auto" else cfg.train.device)
-    cfg = ranks.from_main(lambda: resolve_config(cfg, out, resume, overrides or {}))
-    validate(cfg)
-    m, t = cfg.model, cfg.train
-    device = pick_device(t.device, ranks)
-    # Rank 0 decides (on CPU by measuring, which ranks sharing cores must not do at once);
-    # config.toml records what ran, not "auto".
-    t.dtype = ranks.from_main(lambda: pick_dtype(t.dtype, device))
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # float32 matmuls on TF32 tensor cores
-    if not cfg.data.path:
-        raise UserError("no dataset given; pass --data DATA_DIR (made by `oneepoch prepare`).")
-    # Rank 0 re-hashes the shards (and reports a mismatch to all); the others check sizes.
-    ranks.from_main(lambda: open_dataset(cfg.data.path, verify_checksums=True).path)
-    data = open_dataset(cfg.data.path, verify_checksums=False)
-    if m.vocab_size and m.vocab_size != data.vocab_size:
-        raise UserError(
-            f"the config's vocab_size ({m.vocab_size}) does not match the dataset's tokenizer "
-            f"({data.vocab_size}); remove vocab_size from the config or use the matching dataset."
-        )
-    m.vocab_size = data.vocab_size
-    steps = total_steps(cfg)
-    sampler = make_sampler(cfg, data, steps)
-    micro = t.batch_size // t.grad_accum
-    if micro % ranks.world_size:
-        raise UserError(
-            f"the micro-batch ({t.batch_size} / grad_accum {t.grad_accum} = {micro}) must divide "
-            f"evenly over {ranks.world_size} ranks; change --batch-size or --grad-accum."
-        )
-    per_rank = micro // ranks.world_size
-    val_windows = min(
-        max(1, t.eval_tokens // m.seq_len), num_windows(data.val.num_tokens, m.seq_len)
-    )
-    if val_windows < 1:
-        raise UserError(
-            f"the validation split has fewer than {m.seq_len + 1} tokens; prepare with a larger validation split."
-        )
-
-    shape = Shape(m.n_layer, m.n_head, m.d_model, m.seq_len, m.vocab_size)
-    flops_per_token = train_flops_per_token(shape)
-    eval_every = t.eval_every or (max(1, steps // 20) if steps else 100)
-    ckpt_every = t.checkpoint_every or (max(1, steps // 10) if steps else 500)
-    eval_steps = log_spaced_steps(steps or 10**9)
-    tokens_per_step = t.batch_size * m.seq_len
-
-    torch.manual_seed(t.seed)
-    model = GPT(m).to(device)
-    train_model = parallelize(model, t.parallel, t.compile, device, ranks)
-    optimizer = build_optimizer(model, cfg, device)  # after FSDP has sharded the parameters
-    start_step, clock_s, metrics_offset = 0, 0.0, None
-    # Training-loss accounting: `acc` sums this rank's per-step losses on the device (no sync
-    # per step); at each log line its mean over ranks is folded into loss_sum.
-    loss_sum, loss_count, acc, acc_steps = 0.0, 0, torch.zeros((), device=device), 0
-    ckpt_root = out / "checkpoints"
-    tensors: list[dict] = [{}, {}]  # model and optimizer state, read by rank 0 only
-
-    def read_checkpoint() -> dict | None:
-        last = checkpoint.latest(ckpt_root) if resume else None
-        if last is None:
-            return None
-        tensors[0], state = checkpoint.load(last)
-        if state["tokenizer_sha256"] != data.tokenizer_sha256:
-            raise UserError(
-                f"{cfg.data.path} was made with a different tokenizer than the run in {out}; "
-                "resume with the dataset the run started on."
-            )
-        tensors[1] = state.pop("optimizer")
-        return state
-
-    state = ranks.from_main(read_checkpoint)
-    if state is not None:
-        load_full_state(model, optimizer, tensors[0], tensors[1], ranks)
-        start_step, clock_s, metrics_offset = state["step"], state["wall_s"], state["metrics_bytes"]
-        loss_sum, loss_count, acc_steps = state["loss_sum"], state["loss_count"], state["acc_steps"]
-        acc = state["acc"].to(device)
-    elif resume:
-        metrics_offset = 0  # killed before the first checkpoint: start over
-    tensors.clear()  # free rank 0's copy
-
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16)
-        if t.dtype == "bfloat16"
-        else contextlib.nullcontext()
-    )
-    # Measured by rank 0 alone (the others would compete for the same cores), then shared.
-    peak = ranks.from_main(lambda: {**peak_flops(device, t.dtype), "devices": ranks.world_size})
-    peak_total = peak["value"] * ranks.world_size
-    run_info = {
-        "oneepoch_version": __version__,
-        "torch_version": torch.__version__,
-        "python": sys.version.split()[0],
-        "status": "running",
-        "hardware": hardware_info(device, ranks.world_size),
-        "dtype": t.dtype,
-        "compile": t.compile,
-        "parallel": t.parallel if ranks.active else "none",
-        "params": param_counts(shape),
-        "flops_per_token": flops_per_token,
-        "peak_flops": peak,
-        "sampler": {"kind": sampler.kind, "pool_windows": sampler.pool, "epochs": cfg.data.epochs},
-        "data": {
-            "path": str(Path(cfg.data.path).resolve()),
-            "tokenizer_sha256": data.tokenizer_sha256,
-            "vocab_size": data.vocab_size,
-            "train_tokens": data.train.num_tokens,
-            "val_tokens_evaluated": val_windows * m.seq_len,
-        },
-    }
-    if ranks.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.toml").write_text(cfg.to_toml())
-        metrics = MetricsLog(out / "metrics.jsonl", truncate_to=metrics_offset)
-        write_json(out / "run.json", run_info)
-
-    val_tokens = read_windows(data.val, np.arange(val_windows), m.seq_len)
-
-    @torch.no_grad()
-    def evaluate() -> float:
-        """Mean loss over the fixed validation windows, shared out over the ranks."""
-        model.eval()
-        mine = val_tokens[ranks.rank :: ranks.world_size]
-        chunks = math.ceil(math.ceil(val_windows / ranks.world_size) / per_rank)
-        total = torch.zeros(2, dtype=torch.float64, device=device)
-        for i in range(chunks):
-            chunk = mine[i * per_rank : (i + 1) * per_rank]
-            # A rank short of windows still runs a forward pass, weighted 0, because FSDP's
-            # parameter gathers need every rank.
-            x = (chunk if len(chunk) else val_tokens[:1]).to(device)
-            with autocast:
-                loss = model(x[:, :-1], x[:, 1:])
-            total[0] += loss.double() * len(chunk)
-            total[1] += len(chunk)
-        ranks.sum_(total)
-        model.train()
-        return (total[0] / total[1]).item()
-
-    def step_batch(step: int) -> torch.Tensor:
-        """This rank's (grad_accum, per_rank, seq_len + 1) share of the global batch."""
-        windows = sampler.windows(step)
-        mine = windows.reshape(t.grad_accum, ranks.world_size, per_rank)[:, ranks.rank]
-        return read_windows(data.train, mine.reshape(-1), m.seq_len).view(
-            t.grad_accum, per_rank, -1
-        )
-
-    def train_step(batch: torch.Tensor, lr: float) -> torch.Tensor:
-        """One optimizer step; returns the mean loss of this rank's share, on the device."""
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch = batch.to(device, non_blocking=True)
-        total = torch.zeros((), device=device)
-        for k in range(t.grad_accum):
-            with grad_sync(train_model, k == t.grad_accum - 1), autocast:
-                loss = train_model(batch[k, :, :-1], batch[k, :, 1:]) / t.grad_accum
-                loss.backward()
-            total += loss.detach()
-        if cfg.optim.grad_clip > 0:
-            clip_grad_norm_(model, cfg.optim.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return total
-
-    def seed_step(step: int) -> None:
-        # Dropout masks become a function of (seed, step, rank): nothing to save for resume.
-        torch.manual_seed((t.seed * 1_000_003 + step) * 1009 + ranks.rank)
-
-    def save_checkpoint(step: int) -> None:
-        # Every rank takes part (FSDP gathers the shards); rank 0 writes.
-        model_state, optim_state = full_state(model, optimizer)
-        acc_mean = ranks.mean(acc).cpu()
-        if ranks.is_main:
-            metrics.sync()
-            checkpoint.save(
-                ckpt_root,
-                step,
-                model_state,
-                {
-                    "step": step,
-                    "wall_s": clock.elapsed,
-                    "optimizer": optim_state,
-                    "loss_sum": loss_sum,
-                    "loss_count": loss_count,
-                    "acc": acc_mean,
-                    "acc_steps": acc_steps,
-                    "metrics_bytes": metrics.offset(),
-                    "tokenizer_sha256": data.tokenizer_sha256,
-                    "config": cfg.to_dict(),
-                    "world_size": ranks.world_size,
-                },
-                keep=t.keep_checkpoints,
-            )
-        ranks.barrier()  # nobody leaves (e.g. on a signal) before the checkpoint is complete
-
-    # Untimed warm-up: one forward/backward on the first batch (allocations, compilation),
-    # gradients discarded and the random state re-seeded afterwards, so results don't change.
-    if start_step < (steps or sampler.max_steps):  # not when resuming a finished run
-        seed_step(start_step)
-        warm = step_batch(start_step)[0].to(device)
-        with autocast:
-            train_model(warm[:, :-1], warm[:, 1:]).backward()
-        optimizer.zero_grad(set_to_none=True)
-
-    stop_signal: list[int] = []
-
-    def on_signal(signum, _frame):
-        stop_signal.append(signum)
-
-    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    run = setup(cfg, Path(out), resume, overrides or {})
+    t, ranks, steps = run.cfg.train, run.ranks, run.steps
+    model, train_model, optimizer = build_model(run)
+    meter = LossMeter(run.device)
+    start = restore(run, model, optimizer, meter, resume)
+    record, evaluate = RunRecord(run, start.metrics_bytes), Evaluator(run)
+    warm_up(run, train_model, optimizer, start.step)
     progress = Progress(enabled=show_progress and ranks.is_main)
-    clock = TrainClock(device, clock_s)
-    batches = Prefetcher(step_batch, steps or sampler.max_steps, device)
-    rates: list[float] = []
-    last_log_step, last_log_wall, last_val = start_step, clock_s, None
-    step, elapsed, status = start_step, clock_s, "failed"
+    clock = TrainClock(run.device, start.wall_s)
+    batches = Prefetcher(run.batch, run.max_steps, run.device)
+    last_step, last_wall, last_val = start.step, start.wall_s, None
+    step, elapsed, status = start.step, start.wall_s, "failed"
     is_final = steps is not None and step >= steps
+    step_kw = {"device": run.device, "dtype": t.dtype, "grad_clip": run.cfg.optim.grad_clip}
     try:
-        clock.start()
-        while (steps is None or step < steps) and (until_step is None or step < until_step):
-            lr = lr_at(cfg.optim, step, steps, None if steps else elapsed / t.time_s)
-            seed_step(step)
-            acc += train_step(batches.get(step), lr)
-            acc_steps += 1
-            step += 1
-            # Host-side only (a gloo exchange under torchrun, nothing on one process): every
-            # rank stops at the same step, and sees the same clock.
-            signum, elapsed = ranks.agree(stop_signal[0] if stop_signal else 0, clock.now())
-            is_final = step == steps or (
-                steps is None and (elapsed >= t.time_s or step >= sampler.max_steps)
-            )
-            pause = not is_final and until_step is not None and step >= until_step
-            do_eval = is_final or step in eval_steps or step % eval_every == 0
-            do_log = do_eval or step % t.log_every == 0
-            do_ckpt = step % ckpt_every == 0 or is_final or pause
-            if not (do_log or do_ckpt or signum):
-                continue
-            wall = clock.stop()
-            if do_log:
-                mean_acc = ranks.mean(acc)
-                loss_sum, loss_count = loss_sum + mean_acc.item(), loss_count + acc_steps  # sync
-                acc.zero_()
-                acc_steps = 0
-                train_loss = loss_sum / loss_count
-                if not math.isfinite(train_loss):
-                    raise UserError(
-                        f"the training loss became {train_loss} at step {step}; lower --lr "
-                        f"(now {cfg.optim.lr:g}) and start again (checkpoints before it are in "
-                        f"{ckpt_root})."
-                    )
-                record = {
-                    "kind": "train",
-                    "step": step,
-                    **sampler.progress(step),
-                    "lr": lr,
-                    "train_loss": train_loss,
-                    "wall_s": wall,
-                }
-                record["flops"] = record["tokens"] * flops_per_token
-                if wall > last_log_wall:
-                    rates.append((step - last_log_step) * tokens_per_step / (wall - last_log_wall))
-                if do_eval:
-                    last_val = evaluate()
-                    record.update(kind="eval", val_loss=last_val)
-                    progress.last_val = last_val
-                if ranks.is_main:
-                    metrics.write(record)
-                loss_sum, loss_count = 0.0, 0
-                last_log_step, last_log_wall = step, wall
-                rate = rates[-1] if rates else 0.0
-                remaining = (steps - step) * tokens_per_step / rate if steps and rate else None
-                if steps is None:
-                    remaining = t.time_s - wall
-                mfu = rate * flops_per_token / peak_total
-                progress.update(step, steps, train_loss, rate, remaining, mfu, force=is_final)
-            if do_ckpt or (signum and not is_final):
-                save_checkpoint(step)
-            if is_final or pause:
-                break
-            if signum:
-                raise Interrupted(signum, step, "")
+        with StopSignals() as stop:
             clock.start()
-        clock.stop()
+            while (steps is None or step < steps) and (until_step is None or step < until_step):
+                lr = lr_at(run.cfg.optim, step, steps, None if steps else elapsed / t.time_s)
+                run.seed_step(step)
+                batch = batches.get(step)
+                meter.add(train_step(model, train_model, optimizer, batch, lr, **step_kw))
+                step += 1
+                # Host-side only (a gloo exchange under torchrun, nothing on one process):
+                # every rank stops at the same step, and sees the same clock.
+                signum, elapsed = ranks.agree(stop.signum, clock.now())
+                is_final = run.is_final(step, elapsed)
+                pause = not is_final and until_step is not None and step >= until_step
+                do_eval = run.cadence.evaluates(step, is_final)
+                do_log = do_eval or step % t.log_every == 0
+                if not (do_log or run.cadence.checkpoints(step, is_final or pause) or signum):
+                    continue
+                wall = clock.stop()
+                if do_log:
+                    line = log_line(run, record, meter, step, lr, wall)
+                    rate = record.rate(step - last_step, wall - last_wall)
+                    if do_eval:
+                        line.update(kind="eval", val_loss=(last_val := evaluate(model)))
+                        progress.last_val = last_val
+                    record.write(line)
+                    last_step, last_wall = step, wall
+                    show(progress, run, record, line, rate, is_final)
+                if run.cadence.checkpoints(step, is_final or pause) or (signum and not is_final):
+                    save_checkpoint(run, model, optimizer, meter, record, step, clock.elapsed)
+                if is_final or pause:
+                    break
+                if signum:
+                    raise Interrupted(signum, step, run.out, run.cfg.data.path)
+                clock.start()
+            clock.stop()
         status = "completed" if is_final else "paused"
-    except Interrupted as exc:
+    except Interrupted:
         status = "interrupted"
-        name = signal.Signals(exc.signum).name
-        exc.args = (
-            f"{name} at step {exc.step}: checkpoint written; continue with "
-            f"`oneepoch train --data {cfg.data.path} --out {out} --resume`",
-        )
         raise
     finally:
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
         progress.close()
         batches.close()
-        if ranks.is_main:
-            metrics.close()
-            tokens_per_s = statistics.median(rates) if rates else 0.0
-            prog = sampler.progress(step)
-            run_info.update(
-                status=status,
-                tokens_per_s=tokens_per_s,
-                mfu=tokens_per_s * flops_per_token / peak_total,
-                final={
-                    "step": step,
-                    "tokens": prog["tokens"],
-                    "unique_tokens": prog["unique_tokens"],
-                    "wall_s": clock.elapsed,
-                    "val_loss": last_val,
-                },
-            )
-            write_json(out / "run.json", run_info)
+        info = record.finish(status, step, clock.elapsed, last_val)
         if status != "failed":  # after a failure a peer may be gone: just exit
             ranks.close()
-    return read_json(out / "run.json") if ranks.is_main else run_info
+    return info

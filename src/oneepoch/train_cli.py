@@ -2,117 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
+from oneepoch.cliflags import CONFIG_FLAGS, add_config_flags, flag_help, print_json
 from oneepoch.errors import UserError
 
-# flag -> (section, key, type, help). Flags override --config, which overrides defaults.
+# (flag, section, key, help) of every setting train takes; flags override --config, which
+# overrides the defaults (oneepoch.config).
 TRAIN_FLAGS = [
-    ("--n-layer", "model", "n_layer", int, "transformer blocks (default 2)"),
-    ("--n-head", "model", "n_head", int, "attention heads; must divide --d-model (default 2)"),
-    ("--d-model", "model", "d_model", int, "residual stream width (default 128)"),
-    ("--seq-len", "model", "seq_len", int, "context length in tokens (default 128)"),
-    (
-        "--dropout",
-        "model",
-        "dropout",
-        float,
-        "dropout probability (default 0: one epoch needs none)",
-    ),
-    (
-        "--epochs",
-        "data",
-        "epochs",
-        float,
-        "1 (default): one pass, no window twice. E > 1: the multi-epoch baseline, repeating the "
-        "first budget/E tokens E times, reshuffled each epoch",
-    ),
-    (
-        "--batch-size",
-        "train",
-        "batch_size",
-        int,
-        "sequences per optimizer step, summed over ranks and accumulation (default 16)",
-    ),
-    ("--grad-accum", "train", "grad_accum", int, "micro-batches per step (default 1)"),
-    ("--lr", "optim", "lr", float, "peak learning rate (default 2e-3)"),
-    (
-        "--min-lr-ratio",
-        "optim",
-        "min_lr_ratio",
-        float,
-        "final LR as a fraction of the peak (default 0.1)",
-    ),
-    (
-        "--warmup-steps",
-        "optim",
-        "warmup_steps",
-        int,
-        "linear warm-up steps (default: 2%% of the run)",
-    ),
-    (
-        "--schedule",
-        "optim",
-        "schedule",
-        str,
-        "LR after warm-up: cosine (default), linear or constant",
-    ),
-    (
-        "--weight-decay",
-        "optim",
-        "weight_decay",
-        float,
-        "AdamW decay of weight matrices (default 0.1)",
-    ),
-    (
-        "--grad-clip",
-        "optim",
-        "grad_clip",
-        float,
-        "clip the gradient norm to this; 0 disables (default 1)",
-    ),
-    ("--seed", "train", "seed", int, "seed of initialisation and data order (default 0)"),
-    (
-        "--eval-every",
-        "train",
-        "eval_every",
-        int,
-        "also evaluate every N steps (default: ~20 evaluations a run, plus log-spaced early ones)",
-    ),
-    (
-        "--eval-tokens",
-        "train",
-        "eval_tokens",
-        int,
-        "validation tokens, the same ones at every evaluation (default 32768)",
-    ),
-    ("--log-every", "train", "log_every", int, "write a metrics line every N steps (default 10)"),
-    (
-        "--checkpoint-every",
-        "train",
-        "checkpoint_every",
-        int,
-        "checkpoint every N steps (default: ~10 a run)",
-    ),
-    (
-        "--dtype",
-        "train",
-        "dtype",
-        str,
-        "auto (default: bf16 autocast on GPUs with bf16 tensor cores and on CPUs whose "
-        "measured bf16 matmuls beat fp32, as with AMX; else float32), float32 or bfloat16",
-    ),
-    ("--device", "train", "device", str, "auto (default), cpu or cuda"),
-    (
-        "--parallel",
-        "train",
-        "parallel",
-        str,
-        "under torchrun: ddp (default; a model replica per process) or fsdp (FSDP2: parameters, "
-        "gradients and optimizer state sharded over processes, for models too big for one device)",
-    ),
+    (flag, *setting.split("."), flag_help(flag)) for flag, (setting, _) in CONFIG_FLAGS.items()
 ]
 
 
@@ -135,8 +34,7 @@ def register(subparsers) -> None:
     budget.add_argument("--tokens", help="training tokens to process, e.g. 2M or 2e6")
     budget.add_argument("--steps", type=int, help="optimizer steps")
     budget.add_argument("--time", help="training wall-clock, e.g. 600, 90s, 20min, 1h")
-    for flag, _section, key, kind, text in TRAIN_FLAGS:
-        p.add_argument(flag, dest=key, type=kind, default=None, help=text)
+    add_config_flags(p, CONFIG_FLAGS, overrides=True)
     p.add_argument(
         "--compile",
         action="store_true",
@@ -174,7 +72,7 @@ def overrides_from_args(args) -> dict:
     from oneepoch.units import parse_count, parse_duration
 
     out: dict[str, dict] = {}
-    for _flag, section, key, _kind, _text in TRAIN_FLAGS:
+    for _flag, section, key, _text in TRAIN_FLAGS:
         value = getattr(args, key)
         if value is not None:
             out.setdefault(section, {})[key] = value
@@ -182,11 +80,9 @@ def overrides_from_args(args) -> dict:
         out.setdefault("train", {})["compile"] = True
     if args.data:
         out.setdefault("data", {})["path"] = args.data
-    given = [b for b in ("tokens", "steps", "time") if getattr(args, b) is not None]
-    if len(given) > 1:
-        raise UserError("give exactly one budget: --tokens, --steps or --time, not several.")
-    if given:
-        # A budget on the command line replaces whatever budget the config file had.
+    if any(getattr(args, b) is not None for b in ("tokens", "steps", "time")):
+        # A budget on the command line replaces whatever budget the config file had (that
+        # exactly one is given is checked once, with the rest of the config: config.validate).
         out.setdefault("train", {}).update(
             steps=args.steps or 0,
             tokens=parse_count(args.tokens, "token count") if args.tokens is not None else 0,
@@ -215,9 +111,7 @@ def run_train(args) -> int:
             until_step=args.until_step,
         )
     except Interrupted as exc:
-        if is_main:
-            print(str(exc), file=sys.stderr)
-        return 128 + exc.signum
+        return interrupted_exit(exc, is_main)
     except UserError:
         if is_main:
             raise  # printed once, by the CLI
@@ -225,7 +119,7 @@ def run_train(args) -> int:
     if not is_main:
         return 0  # under torchrun rank 0 speaks for the run
     if args.json:
-        print(json.dumps(info, indent=2))
+        print_json(info)
     else:
         final = info.get("final", {})
         val = final.get("val_loss")
@@ -237,6 +131,16 @@ def run_train(args) -> int:
             else f"done -> {args.out}"
         )
     return 0
+
+
+def interrupted_exit(exc, is_main: bool = True) -> int:
+    """Say how to continue an interrupted run; the exit status is 128 + the signal."""
+    if is_main:
+        print(
+            f"{exc}; continue with `oneepoch train --data {exc.data} --out {exc.out} --resume`",
+            file=sys.stderr,
+        )
+    return 128 + exc.signum
 
 
 def run_sample(args) -> int:

@@ -1,10 +1,13 @@
 """Training throughput on this machine: measured with the trainer's own pieces, cached.
 
-A measurement builds the trainer's GPT and AdamW (``oneepoch.train.build_optimizer``), reads
-batches of windows with ``oneepoch.train.read_windows`` from an in-memory split, and times
-whole optimizer steps (forward, backward, gradient clipping, AdamW) for about a second after
-an untimed warm-up, in the dtype the run will use; then a few evaluation forward passes and
-one checkpoint write (``oneepoch.checkpoint.save``). Results are cached in
+A measurement builds the trainer's GPT and AdamW (``oneepoch.step.build_optimizer``), reads
+windows with ``oneepoch.step.read_windows`` from an in-memory split, and times the trainer's
+own step (``oneepoch.step``: forward, backward, gradient clipping, AdamW) on micro-batches,
+what a run executes between accumulation steps, after an untimed warm-up, in the dtype the
+run will use; a step's time is extrapolated from them (see ``measure_point``). Then a few
+evaluation forward passes and one checkpoint write (``oneepoch.checkpoint.save``). All the
+measuring of one plan takes at most ``MAX_CALIBRATION_S``; what is being measured is shown
+on a terminal. Results are cached in
 ``~/.cache/oneepoch/throughput.json`` (``$ONEEPOCH_CACHE`` moves it), keyed by device name,
 torch threads, torch version and dtype, then by shape and batch.
 
@@ -20,12 +23,14 @@ import math
 import os
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from oneepoch.config import DTYPES
 from oneepoch.flops import Shape, param_counts, train_flops_per_token
 
 PRIOR_PEAK_FRACTION = 0.35
@@ -35,6 +40,9 @@ PRIOR_DISK_BYTES_PER_S = 200e6
 CACHE_VERSION = 1
 NOISY_STEPS = 0.15  # step times varying more than this (std / mean): the machine was busy
 BUSY_CORES = 0.25  # other processes using more CPU than this while we measure: busy
+MEASURE_SECONDS = 1.0
+MIN_TIMED_TOKENS = 4096  # tokens of a timed micro-batch, when the micro-batch has as many  # timed seconds per measured shape and batch
+MAX_CALIBRATION_S = 30.0  # all measuring of one Calibration together, whatever the budget
 
 
 def cache_path() -> Path:
@@ -73,19 +81,26 @@ class Calibration:
         *,
         measure: bool = True,
         recalibrate: bool = False,
-        seconds: float = 1.0,
+        seconds: float = MEASURE_SECONDS,
         path: Path | None = None,
+        max_seconds: float = MAX_CALIBRATION_S,
+        verbose: bool | None = None,
     ):
         import torch
 
-        from oneepoch.hardware import device_name
-        from oneepoch.train import pick_dtype
+        from oneepoch.hardware import device_name, peak_is_known, pick_dtype
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        self.dtype = pick_dtype(dtype, self.device)
         self.allow_measure, self.seconds = measure, seconds
+        self.max_seconds, self._deadline = max_seconds, None
+        self.verbose = sys.stderr.isatty() if verbose is None else verbose
+        if dtype == "auto" and not all(
+            peak_is_known(self.device, d) for d in DTYPES if d != "auto"
+        ):
+            self.say(f"calibration: timing {self.device.type} matmuls to choose the dtype (once)")
+        self.dtype = pick_dtype(dtype, self.device)
         self.path = path or cache_path()
         self.machine = (
             f"{self.device.type}|{device_name(self.device)}|threads={torch.get_num_threads()}"
@@ -217,11 +232,31 @@ class Calibration:
     # -- measuring -----------------------------------------------------------------------
 
     def measure(self, shape: Shape, batch: int) -> Rate:
-        point = measure_point(shape, batch, self.device, self.dtype, self.seconds)
+        """Measure (shape, batch) and cache it, unless this calibration's time is spent:
+        then measuring stops and the rate is estimated from what was measured."""
         key = point_key(shape, batch)
+        now = time.perf_counter()
+        if self._deadline is None:
+            self._deadline = now + self.max_seconds
+        left = self._deadline - now
+        if left < 2 * self.seconds:
+            if self.allow_measure:
+                self.say(f"calibration: {self.max_seconds:g} s spent; the rest is estimated")
+            self.allow_measure = False
+            return self.rate(shape, batch)
+        self.say(f"calibration: timing {key} on {self.device.type} {self.dtype}", end=": ")
+        point = measure_point(
+            shape, batch, self.device, self.dtype, min(self.seconds, left / 3), self.say, left
+        )
+        self.say(f"{point['tokens_per_s']:,.0f} tokens/s")
         self.points[key] = point
         self._save()
         return self.rate(shape, batch)
+
+    def say(self, text: str, end: str = "\n") -> None:
+        """What is being measured, on a terminal (stderr): measuring takes seconds."""
+        if self.verbose:
+            print(text, end=end, file=sys.stderr, flush=True)
 
 
 class CpuShare:
@@ -269,22 +304,38 @@ def machine_busy(seconds: float = 0.0, share: CpuShare | None = None) -> bool:
         return False
 
 
-def measure_point(shape: Shape, batch: int, device, dtype: str, seconds: float = 1.0) -> dict:
-    """Time the trainer's training step, evaluation and checkpoint for one shape and batch."""
-    import contextlib
+def measure_point(
+    shape: Shape,
+    batch: int,
+    device,
+    dtype: str,
+    seconds: float = MEASURE_SECONDS,
+    say=None,
+    limit_s: float = MAX_CALIBRATION_S,
+) -> dict:
+    """Time the trainer's own step pieces for one shape and batch, in a few seconds.
 
+    A step is ``grad_accum`` micro-batches of forward and backward, then clipping and AdamW
+    (``oneepoch.step.train_step``). This times micro-batches, not whole steps: ``micro_step``
+    on n sequences, and ``train_step`` on one micro-batch of n (the same plus the update),
+    where n is the micro-batch, or, below it, a power of two of sequences: at least
+    ``MIN_TIMED_TOKENS`` tokens (fewer make a CPU's time per token up to twice as high),
+    more while that takes at most half of ``seconds``, fewer where the calibration's time
+    (``limit_s`` left) would not allow it. The micro-batch's time is the n sequences' scaled
+    in proportion. Then step = grad_accum x micro-batch + update. Evaluation forward passes
+    of n sequences are scaled the same way; the checkpoint is written once.
+    """
     import numpy as np
     import torch
 
     from oneepoch import checkpoint
-    from oneepoch.config import ModelConfig, RunConfig
+    from oneepoch.config import ModelConfig, OptimConfig
     from oneepoch.data.dataset import Split
     from oneepoch.model import GPT
     from oneepoch.plan.heuristics import grad_accum
-    from oneepoch.train import build_optimizer, read_windows
+    from oneepoch.step import autocast, build_optimizer, micro_step, read_windows, train_step
 
-    cfg = RunConfig()
-    cfg.model = ModelConfig(
+    model_cfg = ModelConfig(
         n_layer=shape.n_layer,
         n_head=shape.n_head,
         d_model=shape.d_model,
@@ -292,67 +343,80 @@ def measure_point(shape: Shape, batch: int, device, dtype: str, seconds: float =
         vocab_size=shape.vocab_size,
     )
     torch.manual_seed(0)
-    model = GPT(cfg.model).to(device)
-    optimizer = build_optimizer(model, cfg, device)
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16)
-        if dtype == "bfloat16"
-        else contextlib.nullcontext()
-    )
+    model = GPT(model_cfg).to(device)
+    optim = OptimConfig()
+    optimizer = build_optimizer(model, optim)
+    accum = grad_accum(batch, shape.seq_len, shape.vocab_size)
+    micro = batch // accum
     rng = np.random.default_rng(0)
-    n_windows = 4 * batch
+    n_windows = 4 * micro
     token_dtype = np.uint16 if shape.vocab_size <= 65535 else np.uint32
     split = Split(
         [rng.integers(0, shape.vocab_size, n_windows * shape.seq_len + 1).astype(token_dtype)]
     )
 
+    def windows(n: int) -> torch.Tensor:
+        return read_windows(split, rng.integers(0, n_windows, n), shape.seq_len).to(device)
+
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    accum = grad_accum(batch, shape.seq_len, shape.vocab_size)
+    def timed(fn, least: int, span: float) -> list[float]:
+        """Times of ``fn()``: at least ``least`` calls, more until ``span`` seconds pass."""
+        times, start = [], time.perf_counter()
+        while len(times) < least or time.perf_counter() - start < span:
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - t0)
+        return times
 
-    def train_step() -> None:
-        x = read_windows(split, rng.integers(0, n_windows, batch), shape.seq_len).to(device)
-        for group in optimizer.param_groups:
-            group["lr"] = 1e-4
-        for micro in x.view(accum, batch // accum, -1):
-            with autocast:
-                loss = model(micro[:, :-1], micro[:, 1:]) / accum
-                loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    kw = {"device": device, "dtype": dtype, "grad_clip": optim.grad_clip}
 
-    t0 = time.perf_counter()
-    train_step()  # untimed: allocations, kernel selection
-    sync()
-    slow = time.perf_counter() - t0 > seconds  # a big model: time fewer steps
-    if not slow:
-        train_step()
-        sync()
-    times, start, share = [], time.perf_counter(), CpuShare()
-    while True:
-        t0 = time.perf_counter()
-        train_step()
-        sync()
-        times.append(time.perf_counter() - t0)
-        if len(times) >= (2 if slow else 5) and time.perf_counter() - start >= seconds:
-            break
-    step_s = statistics.fmean(times)  # the mean: a run's wall-clock is a sum of steps
-    # Contended cores make step times erratic, even when the load average has not caught up.
-    busy = machine_busy(share=share) or statistics.pstdev(times) > NOISY_STEPS * step_s
+    # Untimed warm-up on a small micro-batch (allocations, kernel selection), then a probe
+    # that says how many sequences fit the time.
+    def fwd_bwd(x):
+        return lambda: micro_step(model, x, accum, dtype)
 
-    model.eval()  # the trainer evaluates in chunks of the micro-batch
-    x = read_windows(split, np.arange(batch // accum), shape.seq_len).to(device)
-    with torch.no_grad(), autocast:
-        model(x[:, :-1], x[:, 1:])
-        sync()
-        evals, start = 0, time.perf_counter()
-        while evals < 3 or time.perf_counter() - start < seconds / 2:
-            model(x[:, :-1], x[:, 1:]).item()
-            evals += 1
-        eval_s = (time.perf_counter() - start) / evals
+    n0 = min(micro, 4)
+    x = windows(n0)
+    timed(fwd_bwd(x), 1, 0)
+    per_sequence = statistics.fmean(timed(fwd_bwd(x), 1, 0)) / n0
+    # At least MIN_TIMED_TOKENS (below that a CPU's per-token time is up to twice as high),
+    # more while it fits the seconds, fewer if the calibration's time is running out.
+    n = n0
+    while n < micro and (
+        n * shape.seq_len < MIN_TIMED_TOKENS or 2 * n * per_sequence <= seconds / 2
+    ):
+        n *= 2
+    while n > n0 and 3 * n * per_sequence > limit_s:
+        n //= 2
+    x = windows(n)
+    if n > n0:
+        timed(fwd_bwd(x), 1, 0)  # warm at the new size
+    if say:
+        say(f"{n} of {micro} sequences of a micro-batch, {accum} micro-batches a step", end="; ")
+    least = 1 if n * per_sequence > seconds / 4 else 2
+    share = CpuShare()
+    micro_n = timed(fwd_bwd(x), least, seconds / 3)
+    whole = timed(
+        lambda: train_step(model, model, optimizer, x[None], 1e-4, **kw), least, seconds / 3
+    )
+    samples = [micro_n, whole]
+    t_n = statistics.fmean(micro_n)  # the mean: a run's wall-clock is a sum of steps
+    micro_s = t_n * micro / n  # from MIN_TIMED_TOKENS on, time per token is about flat
+    busy = machine_busy(share=share) or any(
+        statistics.pstdev(t) > NOISY_STEPS * statistics.fmean(t) for t in samples
+    )
+    update_s = max(0.0, statistics.fmean(whole) - t_n)
+    step_s = accum * micro_s + update_s
+    optimizer.zero_grad(set_to_none=True)
+
+    model.eval()  # the trainer evaluates in chunks of the micro-batch, scaled like training
+    with torch.no_grad(), autocast(dtype, device):
+        forward = timed(lambda: model(x[:, :-1], x[:, 1:]).item(), least, seconds / 6)
+    eval_s = statistics.fmean(forward) * micro_s / t_n * accum  # per batch, as the rates are
     model.train()
 
     with tempfile.TemporaryDirectory(prefix="oneepoch-calibrate-") as tmp:
@@ -364,7 +428,6 @@ def measure_point(shape: Shape, batch: int, device, dtype: str, seconds: float =
 
     tokens_per_step = batch * shape.seq_len
     fpt = train_flops_per_token(shape)
-    eval_s = eval_s * accum  # per batch of windows, as the rates are
     return {
         "batch": batch,
         "tokens_per_s": tokens_per_step / step_s,
@@ -373,7 +436,9 @@ def measure_point(shape: Shape, batch: int, device, dtype: str, seconds: float =
         "flops_per_step": fpt * tokens_per_step,
         "flops_per_s": fpt * tokens_per_step / step_s,
         "total_params": param_counts(shape)["total"],
-        "timed_steps": len(times),
+        "timed_steps": len(whole),
+        "timed_sequences": n,
+        "micro_batch": micro,
         "busy": busy,
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from oneepoch.errors import UserError
 from oneepoch.flops import Shape
+from oneepoch.plan.calibrate import MEASURE_SECONDS
 
 # Settings that decide the run's cost: a plan whose config differs did not make this run.
 _MATCH = {
@@ -44,7 +45,7 @@ def check_run(
     *,
     measure: bool = True,
     recalibrate: bool = False,
-    seconds: float = 1.0,
+    seconds: float = MEASURE_SECONDS,
 ) -> dict:
     """Predicted vs actual training wall-clock, elapsed time, tokens/s, evaluations, loss."""
     from oneepoch.config import RunConfig, load_toml

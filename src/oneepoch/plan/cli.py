@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
+from oneepoch.cliflags import add_config_flags, add_option, print_json
 from oneepoch.errors import UserError
+from oneepoch.plan.calibrate import MAX_CALIBRATION_S, MEASURE_SECONDS
+from oneepoch.plan.rules import TOKENS_PER_PARAM
 
 RULE_HELP = (
     "komatsuzaki (default: one epoch, --tokens-per-param tokens per parameter), chinchilla "
@@ -37,27 +39,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("--rule", default="komatsuzaki", help=f"the rule to follow: {RULE_HELP}")
     p.add_argument("--law", metavar="LAW.json", help="also show the rule fitted:LAW.json")
-    p.add_argument(
-        "--tokens-per-param",
-        type=float,
-        default=5.0,
-        metavar="R",
-        help="komatsuzaki's tokens per parameter (default 5)",
-    )
-    p.add_argument("--seq-len", type=int, default=128, help="context length (default 128)")
-    p.add_argument(
-        "--dtype",
-        default="auto",
-        help="auto (default: bf16 autocast where this machine is faster at it), float32 or "
-        "bfloat16, as for train; the plan records the resolved one",
-    )
-    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    p.add_argument(
-        "--eval-tokens",
-        type=int,
-        default=32768,
-        help="validation tokens per evaluation, as for train (default 32768)",
-    )
+    text = "komatsuzaki's tokens per parameter"
+    add_option(p, "--tokens-per-param", TOKENS_PER_PARAM, text, metavar="R")
+    add_config_flags(p, ["--seq-len", "--dtype", "--device", "--eval-tokens"])
     p.add_argument(
         "--fitted-params",
         choices=("non-embedding", "total"),
@@ -72,12 +56,8 @@ def register(subparsers) -> None:
         "--no-calibrate", action="store_true", help="measure nothing; use cached or estimated rates"
     )
     cal.add_argument("--recalibrate", action="store_true", help="ignore cached measurements")
-    cal.add_argument(
-        "--calibration-seconds",
-        type=float,
-        default=1.0,
-        help="timed seconds per measured shape (default 1)",
-    )
+    text = f"timed seconds per measured shape (all together at most {MAX_CALIBRATION_S:g})"
+    add_option(cal, "--calibration-seconds", MEASURE_SECONDS, text)
     chk = p.add_argument_group("after a run")
     chk.add_argument("--check", metavar="RUN_DIR", help="compare a run with its plan")
     chk.add_argument("--plan", metavar="FILE", help="the plan.json (default RUN_DIR/plan.json)")
@@ -153,17 +133,14 @@ def run_plan(args) -> int:
     if args.out:
         written = write_plan(args.out, plans, chosen, budget, corpus, settings, planner.calib)
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "chosen": chosen,
-                    "budget": {"kind": budget.kind, "value": budget.value, "text": budget.text},
-                    "rules": {name: p.to_json() for name, p in plans.items()},
-                    "calibration": planner.calib.machine,
-                    "plan_file": str(written[0]) if written else None,
-                },
-                indent=2,
-            )
+        print_json(
+            {
+                "chosen": chosen,
+                "budget": {"kind": budget.kind, "value": budget.value, "text": budget.text},
+                "rules": {name: p.to_json() for name, p in plans.items()},
+                "calibration": planner.calib.machine,
+                "plan_file": str(written[0]) if written else None,
+            }
         )
     else:
         print_plans(plans, chosen, budget, corpus, planner, written)
@@ -259,7 +236,7 @@ def run_check(args) -> int:
         seconds=args.calibration_seconds,
     )
     if args.json:
-        print(json.dumps(result, indent=2))
+        print_json(result)
         return 0
     print(
         f"run {result['run']} ({result['status']}, {result['steps']:,} steps) against "

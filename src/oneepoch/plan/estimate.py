@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from oneepoch.plan.calibrate import Rate
+from oneepoch.schedule import Cadence
 
 STARTUP_S = 3.0  # interpreter, torch import, dataset open: ~2.8 s on a 2-core reference machine
 CHECKSUM_BYTES_PER_S = 1e9  # the trainer re-hashes every shard when it opens the dataset
@@ -38,16 +39,12 @@ class Estimate:
 
 
 def evaluation_steps(steps: int, eval_every: int = 0) -> int:
-    """How many evaluations the trainer runs in a run of ``steps`` steps (as train.train)."""
-    from oneepoch.train import log_spaced_steps
-
-    every = eval_every or max(1, steps // 20)
-    return len(log_spaced_steps(steps) | set(range(every, steps + 1, every)) | {steps})
+    """How many evaluations the trainer runs in a run of ``steps`` steps."""
+    return Cadence(steps, eval_every).evaluations()
 
 
 def checkpoint_count(steps: int, checkpoint_every: int = 0) -> int:
-    every = checkpoint_every or max(1, steps // 10)
-    return len(set(range(every, steps + 1, every)) | {steps})
+    return Cadence(steps, checkpoint_every=checkpoint_every).checkpoint_count()
 
 
 def estimate_run(

@@ -15,13 +15,20 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from oneepoch.config import ModelConfig, TrainConfig
 from oneepoch.errors import UserError
 from oneepoch.flops import Shape, train_flops_per_token
 from oneepoch.plan.budget import Budget, format_seconds
 from oneepoch.plan.calibrate import Calibration
 from oneepoch.plan.estimate import Estimate, estimate_run
 from oneepoch.plan.heuristics import MIN_BATCH, MIN_STEPS, batch_size, learning_rate
-from oneepoch.plan.rules import MAX_EPOCHS, Allocation, RuleContext, solve_increasing
+from oneepoch.plan.rules import (
+    MAX_EPOCHS,
+    TOKENS_PER_PARAM,
+    Allocation,
+    RuleContext,
+    solve_increasing,
+)
 from oneepoch.plan.shapes import NEAR_EQUAL, Candidate, FlopsCurve, near_equal, smallest
 from oneepoch.sampler import num_windows
 
@@ -71,9 +78,9 @@ def corpus_from_data(path: str | Path) -> Corpus:
 class Settings:
     """What the planner holds fixed (dtype and device live in the calibration)."""
 
-    seq_len: int = 128
-    tokens_per_param: float = 5.0
-    eval_tokens: int = 32768  # the trainer's default
+    seq_len: int = ModelConfig.seq_len  # the trainer's defaults
+    tokens_per_param: float = TOKENS_PER_PARAM
+    eval_tokens: int = TrainConfig.eval_tokens
     fitted_count: str = "non_embedding"
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from oneepoch.errors import UserError
 
+TOKENS_PER_PARAM = 5.0  # Komatsuzaki's default: one epoch of 5 tokens per parameter
+
 PF_DAY = 1e15 * 86400  # FLOPs in a petaflop/s-day, Kaplan et al.'s compute unit
 MAX_EPOCHS = 60  # past ~4 R_D* (Muennighoff: R_D* = 15.4) repetition adds almost nothing
 
@@ -97,7 +99,7 @@ class Komatsuzaki(TokensPerParam):
 
     name = "komatsuzaki"
 
-    def __init__(self, tokens_per_param: float = 5.0):
+    def __init__(self, tokens_per_param: float = TOKENS_PER_PARAM):
         if not tokens_per_param > 0:
             raise UserError(f"--tokens-per-param must be positive, got {tokens_per_param}.")
         self.r = tokens_per_param
@@ -214,7 +216,9 @@ class Fitted(LawRule):
         )
 
 
-def make_rule(spec: str, tokens_per_param: float = 5.0, fitted_count: str = "non_embedding"):
+def make_rule(
+    spec: str, tokens_per_param: float = TOKENS_PER_PARAM, fitted_count: str = "non_embedding"
+):
     """A rule from its command-line name: komatsuzaki, chinchilla, kaplan, data-constrained,
     fitted:LAW.json."""
     if spec == "komatsuzaki":

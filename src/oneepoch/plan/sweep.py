@@ -11,10 +11,9 @@ follow the planner's heuristics. Rerunning skips completed runs and resumes unfi
 
 from __future__ import annotations
 
-import csv
-import sys
 from pathlib import Path
 
+from oneepoch.cliflags import add_config_flags, print_json
 from oneepoch.errors import UserError
 
 SIZE_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -42,27 +41,8 @@ def register_sweep(subparsers) -> None:
     )
     s.add_argument("--data", required=True, metavar="DATA_DIR")
     s.add_argument("--out", required=True, metavar="DIR", help="one run directory per grid point")
-    s.add_argument("--seq-len", type=int, default=128, help="context length (default 128)")
-    s.add_argument(
-        "--eval-tokens",
-        type=int,
-        default=32768,
-        help="validation tokens per evaluation (default 32768)",
-    )
-    s.add_argument("--dtype", default="auto", help="auto (default), float32 or bfloat16")
-    s.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    s.add_argument(
-        "--params",
-        choices=("non-embedding", "total"),
-        default="non-embedding",
-        help="parameter count in the CSV's params column (default non-embedding)",
-    )
-    s.add_argument(
-        "--loss",
-        choices=("final", "best"),
-        default="final",
-        help="final (default) or best validation loss",
-    )
+    add_config_flags(s, ["--seq-len", "--dtype", "--device", "--eval-tokens"])
+    add_sweep_csv_options(s)
     s.add_argument("--dry-run", action="store_true", help="print the grid, train nothing")
     s.add_argument("--no-calibrate", action="store_true", help="measure no throughput")
     s.add_argument("--quiet", action="store_true", help="no training progress display")
@@ -173,10 +153,11 @@ def run_sweep(args) -> int:
         print(f"{len(todo)} runs to train, about {format_seconds(total)} in all")
     if args.dry_run:
         if args.json:
-            print(_json(grid, None))
+            _json(grid, None)
         return 0
 
     from oneepoch.train import Interrupted, train
+    from oneepoch.train_cli import interrupted_exit
 
     for point in todo:
         cfg = run_config(point["plan"], corpus, settings, calib)
@@ -184,41 +165,56 @@ def run_sweep(args) -> int:
         try:
             train(cfg, run_dir, resume=point["action"] == "resume", show_progress=not args.quiet)
         except Interrupted as exc:
-            print(str(exc), file=sys.stderr)
-            return 128 + exc.signum
+            return interrupted_exit(exc)
         point["action"] = "trained"
 
     csv_path = write_csv(
         out, [out / pt["name"] for pt in grid if _status(out / pt["name"]) == "completed"], args
     )
     if args.json:
-        print(_json(grid, csv_path))
+        _json(grid, csv_path)
     else:
         print(f"written: {csv_path}; fit it with `oneepoch scaling fit --csv {csv_path}`")
     return 0
 
 
+def sweep_csv_command():
+    """The parser of `oneepoch scaling sweep-csv`, which the sweep's CSV is written by."""
+    import argparse
+
+    from oneepoch.analysis import cli as analysis_cli
+
+    root = argparse.ArgumentParser(add_help=False)
+    commands = root.add_subparsers()
+    analysis_cli.register(commands)
+    scaling = commands.choices["scaling"]
+    (actions,) = [a for a in scaling._actions if isinstance(a, argparse._SubParsersAction)]
+    return actions.choices["sweep-csv"]
+
+
+def add_sweep_csv_options(parser) -> None:
+    """--loss and --params, exactly as `oneepoch scaling sweep-csv` declares them."""
+    for action in sweep_csv_command()._actions:
+        if action.dest in ("loss", "params"):
+            parser._add_action(action)
+
+
 def write_csv(out: Path, run_dirs: list[Path], args) -> Path:
-    from oneepoch.analysis.runs import load_run
-    from oneepoch.analysis.scaling import SWEEP_COLUMNS, sweep_rows
+    """out/sweep.csv, as `oneepoch scaling sweep-csv RUN_DIR... --loss --params` prints it."""
+    import contextlib
 
     if not run_dirs:
         raise UserError("no run of the sweep completed, so there is no CSV to write.")
-    rows = sweep_rows(
-        [load_run(d) for d in run_dirs], loss=args.loss, params=args.params.replace("-", "_")
-    )
+    argv = [*map(str, run_dirs), "--loss", args.loss, "--params", args.params]
+    command = sweep_csv_command().parse_args(argv)
     path = out / "sweep.csv"
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=SWEEP_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+    with path.open("w", newline="") as fh, contextlib.redirect_stdout(fh):
+        command.func(command)
     return path
 
 
-def _json(grid: list[dict], csv_path: Path | None) -> str:
-    import json
-
-    return json.dumps(
+def _json(grid: list[dict], csv_path: Path | None) -> None:
+    print_json(
         {
             "runs": [
                 {
@@ -230,6 +226,5 @@ def _json(grid: list[dict], csv_path: Path | None) -> str:
                 for pt in grid
             ],
             "csv": str(csv_path) if csv_path else None,
-        },
-        indent=2,
+        }
     )
