@@ -308,6 +308,7 @@ def _exp4_blocks(exp4: list[dict], figs: dict, preset: dict) -> list[tuple]:
                 f"{b['per_seed'][0]['baseline_final_loss']:.4f}",
                 "1 (reference)",
                 "",
+                "",
             ]
         )
         for name, r in b["rules"].items():
@@ -324,13 +325,14 @@ def _exp4_blocks(exp4: list[dict], figs: dict, preset: dict) -> list[tuple]:
                     "",
                     _spread(s["wall_clock_speedup"]),
                     _spread(s["step_speedup"]),
+                    _spread(s["flop_speedup"]),
                 ]
             )
     return [
         ("h2", "Experiment 4: size and iterations for the budget"),
         (
             "p",
-            "At each compute budget (a fraction of experiment 1's), the baseline model trained one epoch for as many steps as the budget pays for, against the sizes the allocation rules choose at the same compute, one epoch each. The baseline is experiment 1's model: the size a practitioner would train for many epochs on this data; at one epoch it sees about one token per parameter, far from both rules' ratios, the situation the paper's adjustment addresses. Speedup: the baseline's wall-clock to its final loss over the rule's run's wall-clock to the same loss (below 1: the rule's run is slower, or never got there).",
+            "At each compute budget (a fraction of experiment 1's), the baseline model trained one epoch for as many steps as the budget pays for, against the sizes the allocation rules choose at the same compute, one epoch each. The baseline is experiment 1's model: the size a practitioner would train for many epochs on this data; at one epoch it sees about one token per parameter, far from both rules' ratios, the situation the paper's adjustment addresses. Speedup: the baseline's wall-clock to its final loss over the rule's run's wall-clock to the same loss (below 1: the rule's run is slower, or never got there). The FLOP speedup beside it is what the rules optimise; where it exceeds the wall-clock speedup, the smaller model ran at a lower share of the machine's peak (small matmuls, the output head and per-step overheads weigh more).",
         ),
         (
             "img",
@@ -348,6 +350,7 @@ def _exp4_blocks(exp4: list[dict], figs: dict, preset: dict) -> list[tuple]:
                 "baseline final",
                 "wall-clock speedup",
                 "step speedup",
+                "FLOP speedup",
             ],
             rows,
         ),
