@@ -26,13 +26,14 @@ def _pyplot():
 def _plain_log_ticks(ax, axis: str = "y") -> None:
     """Plain-number labels: at 1, 2, 5 per decade where the axis spans decades, denser on a
     narrow axis (a loss axis from 4 to 8 would otherwise carry no label at all)."""
-    from matplotlib.ticker import FuncFormatter, LogLocator
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator
 
     target = ax.yaxis if axis == "y" else ax.xaxis
     lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
-    wide = lo > 0 and hi / lo > 20
-    subs = (1.0, 2.0, 5.0) if wide else (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
-    target.set_major_locator(LogLocator(base=10, subs=subs))
+    if lo > 0 and hi / lo > 20:
+        target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    else:  # under a decade and a half: evenly spaced plain numbers
+        target.set_major_locator(FixedLocator(MaxNLocator(7).tick_values(lo, hi)))
     target.set_minor_locator(LogLocator(base=10, subs=np.arange(1, 10)))
     target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     target.set_minor_formatter(FuncFormatter(lambda v, _: ""))
@@ -106,15 +107,18 @@ def _role_label(role: str, x: dict) -> str:
     return f"{x['epochs']:g} epochs + dropout"
 
 
-def _loss_limits(out: Path, seed: int, keys) -> tuple[float, float]:
+def _loss_limits(out: Path, seed: int, keys, from_share: float = 0.0) -> tuple[float, float]:
+    """Frame where the runs differ: the first evaluations sit at the unigram plateau, and
+    with ``from_share`` only the last part of each run sets the top."""
     vals = []
     for key in keys:
         run = load_run(out / "runs" / f"seed{seed}" / key)
-        vals.append(run.evals["val_loss"])
+        late = run.evals["step"] >= from_share * run.evals["step"].max()
+        vals.append(run.evals["val_loss"][late])
         tl = run.lines["train_loss"]
-        vals.append(tl[np.isfinite(tl)])
+        late = run.lines["step"] >= from_share * run.lines["step"].max()
+        vals.append(tl[np.isfinite(tl) & late])
     v = np.concatenate(vals)
-    # The first evaluations sit at the unigram plateau; frame where the runs differ.
     return float(v.min()) * 0.97, float(np.quantile(v, 0.97)) * 1.03
 
 
@@ -139,7 +143,14 @@ def exp2_curves(out: Path, exp2_runs: dict, seed: int, path: Path) -> Path:
     ax.plot([], [], color="gray", ls="--", lw=0.8, label="training loss (dashed)")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_ylim(*_loss_limits(out, seed, exp2_runs.values()))
+    ax.set_ylim(*_loss_limits(out, seed, exp2_runs.values(), from_share=0.1))
+    ax.set_xlim(
+        left=0.08
+        * max(
+            load_run(out / "runs" / f"seed{seed}" / k).evals["step"].max()
+            for k in exp2_runs.values()
+        )
+    )
     _plain_log_ticks(ax)
     _plain_log_ticks(ax, "x")
     ax.set_xlabel("step")

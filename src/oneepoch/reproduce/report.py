@@ -217,7 +217,9 @@ def _exp2_blocks(exp2: dict, figs: dict) -> list[tuple]:
     for seed, r in enumerate(exp2["per_seed"]):
         for p, d in r["dropout"].items():
             lb = (d["slowdown"].get("bound") or {}).get("step_speedup")
-            if lb:
+            if lb and d["slowdown"].get(
+                "bound_only"
+            ):  # far extrapolations: the bound is what holds
                 bounds.append(
                     f"seed {seed}, dropout {p}: never reached dropout 0's final loss within "
                     f"its run, so the slowdown is at least {lb:.2f}x in steps (the table's value "
