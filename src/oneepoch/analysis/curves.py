@@ -283,15 +283,7 @@ class CurveFit:
         counts = np.convolve(np.ones_like(r), window, mode="same")
         mean = np.convolve(r, window, mode="same") / counts
         ok = np.abs(mean) <= 3 * sigma / np.sqrt(counts)
-        best, start = (0, 0), None
-        for i, good in enumerate(np.append(ok, False)):
-            if good and start is None:
-                start = i
-            elif not good and start is not None:
-                if i - start > best[1] - best[0]:
-                    best = (start, i)
-                start = None
-        lo, hi = best
+        lo, hi = longest_true_run(ok)
         if hi == lo:
             return {"t_min": None, "t_max": None, "decades": 0.0, "n_points": 0}
         t_min, t_max = float(self.x[lo]), float(self.x[hi - 1])
@@ -364,3 +356,16 @@ class _Bounded:
 
     def log_pred_jac(self, theta):
         return self.model.log_pred_jac(theta)
+
+
+def longest_true_run(mask) -> tuple[int, int]:
+    """(lo, hi): the longest stretch mask[lo:hi] that is all True ((0, 0) when none)."""
+    best, start = (0, 0), None
+    for i, good in enumerate([*mask, False]):
+        if good and start is None:
+            start = i
+        elif not good and start is not None:
+            if i - start > best[1] - best[0]:
+                best = (start, i)
+            start = None
+    return best

@@ -54,20 +54,8 @@ def exp1_curves(out: Path, exp1: list[dict], seed: int, path: Path) -> Path:
     for ax, x in zip(axes[0], exp1):
         for role, color in styles.items():
             run = load_run(out / "runs" / f"seed{seed}" / x["runs"][role])
-            label = _role_label(role, x)
-            ln = run.lines
-            ok = np.isfinite(ln["train_loss"])
-            ax.plot(ln["step"][ok], ln["train_loss"][ok], color=color, lw=0.8, alpha=0.45, ls="--")
+            _train_and_val(ax, run, color, f"{_role_label(role, x)}: validation")
             ev = run.evals
-            ax.plot(
-                ev["step"],
-                ev["val_loss"],
-                color=color,
-                lw=1.6,
-                marker="o",
-                ms=2.5,
-                label=f"{label}: validation",
-            )
             if role != "one_epoch":
                 i = int(np.argmin(ev["val_loss"]))
                 ax.scatter(
@@ -99,6 +87,14 @@ def exp1_curves(out: Path, exp1: list[dict], seed: int, path: Path) -> Path:
     return _save(fig, path)
 
 
+def _train_and_val(ax, run: Run, color: str, label: str) -> None:
+    """Training loss thin and dashed, validation loss solid with its evaluation points."""
+    ln, ev = run.lines, run.evals
+    ok = np.isfinite(ln["train_loss"])
+    ax.plot(ln["step"][ok], ln["train_loss"][ok], color=color, lw=0.8, alpha=0.45, ls="--")
+    ax.plot(ev["step"], ev["val_loss"], color=color, lw=1.6, marker="o", ms=2.5, label=label)
+
+
 def _role_label(role: str, x: dict) -> str:
     if role == "one_epoch":
         return "one epoch"
@@ -127,19 +123,8 @@ def exp2_curves(out: Path, exp2_runs: dict, seed: int, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7.5, 4.4))
     for i, (p, key) in enumerate(exp2_runs.items()):
         run = load_run(out / "runs" / f"seed{seed}" / key)
-        color = f"C{i}"
-        ln, ev = run.lines, run.evals
-        ok = np.isfinite(ln["train_loss"])
-        ax.plot(ln["step"][ok], ln["train_loss"][ok], color=color, lw=0.8, ls="--", alpha=0.45)
-        ax.plot(
-            ev["step"],
-            ev["val_loss"],
-            color=color,
-            lw=1.6,
-            marker="o",
-            ms=2.5,
-            label=f"dropout {p}: validation (final {ev['val_loss'][-1]:.3f})",
-        )
+        final = run.evals["val_loss"][-1]
+        _train_and_val(ax, run, f"C{i}", f"dropout {p}: validation (final {final:.3f})")
     ax.plot([], [], color="gray", ls="--", lw=0.8, label="training loss (dashed)")
     ax.set_xscale("log")
     ax.set_yscale("log")

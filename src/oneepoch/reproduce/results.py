@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from oneepoch.analysis.compare import SPEEDUPS, compare_runs, throughput_profile
+from oneepoch.analysis.curves import longest_true_run
 from oneepoch.analysis.runs import Run, load_run
 from oneepoch.errors import UserError
 from oneepoch.reproduce import verdicts
@@ -231,16 +232,7 @@ def _form_summary(fit) -> dict:
 def _holds(fit) -> dict:
     """The widest run of consecutive fitted points within HOLDS_WITHIN of the power law."""
     resid = fit.loss / fit.predict(fit.x) - 1
-    ok = np.abs(resid) <= HOLDS_WITHIN
-    best, start = (0, 0), None
-    for i, good in enumerate([*ok, False]):
-        if good and start is None:
-            start = i
-        elif not good and start is not None:
-            if i - start > best[1] - best[0]:
-                best = (start, i)
-            start = None
-    lo, hi = best
+    lo, hi = longest_true_run(np.abs(resid) <= HOLDS_WITHIN)
     decades = float(np.log10(fit.x[hi - 1] / fit.x[lo])) if hi > lo else 0.0
     return {
         "within": HOLDS_WITHIN,
