@@ -116,3 +116,77 @@ def test_kill_around_the_swap_leaves_a_complete_dataset(tmp_path, monkeypatch, m
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "data"]
     assert (out / "notes.txt").read_text() == "mine"
     assert open_dataset(out, verify_checksums=True).fingerprint == dataset_fingerprint(old)
+
+
+class _Killed(BaseException):
+    pass
+
+
+def _tiny_state(step: int):
+    import torch
+
+    g = torch.Generator().manual_seed(step)
+    model = {"w": torch.randn(64, 64, generator=g), "b": torch.randn(64, generator=g)}
+    train_state = {"step": step, "optimizer": {"m": torch.randn(64, 64, generator=g)}}
+    return model, train_state
+
+
+def test_a_kill_at_any_moment_of_a_checkpoint_write_leaves_a_verified_checkpoint(
+    tmp_path, monkeypatch
+):
+    """Every call `checkpoint.save` makes to the file system is a moment it can die at: die
+    just before each one (nothing after it runs, no cleanup, as with SIGKILL) and the
+    newest checkpoint found is complete, passes its checksums and is the old or the new
+    one; the next save goes through and leaves no debris."""
+    import shutil
+
+    import torch
+
+    from oneepoch import checkpoint
+
+    calls = {"n": 0, "kill_at": -1, "dead": False}
+
+    def mortal(real):
+        def wrapper(*args, **kwargs):
+            if calls["dead"]:
+                return None  # a dead process does nothing more (its cleanup never runs)
+            calls["n"] += 1
+            if calls["n"] == calls["kill_at"]:
+                calls["dead"] = True
+                raise _Killed
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    patched = [
+        (checkpoint, "save_file"),
+        (torch, "save"),
+        (checkpoint, "write_atomic"),
+        (checkpoint, "fsync_dir"),
+        (checkpoint.os, "replace"),
+        (checkpoint.os, "fsync"),
+        (shutil, "rmtree"),
+    ]
+    for owner, name in patched:
+        monkeypatch.setattr(owner, name, mortal(getattr(owner, name)))
+
+    root = tmp_path / "checkpoints"
+    checkpoint.save(root, 1, *_tiny_state(1))
+    checkpoint.save(root, 2, *_tiny_state(2))
+    moments = calls["n"] // 2 + 4  # calls of one save, and then some
+    step = 2
+    for kill_at in range(1, moments + 1):
+        calls.update(n=0, kill_at=kill_at, dead=False)
+        try:
+            checkpoint.save(root, step + 1, *_tiny_state(step + 1))
+        except _Killed:
+            pass
+        calls.update(kill_at=-1, dead=False)
+        last = checkpoint.latest(root)
+        model, state = checkpoint.load(last)  # verifies the checksums
+        assert state["step"] in (step, step + 1), kill_at
+        assert torch.equal(model["w"], _tiny_state(state["step"])[0]["w"]), kill_at
+        step = state["step"]
+    checkpoint.save(root, step + 1, *_tiny_state(step + 1))
+    names = sorted(p.name for p in root.iterdir())
+    assert names == ["LATEST", f"step_{step:08d}", f"step_{step + 1:08d}"], names

@@ -142,6 +142,62 @@ def hold_lock_on_data(world, tmp):
     return stop
 
 
+def hold_lock_on_run(world, tmp):
+    """Another trainer holds the run (as a run in progress would)."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys\nfrom oneepoch.locking import hold\n"
+            "with hold(sys.argv[1], 'train'):\n    print('held', flush=True); sys.stdin.read()",
+            str(world.run),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
+    assert holder.stdout.readline().strip() == "held"
+
+    def stop():
+        holder.stdin.close()
+        assert holder.wait(timeout=60) == 0
+
+    return stop
+
+
+def other_text_same_tokenizer(world, tmp):
+    """The dataset prepared again, with the same (bytes) tokenizer, from other text."""
+    corpus = make_corpus(tmp / "corpus2", n=200, seed=1)
+    prepare([str(corpus)], tmp / "d2", tokenizer="bytes")
+    paused_run(world, tmp)  # trained on the original dataset
+
+
+def paused_run(world, tmp) -> Path:
+    """A copy of a run paused at step 3 (checkpoints at steps 2 and 3)."""
+    run = tmp / "run"
+    res = run_cli(
+        "train", "--data", str(world.data), "--out", str(run), *TINY_RUN, "--until-step", "3"
+    )
+    assert res.returncode == 0, res.stderr
+    return run
+
+
+def flip_middle(path: Path, n: int = 64) -> None:
+    raw = bytearray(path.read_bytes())
+    mid = len(raw) // 2
+    raw[mid : mid + n] = bytes(b ^ 0xFF for b in raw[mid : mid + n])
+    path.write_bytes(bytes(raw))
+
+
+def damage_every_checkpoint(world, tmp):
+    run = paused_run(world, tmp)
+    ckpts = sorted((run / "checkpoints").glob("step_*"))
+    assert len(ckpts) == 2
+    for ckpt in ckpts:
+        flip_middle(ckpt / "model.safetensors")
+
+
 class Case(NamedTuple):
     name: str
     args: list[str]
@@ -150,6 +206,8 @@ class Case(NamedTuple):
 
 
 PREP = ["prepare", "--quiet", "--tokenizer", "bytes"]
+TRAIN = ["train", "--data", "{data}", "--quiet"]
+NEW_RUN = [*TRAIN, "--out", "{tmp}/r", "--steps", "5"]
 
 CASES = [
     # prepare over a complete dataset: it must survive every failure
@@ -237,6 +295,71 @@ CASES = [
     Case("sample-temperature-negative", ["sample", "{run}", "--temperature", "-1"], r"negative"),
     Case("sample-negative-length", ["sample", "{run}", "--max-new-tokens", "-5"], r"no text"),
     Case("sample-not-a-run", ["sample", "{data}"], r"not a run directory"),
+    # train: refused up front, nothing created
+    Case("train-lr-nan", [*NEW_RUN, "--lr", "nan"], r"optim.lr must be a finite number, got nan"),
+    Case("train-lr-inf", [*NEW_RUN, "--lr", "inf"], r"optim.lr must be a finite number, got inf"),
+    Case(
+        "train-time-nan",
+        [*TRAIN, "--out", "{tmp}/r", "--time", "nan"],
+        r"train.time_s must be a finite number, got nan; .*--time",
+    ),
+    Case(
+        "train-time-inf",
+        [*TRAIN, "--out", "{tmp}/r", "--time", "inf"],
+        r"train.time_s must be a finite number, got inf",
+    ),
+    Case(
+        "train-dropout-nan",
+        [*NEW_RUN, "--dropout", "nan"],
+        r"model.dropout must be a finite number, got nan; .*--dropout",
+    ),
+    Case(
+        "train-model-too-large-for-memory",
+        [*NEW_RUN, "--n-layer", "1000", "--d-model", "65536"],
+        r"a model of 5.\d+e\+13 parameters .* needs at least [\d,.]+ TB .* more than the "
+        r"[\d,.]+ [GT]B free .*; at most about \d.* parameters fit here .*lower --n-layer or "
+        r"--d-model",
+    ),
+    Case(
+        "train-out-is-a-file",
+        [*TRAIN, "--out", "{records}", "--steps", "5"],
+        r"--out .*records.jsonl is a file, not a run directory",
+    ),
+    Case(
+        "train-out-inside-a-file",
+        [*TRAIN, "--out", "{records}/run", "--steps", "5"],
+        r"cannot create the run directory .*records.jsonl/run \(Not a directory\)",
+    ),
+    # train on the complete run
+    Case(
+        "train-over-a-run-without-resume",
+        [*TRAIN, "--out", "{run}", "--steps", "5"],
+        r"already holds a run; resume it",
+    ),
+    Case(
+        "resume-while-another-trainer-holds-the-run",
+        [*TRAIN, "--out", "{run}", "--resume"],
+        r"is in use by process \d+ \(oneepoch train, since .*\), so this train cannot",
+        hold_lock_on_run,
+    ),
+    Case(
+        "resume-on-a-changed-dataset",
+        ["train", "--data", "{tmp}/d2", "--out", "{tmp}/run", "--resume", *TINY_RUN],
+        r"d2 holds other tokens than the dataset run .*run started on \(its fingerprint "
+        r"differs: it was prepared again from other text or settings\); resume with the "
+        r"original dataset, or start a new run with another --out\.",
+        other_text_same_tokenizer,
+    ),
+    Case(
+        "resume-with-every-checkpoint-damaged",
+        ["train", "--data", "{data}", "--out", "{tmp}/run", "--resume", *TINY_RUN],
+        r"every checkpoint of .*run is damaged \(step_00000003 \(the checksum of "
+        r"model.safetensors differs.*\), so the run cannot be resumed",
+        damage_every_checkpoint,
+    ),
+    # plan
+    Case("plan-budget-inf", ["plan", "--data", "{data}", "--budget", "inf"], r"finite amount"),
+    Case("plan-budget-nan", ["plan", "--data", "{data}", "--budget", "nan"], r"finite amount"),
 ]
 
 
@@ -367,3 +490,103 @@ def test_sample_from_the_run_still_works(world):
     res = run_cli("sample", str(world.run), "--max-new-tokens", "30", "--prompt", "The")
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("The") and "<|endoftext|>" not in res.stdout
+
+
+def test_resume_of_a_completed_run_changes_nothing(world):
+    before = tree_digest(world.run)
+    res = run_cli(
+        "train", "--data", str(world.data), "--out", str(world.run), "--resume", *TINY_RUN
+    )
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    assert re.fullmatch(
+        r".*run is complete \(5 steps, val_loss \d+\.\d+\); there is nothing to resume, and "
+        r"nothing was changed\.",
+        res.stderr.strip(),
+    ), res.stderr
+    assert tree_digest(world.run) == before
+
+
+def test_a_garbage_latest_file_is_ignored(world, tmp_path):
+    """LATEST holding binary garbage (or a path outside): the newest complete checkpoint."""
+    from oneepoch import checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(world.run, run)
+    newest = checkpoint.latest(run / "checkpoints")
+    for garbage in (b"\xff\xfe\x00\x01garbage\x00", b"../../etc", b""):
+        (run / "checkpoints" / "LATEST").write_bytes(garbage)
+        assert checkpoint.latest(run / "checkpoints") == newest
+    res = run_cli("sample", str(run), "--max-new-tokens", "5")
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+
+
+DISK_FULL_CHECKPOINT = """
+set -e
+mount -t tmpfs -o size=$SIZE none "$DISK"
+set +e
+"$PY" -m oneepoch train --data "$DATA" --out "$DISK/run" $ARGS > "$OUTDIR/out.txt" \
+    2> "$OUTDIR/err.txt"
+echo $? > "$OUTDIR/rc.txt"
+ls -a "$DISK/run/checkpoints" > "$OUTDIR/ckpts.txt"
+"$PY" -c "$VERIFY" "$DISK/run/checkpoints" > "$OUTDIR/verified.txt" 2>&1
+mount -o remount,size=8m "$DISK"
+"$PY" -m oneepoch train --data "$DATA" --out "$DISK/run" $ARGS --resume > /dev/null \
+    2> "$OUTDIR/err2.txt"
+echo $? > "$OUTDIR/rc2.txt"
+cp "$DISK/run/run.json" "$OUTDIR/run.json"
+"""
+
+VERIFY = """
+import sys
+from pathlib import Path
+from oneepoch import checkpoint
+last = checkpoint.latest(Path(sys.argv[1]))
+checkpoint.verify(last)
+print(last.name)
+"""
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="cannot mount a small tmpfs (unshare -rm)")
+def test_disk_full_during_a_checkpoint_keeps_the_previous_one(world, tmp_path):
+    """A real full disk: a tmpfs with room for the run and one checkpoint, not two."""
+    (tmp_path / "disk").mkdir()
+    args = [*TINY_RUN[:-3], "--steps", "20", "--checkpoint-every", "5", "--quiet"]
+    env = cli_env(
+        PY=sys.executable,
+        DISK=str(tmp_path / "disk"),
+        DATA=str(world.data),
+        ARGS=" ".join(args),
+        SIZE="400k",
+        OUTDIR=str(tmp_path),
+        VERIFY=VERIFY,
+    )
+    res = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", DISK_FULL_CHECKPOINT],
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    rc = int((tmp_path / "rc.txt").read_text())
+    err = (tmp_path / "err.txt").read_text().strip()
+    assert rc == 2 and "Traceback" not in err and "\n" not in err, err
+    assert re.fullmatch(
+        r"error: the disk is full \(no space left on the device holding .*run\), so training "
+        r"stopped; the previous checkpoint, .*step_00000005, is intact: free some space, then "
+        r"continue with `oneepoch train --data .* --out .*run --resume`\.",
+        err,
+    ), err
+    assert (tmp_path / "ckpts.txt").read_text().split() == [".", "..", "LATEST", "step_00000005"]
+    assert (tmp_path / "verified.txt").read_text().strip() == "step_00000005"
+    assert int((tmp_path / "rc2.txt").read_text()) == 0, (tmp_path / "err2.txt").read_text()
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert (info["status"], info["final"]["step"]) == ("completed", 20)
+
+
+def test_sample_past_the_end_of_text(world):
+    res = run_cli("sample", str(world.run), "--max-new-tokens", "40", "--past-eot", "--seed", "1")
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    help_text = run_cli("sample", "--help").stdout
+    assert "--past-eot" in help_text and "end-of-text" in help_text

@@ -88,3 +88,49 @@ def test_not_reentrant_and_needs_the_directory(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         with hold(tmp_path / "missing", "train"):
             pass
+
+
+def test_two_trainers_on_one_run_directory(byte_dataset, tmp_path):
+    """The second `oneepoch train` on a run in progress is refused at once, naming the first;
+    the first goes on undisturbed; a lock left by a killed trainer blocks nobody."""
+    import json
+    import time
+
+    from helpers import TINY, launch, read_metrics, run_cli, wait_for_step
+
+    run = tmp_path / "run"
+    base = ["train", "--data", str(byte_dataset), "--out", str(run), *TINY, "--batch-size", "2"]
+    base += ["--log-every", "1"]
+    first = launch([*base, "--time", "120", "--seed", "0"])
+    try:
+        wait_for_step(run, first, 2)
+        for extra in (["--steps", "50", "--seed", "1"], ["--time", "120", "--resume"]):
+            started = time.perf_counter()
+            res = run_cli(*base, *extra)
+            err = res.stderr.strip()
+            assert res.returncode == 2 and "Traceback" not in err and "\n" not in err, err
+            assert f"is in use by process {first.pid} (oneepoch train, since " in err, err
+            assert time.perf_counter() - started < 60  # refused at once, not after waiting
+        assert first.poll() is None  # still training
+        first.send_signal(signal.SIGTERM)
+        _, err = first.communicate(timeout=120)
+        assert first.returncode == 128 + signal.SIGTERM, err
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    steps = [line["step"] for line in read_metrics(run)]
+    assert steps == list(range(1, len(steps) + 1))  # one run's lines, none interleaved
+    assert "seed = 0" in (run / "config.toml").read_text()
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    assert not (run / LOCK_NAME).exists()
+
+    # killed while holding the run: its lock file stays, naming a dead PID, and blocks nobody
+    again = launch([*base, "--time", "120", "--resume"])
+    wait_for_step(run, again, steps[-1] + 2)
+    os.killpg(again.pid, signal.SIGKILL)
+    again.wait()
+    assert read_holder(run)["pid"] == again.pid
+    res = run_cli(*base, "--time", "120", "--resume", "--until-step", str(steps[-1] + 4))
+    assert res.returncode == 0, res.stderr
+    assert not (run / LOCK_NAME).exists()

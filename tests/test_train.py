@@ -274,3 +274,52 @@ def test_train_help_explains_every_flag():
         assert flag in res.stdout
     for flag in ("--tokens", "--steps", "--time", "--resume", "--config", "--compile"):
         assert flag in res.stdout
+
+
+def flip_middle(path: Path, n: int = 64) -> None:
+    raw = bytearray(path.read_bytes())
+    mid = len(raw) // 2
+    raw[mid : mid + n] = bytes(b ^ 0xFF for b in raw[mid : mid + n])
+    path.write_bytes(bytes(raw))
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(
+    byte_dataset, uninterrupted, tmp_path
+):
+    run = tmp_path / "run"
+    args = ["train", "--data", str(byte_dataset), "--out", str(run), *RESUME_ARGS]
+    res = run_cli(*args, "--until-step", "50")
+    assert res.returncode == 0, res.stderr
+    ckpts = sorted((run / "checkpoints").glob("step_*"))
+    assert [c.name for c in ckpts] == ["step_00000049", "step_00000050"]
+    for c in ckpts:
+        assert json.loads((c / "checksums.json").read_text())["sha256"].keys() == {
+            "model.safetensors",
+            "state.pt",
+        }
+    flip_middle(ckpts[-1] / "model.safetensors")
+    res = run_cli(*args, "--resume")
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    assert (
+        "warning: checkpoint step_00000050 (the checksum of model.safetensors differs from the "
+        "one written) of " in res.stderr
+    ), res.stderr
+    assert "resuming from the previous good one, step_00000049 (step 49)" in res.stderr
+    assert comparable(read_metrics(run)) == comparable(read_metrics(uninterrupted))
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "completed"
+    assert (
+        info["data"]["fingerprint"]
+        == json.loads((uninterrupted / "run.json").read_text())["data"]["fingerprint"]
+    )
+
+
+def test_resume_on_a_folder_without_a_run_says_it_starts_one(byte_dataset, tmp_path):
+    run = tmp_path / "new"
+    args = ["train", "--data", str(byte_dataset), "--out", str(run), "--steps", "3", *TINY]
+    res = run_cli(*args, "--batch-size", "2", "--resume")
+    assert res.returncode == 0, res.stderr
+    assert f"note: {run} holds no run yet, so --resume starts a new one there." in res.stderr
+    assert json.loads((run / "run.json").read_text())["status"] == "completed"
+    assert not (run / ".oneepoch.lock").exists()

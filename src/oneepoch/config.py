@@ -7,6 +7,7 @@ is written to the run directory as ``config.toml``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,6 +143,16 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 def validate(cfg: RunConfig) -> None:
     """Reject impossible or inconsistent settings with one clear sentence."""
     m, o, t = cfg.model, cfg.optim, cfg.train
+    # NaN passes every comparison below and inf most of them: refuse both first, by name.
+    for section in dataclasses.fields(cfg):
+        for f in dataclasses.fields(getattr(cfg, section.name)):
+            value = getattr(getattr(cfg, section.name), f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                setting = f"{section.name}.{f.name}"
+                raise UserError(
+                    f"{setting} must be a finite number, got {value}; give it a real value "
+                    f"({_where(setting)})."
+                )
     for name, value in [
         ("n_layer", m.n_layer),
         ("n_head", m.n_head),
@@ -195,6 +206,14 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(
             "epochs > 1 needs a steps or tokens budget (not time_s), so the repeated subset can be sized."
         )
+
+
+def _where(setting: str) -> str:
+    from oneepoch.cliflags import CONFIG_FLAGS  # cliflags imports this module
+
+    flags = [flag for flag, (key, _) in CONFIG_FLAGS.items() if key == setting]
+    flags += ["--time"] if setting == "train.time_s" else []
+    return f"the flag {flags[0]} or the --config file" if flags else "in the --config file"
 
 
 def total_steps(cfg: RunConfig) -> int | None:

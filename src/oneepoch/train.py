@@ -15,7 +15,9 @@ run.json), ``Evaluator``, the step (``oneepoch.step.train_step``) and the loop.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import errno
 import math
 import signal
 import statistics
@@ -34,6 +36,7 @@ from oneepoch.distributed import Ranks, full_state, init_distributed, load_full_
 from oneepoch.errors import UserError
 from oneepoch.flops import Shape, param_counts, train_flops_per_token
 from oneepoch.hardware import hardware_info, peak_flops, pick_device, pick_dtype
+from oneepoch.locking import hold
 from oneepoch.model import GPT
 from oneepoch.prefetch import Prefetcher
 from oneepoch.progress import Progress
@@ -115,6 +118,10 @@ def resolve_config(base: RunConfig, out: Path, resume: bool, overrides: dict) ->
             if overrides.get(sec, {}).get(k):
                 setattr(getattr(cfg, sec), k, overrides[sec][k])
         return cfg
+    if resume and not saved.exists() and not (out / "checkpoints").exists():
+        # Say so rather than refuse: a job that is started again and again with --resume
+        # (on a preemptible machine, say) must also be able to start its run the first time.
+        print(f"note: {out} holds no run yet, so --resume starts a new one there.", file=sys.stderr)
     if not resume and (saved.exists() or (out / "metrics.jsonl").exists()):
         raise UserError(
             f"{out} already holds a run; resume it (`oneepoch train --resume`) or choose "
@@ -181,12 +188,54 @@ class Run:
         )
 
 
-def setup(cfg: RunConfig, out: Path, resume: bool, overrides: dict) -> Run:
+def claim_run_dir(out: Path, stack: contextlib.ExitStack) -> None:
+    """Create ``out`` if needed and hold it for this trainer until ``stack`` closes.
+
+    A second trainer (or a resume) on the same directory is refused at once, naming this
+    process (``oneepoch.locking``). Folders created here are removed again if the run fails
+    before writing anything into them.
+    """
+    if out.exists() and not out.is_dir():
+        raise UserError(
+            f"--out {out} is a file, not a run directory; give --out a new folder (or the "
+            "folder of a run, with --resume)."
+        )
+    created = [p for p in (out, *out.parents) if not p.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(
+            f"cannot create the run directory {out} ({exc.strerror}); choose an --out where "
+            "you may write."
+        ) from None
+    for folder in reversed(created):  # run last, deepest first
+        stack.callback(_remove_if_empty, folder)
+    stack.enter_context(hold(out, "train"))
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
+def setup(
+    cfg: RunConfig,
+    out: Path,
+    resume: bool,
+    overrides: dict,
+    stack: contextlib.ExitStack | None = None,
+) -> Run:
     """Parse, validate and resolve (device, dtype, vocabulary, steps) once; ``cfg`` itself
-    is left as it was."""
+    is left as it was. With ``stack``, rank 0 holds ``out`` until the stack closes."""
     auto_kind = "cuda" if torch.cuda.is_available() else "cpu"
     ranks = init_distributed(auto_kind if cfg.train.device == "auto" else cfg.train.device)
-    cfg = ranks.from_main(lambda: resolve_config(cfg, out, resume, overrides))
+
+    def claim_and_resolve() -> RunConfig:
+        if stack is not None:
+            claim_run_dir(out, stack)  # before config.toml or metrics.jsonl are read
+        return resolve_config(cfg, out, resume, overrides)
+
+    cfg = ranks.from_main(claim_and_resolve)
     validate(cfg)
     m, t = cfg.model, cfg.train
     device = pick_device(t.device, ranks.local_rank)
@@ -220,6 +269,8 @@ def setup(cfg: RunConfig, out: Path, resume: bool, overrides: dict) -> Run:
         raise UserError(
             f"the validation split has fewer than {m.seq_len + 1} tokens; prepare with a larger validation split."
         )
+    shape = Shape(m.n_layer, m.n_head, m.d_model, m.seq_len, m.vocab_size)
+    check_memory(cfg, shape, device, micro // ranks.world_size, ranks)
     cadence = Cadence(steps, t.eval_every, t.checkpoint_every)
     resolved = {
         "device": str(device),
@@ -240,9 +291,48 @@ def setup(cfg: RunConfig, out: Path, resume: bool, overrides: dict) -> Run:
         per_rank=micro // ranks.world_size,
         val_windows=val_windows,
         cadence=cadence,
-        shape=Shape(m.n_layer, m.n_head, m.d_model, m.seq_len, m.vocab_size),
+        shape=shape,
         resolved=resolved,
     )
+
+
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / 1e12:,.1f} TB" if n_bytes >= 1e12 else f"{n_bytes / 1e9:,.1f} GB"
+
+
+def check_memory(cfg: RunConfig, shape: Shape, device: torch.device, per_rank: int, ranks):
+    """Refuse, before allocating anything, a model that cannot fit in this device's memory.
+
+    A lower bound: 16 bytes per parameter (float32 weights and gradients, AdamW's two
+    moments; sharded over the ranks under FSDP), activations saved for the backward pass
+    (~16 values of 2 bytes per token, layer and width, as with bfloat16) and the float32
+    logits and their gradient. On a GPU the model is first built in host memory (4 bytes per
+    parameter), so that is checked too.
+    """
+    import psutil
+
+    m = cfg.model
+    params = param_counts(shape)["total"]
+    shards = ranks.world_size if cfg.train.parallel == "fsdp" and ranks.active else 1
+    state = 16 * params / shards
+    tokens = per_rank * m.seq_len
+    acts = tokens * (m.n_layer * m.d_model * 16 * 2 + 2 * m.vocab_size * 4)
+    host = psutil.virtual_memory().available
+    needs = [(state + acts, host, "in memory")]
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        needs = [(4 * params, host, "in host memory"), (state + acts, free, f"on {device}")]
+    for need, have, where in needs:
+        if need <= have:
+            continue
+        fits = have / 16 * shards
+        raise UserError(
+            f"a model of {params:.3g} parameters (n_layer {m.n_layer}, d_model {m.d_model}) "
+            f"needs at least {_size(need)} ({_size(state)} for weights, gradients and AdamW "
+            f"state, {_size(acts)} for the activations of {per_rank} sequences), more than the "
+            f"{_size(have)} free {where}; at most about {fits:.3g} parameters fit here (before "
+            "activations), so lower --n-layer or --d-model (or --batch-size or --seq-len)."
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -307,14 +397,48 @@ def restore(run: Run, model, optimizer, meter: LossMeter, resume: bool) -> Resum
     ckpt_root, tensors = run.out / "checkpoints", [{}, {}]
 
     def read() -> dict | None:
-        last = checkpoint.latest(ckpt_root) if resume else None
-        if last is None:
+        if not resume:
             return None
-        tensors[0], state = checkpoint.load(last)
+        damaged: list[checkpoint.Damaged] = []
+        for ckpt in checkpoint.candidates(ckpt_root):
+            try:
+                tensors[0], state = checkpoint.load(ckpt)
+                break
+            except checkpoint.Damaged as exc:
+                damaged.append(exc)
+        else:
+            if damaged:
+                names = ", ".join(f"{d.ckpt_dir.name} ({d.reason})" for d in damaged)
+                raise UserError(
+                    f"every checkpoint of {run.out} is damaged ({names}), so the run cannot be "
+                    f"resumed; delete {ckpt_root} to restart it from step 0, or start a new "
+                    "run with another --out."
+                )
+            if (run.out / "config.toml").exists():
+                print(
+                    f"note: {run.out} has no checkpoint yet, so --resume starts it again from "
+                    "step 0.",
+                    file=sys.stderr,
+                )
+            return None
+        if damaged:
+            names = ", ".join(f"{d.ckpt_dir.name} ({d.reason})" for d in damaged)
+            print(
+                f"warning: checkpoint {names} of {run.out} is damaged; resuming from the "
+                f"previous good one, {ckpt.name} (step {state['step']}).",
+                file=sys.stderr,
+            )
         if state["tokenizer_sha256"] != run.data.tokenizer_sha256:
             raise UserError(
                 f"{run.cfg.data.path} was made with a different tokenizer than the run in "
                 f"{run.out}; resume with the dataset the run started on."
+            )
+        if state.get("data_fingerprint", run.data.fingerprint) != run.data.fingerprint:
+            raise UserError(
+                f"{run.cfg.data.path} holds other tokens than the dataset run {run.out} started "
+                "on (its fingerprint differs: it was prepared again from other text or "
+                "settings); resume with the original dataset, or start a new run with another "
+                "--out."
             )
         tensors[1] = state.pop("optimizer")
         return state
@@ -337,6 +461,7 @@ def save_checkpoint(run: Run, model, optimizer, meter: LossMeter, record, step, 
         state.update(
             metrics_bytes=record.metrics.offset(),
             tokenizer_sha256=run.data.tokenizer_sha256,
+            data_fingerprint=run.data.fingerprint,
             config=run.cfg.to_dict(),
             world_size=run.ranks.world_size,
         )
@@ -383,6 +508,7 @@ class RunRecord:
             "data": {
                 "path": str(Path(cfg.data.path).resolve()),
                 "tokenizer_sha256": data.tokenizer_sha256,
+                "fingerprint": data.fingerprint,
                 "vocab_size": data.vocab_size,
                 "train_tokens": data.train.num_tokens,
                 "val_tokens_evaluated": run.val_windows * cfg.model.seq_len,
@@ -427,7 +553,12 @@ class RunRecord:
                 "val_loss": val_loss,
             },
         )
-        write_json(self.path, self.info)
+        try:
+            write_json(self.path, self.info)
+        except OSError:
+            if status != "failed":
+                raise
+            return self.info  # a full disk, say: the error that stopped the run is reported
         return read_json(self.path)
 
 
@@ -528,7 +659,51 @@ def train(
     changed; what was resolved is in run.json's "resolved". Under torchrun every rank calls
     this; rank 0 alone reads and writes ``out``.
     """
-    run = setup(cfg, Path(out), resume, overrides or {})
+    with contextlib.ExitStack() as stack:
+        run = setup(cfg, Path(out), resume, overrides or {}, stack)
+        if resume and (done := run.ranks.from_main(lambda: completed_info(run))) is not None:
+            run.ranks.close()
+            return done
+        try:
+            return _train(run, resume, show_progress, until_step)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise disk_full(run) from None
+
+
+def completed_info(run: Run) -> dict | None:
+    """run.json of a completed run (saying so on stderr), which resuming leaves as it is."""
+    try:
+        info = read_json(run.out / "run.json")
+    except (OSError, ValueError):
+        return None
+    if info.get("status") != "completed":
+        return None
+    final = info.get("final") or {}
+    val = final.get("val_loss")
+    print(
+        f"{run.out} is complete ({final.get('step')} steps"
+        + (f", val_loss {val:.4f}" if isinstance(val, (int, float)) else "")
+        + "); there is nothing to resume, and nothing was changed.",
+        file=sys.stderr,
+    )
+    return info
+
+
+def disk_full(run: Run) -> UserError:
+    last = checkpoint.latest(run.out / "checkpoints")
+    kept = (
+        f"the previous checkpoint, {last}, is intact" if last else "no checkpoint was written yet"
+    )
+    return UserError(
+        f"the disk is full (no space left on the device holding {run.out}), so training "
+        f"stopped; {kept}: free some space, then continue with `oneepoch train --data "
+        f"{run.cfg.data.path} --out {run.out} --resume`."
+    )
+
+
+def _train(run: Run, resume: bool, show_progress: bool, until_step: int | None) -> dict:
     t, ranks, steps = run.cfg.train, run.ranks, run.steps
     model, train_model, optimizer = build_model(run)
     meter = LossMeter(run.device)

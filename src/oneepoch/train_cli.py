@@ -64,6 +64,11 @@ def register(subparsers) -> None:
     s.add_argument("--top-k", type=int, default=50)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--data", help="dataset directory, if it moved since training")
+    s.add_argument(
+        "--past-eot",
+        action="store_true",
+        help="keep generating past the end-of-text token (default: stop there)",
+    )
     s.set_defaults(func=run_sample)
 
 
@@ -155,6 +160,7 @@ def run_sample(args) -> int:
             args.top_k,
             args.seed,
             args.data,
+            past_eot=args.past_eot,
         )
     )
     return 0

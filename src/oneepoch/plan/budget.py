@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -46,6 +47,11 @@ def parse_budget(text: str) -> Budget:
                 f"cannot read budget {raw!r}; write FLOPs (3e15), a wall-clock time (20min, 8h) "
                 "or tokens (50M tokens)."
             ) from None
+    if not math.isfinite(value):
+        raise UserError(
+            f"the budget must be a finite amount, got {raw!r}; write FLOPs (3e15), a wall-clock "
+            "time (20min, 8h) or tokens (50M tokens)."
+        )
     if not value > 0:
         raise UserError(f"the budget must be positive, got {raw!r}.")
     return Budget(kind, value, raw)
