@@ -406,6 +406,7 @@ class RunRecord:
         return tokens_per_s * self.flops_per_token / self.peak_total
 
     def write(self, record: dict) -> None:
+        self.train_loss = record.get("train_loss", getattr(self, "train_loss", None))
         if self.metrics is not None:
             self.metrics.write(record)
 
@@ -425,6 +426,7 @@ class RunRecord:
                 "unique_tokens": prog["unique_tokens"],
                 "wall_s": wall_s,
                 "val_loss": val_loss,
+                "train_loss": getattr(self, "train_loss", None),  # the last logged step's
             },
         )
         write_json(self.path, self.info)
@@ -509,7 +511,8 @@ def show(progress: Progress, run: Run, record: RunRecord, line: dict, rate: floa
     steps, step, wall = run.steps, line["step"], line["wall_s"]
     left = (steps - step) * run.tokens_per_step / rate if steps and rate else None
     left = run.cfg.train.time_s - wall if steps is None else left
-    progress.update(step, steps, line["train_loss"], rate, left, record.mfu(rate), final)
+    epoch = line["epoch"] if run.cfg.data.epochs > 1 else None  # multi-epoch runs show it
+    progress.update(step, steps, line["train_loss"], rate, left, record.mfu(rate), final, epoch)
 
 
 def train(
