@@ -128,6 +128,9 @@ class RulePlan:
     problem: str | None = None
     contenders: list[Candidate] = field(default_factory=list)
     target_ratio: float | None = None  # the rule's tokens per parameter, for ratio rules
+    # (shape, batch) lying between the two shapes that bracket a ratio no shape meets: their
+    # ratio rests on an estimated rate; measured, one of them may meet it
+    between: list[tuple[Shape, int]] = field(default_factory=list)
 
     @property
     def shape(self) -> Shape | None:
@@ -232,8 +235,9 @@ class Planner:
         tokens that spend the budget."""
         alloc = rule.allocate(flops, self.ctx)
         ratio_note = None
+        between = []
         if isinstance(rule, TokensPerParam):
-            ranked, tokens, batch, ratio_note = self._by_ratio(rule, alloc, flops, budget)
+            ranked, tokens, batch, ratio_note, between = self._by_ratio(rule, alloc, flops, budget)
         elif budget.kind == "seconds":
             alloc, ranked, tokens, batch = self._fit_time(rule, alloc, budget.value)
         else:
@@ -245,6 +249,7 @@ class Planner:
         plan = RulePlan(rule.name, rule.source, alloc.count, alloc.params, budget_flops=flops)
         plan.candidate, plan.contenders = best, ranked
         plan.target_ratio = rule.r if isinstance(rule, TokensPerParam) else None
+        plan.between = between
         self.finish(plan, rule, tokens, batch)
         plan.budget_flops = flops if budget.kind == "flops" else plan.flops
         if alloc.data_limited:
@@ -291,8 +296,9 @@ class Planner:
         a shape's tokens per parameter away from r, so every shape within RATIO_SEARCH of the
         rule's N is tried with the tokens the budget gives it; those within RATIO_TOLERANCE
         of r compete on measured speed (highest FLOP/s first, then nearest to r). When none is, the nearest in ratio
-        is used and the note says why. Returns (ranked, tokens, batch, note)."""
-        r, kind = rule.r, alloc.count
+        is used and the note says why. Returns (ranked, tokens, batch, note, between): the
+        last, shapes whose count lies between the two that bracket r, to be measured."""
+        r, kind, between = rule.r, alloc.count, []
         lo, hi = alloc.params / RATIO_SEARCH, alloc.params * RATIO_SEARCH
         pool = [c for c in all_candidates(self.T, self.V) if lo <= c.count(kind) <= hi]
         for c in near_equal(alloc.params, kind, self.T, self.V):
@@ -333,8 +339,15 @@ class Planner:
                 f"cannot keep {r:g} tokens per parameter within {RATIO_TOLERANCE - 1:.0%}: "
                 f"the nearest shapes give {sides} ({why}); {best[2].label()} is used"
             )
+            if below is not None and above is not None:
+                lo_n, hi_n = sorted((below[2].count(kind), above[2].count(kind)))
+                between = [
+                    (t[2].shape, t[4] or batch_size(t[3], self.T))
+                    for t in tried
+                    if lo_n < t[2].count(kind) < hi_n
+                ]
         best = ranked[0]
-        return [t[2] for t in ranked], best[3], best[4], note
+        return [t[2] for t in ranked], best[3], best[4], note, between
 
     def _flops_per_s(self, tried: tuple) -> float:
         """Achieved FLOP/s, in units of 1e9, of a (miss, ratio, candidate, tokens, batch)."""
@@ -470,12 +483,12 @@ class Planner:
                 if p.problem:
                     continue
                 k = MEASURE_CHOSEN if name == chosen else MEASURE_OTHERS
-                for c in p.contenders[:k]:
-                    if (
-                        not self.calib.has(c.shape, p.batch_size)
-                        and (c.shape, p.batch_size) not in todo
-                    ):
-                        todo.append((c.shape, p.batch_size))
+                wanted = [(c.shape, p.batch_size) for c in p.contenders[:k]]
+                if name == chosen:
+                    wanted += p.between
+                for shape, b in wanted:
+                    if not self.calib.has(shape, b) and (shape, b) not in todo:
+                        todo.append((shape, b))
             if not todo:
                 break
             mine = plans.get(chosen)
