@@ -117,7 +117,19 @@ def test_plan_writes_a_config_train_runs_and_check_compares(tmp_path, capsys, ca
     assert check["evaluations"]["predicted"] == check["evaluations"]["actual"]
     assert check["elapsed_s"]["ratio"] > 0
 
+    # train --config plan.toml recorded the plan it started from: --check finds it
+    assert (run_dir / "plan.json").read_text() == (tmp_path / "plan.json").read_text()
+    code, out, err = run(capsys, "plan", "--check", run_dir, "--json")
+    assert code == 0, err
+    assert json.loads(out)["predictions"] == "plan"
+    code, out, err = run(capsys, "plan", "--check", run_dir)
+    assert code == 0, err
+    wall = next(line for line in out.splitlines() if "training wall-clock" in line)
+    # a short run's times are in seconds, to a tenth
+    assert wall.split()[3] == "s" and "." in wall.split()[2]
+
     # without a plan file the prediction is re-derived from the run's config
+    (run_dir / "plan.json").unlink()
     code, out, err = run(capsys, "plan", "--check", run_dir, "--no-calibrate")
     assert code == 0, err
     assert "re-derived" in out and "training wall-clock" in out
@@ -138,6 +150,7 @@ def test_plan_table_shows_every_rule_side_by_side(capsys, cache, byte_dataset, t
         assert name in header
     loss_row = next(line for line in out.splitlines() if line.startswith("predicted loss"))
     assert loss_row.split()[-1] != "-"  # the fitted law predicts a loss
+    assert any(line.startswith("tokens per parameter") for line in out.splitlines())
 
 
 @pytest.mark.parametrize(

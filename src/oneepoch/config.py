@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +139,38 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         return tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"config file {p} is not valid TOML ({exc}).") from None
+
+
+# Settings that name a file or folder. In a config file a relative one is relative to the
+# file's folder (not to where `oneepoch` runs); a run's config.toml records them absolute.
+PATH_SETTINGS = (("data", "path"),)
+
+
+def absolute_path(path: str, base: str | Path | None = None) -> str:
+    """``path`` made absolute against ``base`` (default: the current folder); "" stays "".
+    Not resolved through symlinks, so the name the user gave stays readable."""
+    if not path:
+        return path
+    path = os.path.expanduser(path)
+    if os.path.isabs(path):
+        return os.path.normpath(path)
+    return os.path.normpath(os.path.join(os.path.abspath(base or os.curdir), path))
+
+
+def resolve_paths(raw: dict[str, Any], base: str | Path) -> dict[str, Any]:
+    """A copy of a config dict whose relative paths (PATH_SETTINGS) are made absolute
+    against ``base``, the folder of the file that names them."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for section, key in PATH_SETTINGS:
+        values = out.get(section)
+        if isinstance(values, dict) and isinstance(values.get(key), str):
+            values[key] = absolute_path(values[key], base)
+    return out
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """A config file (``--config``) with its relative paths resolved against its folder."""
+    return resolve_paths(load_toml(path), Path(path).parent)
 
 
 def validate(cfg: RunConfig) -> None:

@@ -33,7 +33,10 @@ class Progress:
         eta_s: float | None,
         mfu: float | None,
         force: bool = False,
+        epoch: float | None = None,
     ) -> None:
+        """``epoch``: passes over the data so far, shown for a multi-epoch run (the trainer
+        passes it when it repeats the data)."""
         if not self.enabled:
             return
         now = time.monotonic()
@@ -41,6 +44,8 @@ class Progress:
             return
         self._last_print = now
         steps = f"{step}/{total}" if total else f"{step}"
+        if epoch is not None:
+            steps += f" epoch {epoch:.2f}"
         val = f" val {self.last_val:.4f}" if self.last_val is not None else ""
         mfu_s = f" mfu {mfu:.1%}" if mfu is not None else ""
         line = (

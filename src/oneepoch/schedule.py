@@ -51,10 +51,15 @@ def log_spaced_steps(last: int, per_decade: int = 5) -> set[int]:
     return out
 
 
+FINAL_GAP = 0.1  # no periodic checkpoint within this share of an interval before the final
+
+
 class Cadence:
     """Evaluation at log-spaced early steps, every ``eval_every`` steps (default ~20 a run)
     and at the end; checkpoints every ``checkpoint_every`` (default ~10 a run) and at the
-    end. ``steps`` is None for a wall-clock budget."""
+    end, but none a few steps before the final one (within FINAL_GAP of an interval: at
+    1520 of 1523 steps it would cost a write and save nothing). ``steps`` is None for a
+    wall-clock budget."""
 
     def __init__(self, steps: int | None, eval_every: int = 0, checkpoint_every: int = 0):
         self.steps = steps
@@ -66,7 +71,14 @@ class Cadence:
         return final or step in self.early or step % self.eval_every == 0
 
     def checkpoints(self, step: int, final: bool = False) -> bool:
-        return final or step % self.checkpoint_every == 0
+        if final:
+            return True
+        if step % self.checkpoint_every:
+            return False
+        return self.steps is None or self.steps - step >= self._final_gap()
+
+    def _final_gap(self) -> int:
+        return max(1, int(FINAL_GAP * self.checkpoint_every))
 
     def evaluations(self) -> int:
         """How many evaluations a run of ``steps`` steps makes."""
@@ -74,5 +86,6 @@ class Cadence:
         return len(self.early | every | {self.steps})
 
     def checkpoint_count(self) -> int:
-        every = set(range(self.checkpoint_every, self.steps + 1, self.checkpoint_every))
+        last = self.steps - self._final_gap()  # periodic ones stop short of the final
+        every = set(range(self.checkpoint_every, last + 1, self.checkpoint_every))
         return len(every | {self.steps})

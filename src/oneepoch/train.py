@@ -532,6 +532,7 @@ class RunRecord:
         return tokens_per_s * self.flops_per_token / self.peak_total
 
     def write(self, record: dict) -> None:
+        self.train_loss = record.get("train_loss", getattr(self, "train_loss", None))
         if self.metrics is not None:
             self.metrics.write(record)
 
@@ -551,6 +552,7 @@ class RunRecord:
                 "unique_tokens": prog["unique_tokens"],
                 "wall_s": wall_s,
                 "val_loss": val_loss,
+                "train_loss": getattr(self, "train_loss", None),  # the last logged step's
             },
         )
         try:
@@ -640,7 +642,8 @@ def show(progress: Progress, run: Run, record: RunRecord, line: dict, rate: floa
     steps, step, wall = run.steps, line["step"], line["wall_s"]
     left = (steps - step) * run.tokens_per_step / rate if steps and rate else None
     left = run.cfg.train.time_s - wall if steps is None else left
-    progress.update(step, steps, line["train_loss"], rate, left, record.mfu(rate), final)
+    epoch = line["epoch"] if run.cfg.data.epochs > 1 else None  # multi-epoch runs show it
+    progress.update(step, steps, line["train_loss"], rate, left, record.mfu(rate), final, epoch)
 
 
 def train(

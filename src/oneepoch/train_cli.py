@@ -74,6 +74,7 @@ def register(subparsers) -> None:
 
 def overrides_from_args(args) -> dict:
     """Nested {section: {key: value}} of the settings given on the command line."""
+    from oneepoch.config import absolute_path
     from oneepoch.units import parse_count, parse_duration
 
     out: dict[str, dict] = {}
@@ -83,8 +84,8 @@ def overrides_from_args(args) -> dict:
             out.setdefault(section, {})[key] = value
     if args.compile:
         out.setdefault("train", {})["compile"] = True
-    if args.data:
-        out.setdefault("data", {})["path"] = args.data
+    if args.data:  # relative to where the command runs; recorded absolute in config.toml
+        out.setdefault("data", {})["path"] = absolute_path(args.data)
     if any(getattr(args, b) is not None for b in ("tokens", "steps", "time")):
         # A budget on the command line replaces whatever budget the config file had (that
         # exactly one is given is checked once, with the rest of the config: config.validate).
@@ -97,15 +98,17 @@ def overrides_from_args(args) -> dict:
 
 
 def run_train(args) -> int:
-    from oneepoch.config import RunConfig, load_toml
+    from oneepoch.config import RunConfig, load_config_file
     from oneepoch.train import Interrupted, train
 
     overrides = overrides_from_args(args)
     is_main = os.environ.get("RANK", "0") == "0"
     cfg = RunConfig()
-    if args.config:
-        cfg.update(load_toml(args.config), args.config)
+    if args.config:  # its relative paths are relative to its own folder
+        cfg.update(load_config_file(args.config), args.config)
     cfg.update(overrides, "command line")
+    if is_main and args.config:
+        record_plan(args.config, args.out, args.resume)  # for `oneepoch plan --check RUN`
     try:
         info = train(
             cfg,
@@ -136,6 +139,34 @@ def run_train(args) -> int:
             else f"done -> {args.out}"
         )
     return 0
+
+
+def record_plan(config: str, out: str, resume: bool = False) -> None:
+    """Copy a plan's sidecar (plan.json next to plan.toml) into the run directory as
+    plan.json, so `oneepoch plan --check RUN_DIR` finds the predictions the run started
+    from. Only into a new run directory or one already holding this run; nothing when the
+    config is no plan or the run already has one."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from oneepoch.plan.planfile import PLAN_FORMAT, sidecar_path
+
+    side, run = sidecar_path(config), Path(out)
+    target = run / "plan.json"
+    if not side.is_file() or target.exists():
+        return
+    try:
+        if json.loads(side.read_text()).get("format") != PLAN_FORMAT:
+            return
+    except (OSError, ValueError, AttributeError):
+        return
+    if (run / "config.toml").exists() and not resume:
+        return  # another run lives there: train refuses it, and so do we
+    if not (run / "config.toml").exists() and run.is_dir() and any(run.iterdir()):
+        return  # a folder holding something else: leave it alone
+    run.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(side, target)
 
 
 def interrupted_exit(exc, is_main: bool = True) -> int:

@@ -25,6 +25,13 @@ def _amount(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _predict_at(text: str) -> float | str:
+    """--predict-at: a count (2e6, 2M) or ``final``, the run's own final tokens (or steps)."""
+    if text.strip().lower() == "final":
+        return "final"
+    return _amount(text)
+
+
 def register(subparsers) -> None:
     _register_fit(subparsers)
     _register_compare(subparsers)
@@ -67,9 +74,11 @@ def _register_fit(subparsers) -> None:
     )
     p.add_argument(
         "--predict-at",
-        type=_amount,
+        type=_predict_at,
         metavar="T",
-        help="predict the loss at T (in --x units; 2e6 or 2M both work)",
+        help="predict the loss at T (in --x units; 2e6 or 2M both work), or at `final`, the "
+        "run's final tokens (steps with --x steps); with the error against the observed loss "
+        "when the run got there",
     )
     p.add_argument(
         "--target-loss",
@@ -231,13 +240,17 @@ def _cmd_fit(args) -> int:
         raise UserError(f"--tail-fraction must be between 0 and 1, not {args.tail_fraction}.")
     if not 0 < args.lr_decay_factor < 1:
         raise UserError(f"--lr-decay-factor must be between 0 and 1, not {args.lr_decay_factor}.")
-    if args.predict_at is not None and not args.predict_at > 0:
+    if args.predict_at not in (None, "final") and not args.predict_at > 0:
         raise UserError(f"--predict-at must be positive, not {args.predict_at}.")
 
-    results = []
+    results, extend_to = [], None
     for i, path in enumerate(args.runs):
+        run = load_run(path)
+        at = _final_x(run, args.x) if args.predict_at == "final" else args.predict_at
+        if at is not None:
+            extend_to = max(extend_to or 0.0, at)
         rf = fit_run(
-            load_run(path),
+            run,
             x=args.x,
             forms=forms,
             use_first=args.use_first,
@@ -248,8 +261,8 @@ def _cmd_fit(args) -> int:
             seed=args.seed + i,
             decay=args.lr_decay_factor,
         )
-        if args.predict_at is not None:
-            rf.predict_at(args.predict_at)
+        if at is not None:
+            rf.predict_at(at)
         if args.target_loss is not None:
             rf.time_to_target(args.target_loss)
         if args.with_runs:
@@ -261,7 +274,7 @@ def _cmd_fit(args) -> int:
                 x=args.x,
                 use_first=args.use_first,
                 min_steps={str(rf.run.path): args.min_step} if args.min_step is not None else None,
-                predict_at=args.predict_at,
+                predict_at=at,
                 n_boot=args.bootstrap,
                 level=args.level,
                 seed=args.seed + i,
@@ -271,12 +284,13 @@ def _cmd_fit(args) -> int:
     if args.plot:
         from oneepoch.analysis.plots import plot_run_fits
 
-        plot_run_fits(results, args.plot, extend_to=args.predict_at)
+        plot_run_fits(results, args.plot, extend_to=extend_to)
+    reports = [_annotate(rf.to_json()) for rf in results]
     if args.json:
-        _print_json({"runs": [rf.to_json() for rf in results]})
+        _print_json({"runs": reports})
     else:
-        for rf in results:
-            _print_run_fit(rf.to_json())
+        for r in reports:
+            _print_run_fit(r)
         if args.plot:
             print(f"plot: {args.plot}")
     return 0
@@ -409,6 +423,44 @@ def _cmd_sweep_csv(args) -> int:
     return 0
 
 
+def _final_x(run, x: str) -> float:
+    """The run's last logged tokens (or step, for --x steps): --predict-at final."""
+    import numpy as np
+
+    column = run.lines["step"] if x == "steps" else run.lines["tokens"]
+    return float(np.nanmax(column))
+
+
+AT_BOUND = "at bound: not identified"
+
+
+def _annotate(r: dict) -> dict:
+    """What the fit's numbers leave unsaid: a floor (E, L0) or exponent stuck at the edge
+    of the fitting box is not a measurement (``note``: AT_BOUND), and a prediction where
+    the run has an observed loss gets its relative error (``error``: predicted / observed
+    - 1)."""
+    from oneepoch.analysis.curves import _ALPHA, _NO_FLOOR
+
+    edges = {"E": (_NO_FLOOR, None), "L0": (_NO_FLOOR, None), "alpha": _ALPHA}
+    for form in r.get("forms", {}).values():
+        for name, (low, high) in edges.items():
+            est = form.get(name)
+            if not isinstance(est, dict) or est.get("value") is None or "note" in est:
+                continue
+            v = est["value"]
+            if v <= low * (1 + 1e-3) or (high is not None and v >= high * (1 - 1e-3)):
+                est["note"] = AT_BOUND
+    for fc in (r.get("predict_at", {}).get("forecast"), r.get("joint", {}).get("forecast")):
+        if not fc:
+            continue
+        observed = fc.get("observed_loss")
+        if observed is None and fc is r.get("predict_at", {}).get("forecast"):
+            observed = r["predict_at"].get("observed_loss")
+        if observed and fc.get("value") is not None:
+            fc["error"] = fc["value"] / observed - 1
+    return r
+
+
 def _print_run_fit(r: dict) -> None:
     print(
         f"run {r['run']}: {r['n_fit_points']} of {r['n_eval_points']} evaluations fitted "
@@ -451,7 +503,10 @@ def _print_run_fit(r: dict) -> None:
         print(f"  forecast: loss at t = {pa['x']:.4g}: {_fmt_value(pa['forecast'])}{_how(pa)}")
         _print_forecast_lines(pa["forecast"])
         if pa["observed_loss"] is not None:
-            print(f"  observed loss at t = {pa['x']:.4g}: {pa['observed_loss']:.4f}")
+            print(
+                f"  observed loss at t = {pa['x']:.4g}: {pa['observed_loss']:.4f}"
+                + _error(pa["forecast"])
+            )
     if "joint" in r:
         jt = r["joint"]
         fc = jt["forecast"]
@@ -460,7 +515,7 @@ def _print_run_fit(r: dict) -> None:
             print("  " + _fmt_param(name, est))
         print(f"  forecast under the planned schedule: loss at t = {fc['x']:.4g}: {_fmt_value(fc)}")
         if fc["observed_loss"] is not None:
-            print(f"  observed loss at t = {fc['x']:.4g}: {fc['observed_loss']:.4f}")
+            print(f"  observed loss at t = {fc['x']:.4g}: {fc['observed_loss']:.4f}" + _error(fc))
         for note in jt["notes"]:
             print(f"  note: {note}")
     if "target" in r:
@@ -484,6 +539,11 @@ def _print_run_fit(r: dict) -> None:
         if tg["observed"]:
             obs = tg["observed"]
             print(f"  observed: reached at tokens {obs['tokens']:.4g}, step {obs['steps']:.4g}")
+
+
+def _error(forecast: dict) -> str:
+    err = forecast.get("error")
+    return "" if err is None else f" (forecast error {err:+.2%})"
 
 
 def _how(prediction: dict) -> str:

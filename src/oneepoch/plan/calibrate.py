@@ -110,6 +110,9 @@ class Calibration:
         # Points measured on a busy machine are provisional: re-measured once it is quiet.
         self.quiet = not machine_busy(0.2)
         self._prior: float | None = None
+        # Sequences of a timed micro-batch, at most: the planner sets the micro-batch of the
+        # run it plans, so calibrating never takes more memory than that run will.
+        self.max_sequences: int | None = None
 
     # -- cache ---------------------------------------------------------------------------
 
@@ -246,9 +249,17 @@ class Calibration:
             return self.rate(shape, batch)
         self.say(f"calibration: timing {key} on {self.device.type} {self.dtype}", end=": ")
         point = measure_point(
-            shape, batch, self.device, self.dtype, min(self.seconds, left / 3), self.say, left
+            shape,
+            batch,
+            self.device,
+            self.dtype,
+            min(self.seconds, left / 3),
+            self.say,
+            left,
+            max_sequences=self.max_sequences,
         )
         self.say(f"{point['tokens_per_s']:,.0f} tokens/s")
+        release_memory()  # each shape's model and batches, before the next one's
         self.points[key] = point
         self._save()
         return self.rate(shape, batch)
@@ -257,6 +268,19 @@ class Calibration:
         """What is being measured, on a terminal (stderr): measuring takes seconds."""
         if self.verbose:
             print(text, end=end, file=sys.stderr, flush=True)
+
+
+def release_memory() -> None:
+    """Collect and hand freed heap back to the system (glibc ``malloc_trim``): measuring
+    shape after shape in one process otherwise ratchets its resident memory up."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the allocator keeps what it keeps
 
 
 class CpuShare:
@@ -312,6 +336,7 @@ def measure_point(
     seconds: float = MEASURE_SECONDS,
     say=None,
     limit_s: float = MAX_CALIBRATION_S,
+    max_sequences: int | None = None,
 ) -> dict:
     """Time the trainer's own step pieces for one shape and batch, in a few seconds.
 
@@ -324,6 +349,10 @@ def measure_point(
     (``limit_s`` left) would not allow it. The micro-batch's time is the n sequences' scaled
     in proportion. Then step = grad_accum x micro-batch + update. Evaluation forward passes
     of n sequences are scaled the same way; the checkpoint is written once.
+
+    ``max_sequences`` bounds n, and with it the memory (the logits of n sequences, with their
+    softmax and gradient, are most of it): the planner passes the micro-batch of the run it
+    plans, so a rule's larger batch is timed on part of it and scaled.
     """
     import numpy as np
     import torch
@@ -379,17 +408,17 @@ def measure_point(
     def fwd_bwd(x):
         return lambda: micro_step(model, x, accum, dtype)
 
-    n0 = min(micro, 4)
+    cap = micro if max_sequences is None else max(1, min(micro, max_sequences))
+    n0 = min(cap, 4)
     x = windows(n0)
     timed(fwd_bwd(x), 1, 0)
     per_sequence = statistics.fmean(timed(fwd_bwd(x), 1, 0)) / n0
     # At least MIN_TIMED_TOKENS (below that a CPU's per-token time is up to twice as high),
     # more while it fits the seconds, fewer if the calibration's time is running out.
     n = n0
-    while n < micro and (
-        n * shape.seq_len < MIN_TIMED_TOKENS or 2 * n * per_sequence <= seconds / 2
-    ):
+    while n < cap and (n * shape.seq_len < MIN_TIMED_TOKENS or 2 * n * per_sequence <= seconds / 2):
         n *= 2
+    n = min(n, cap)
     while n > n0 and 3 * n * per_sequence > limit_s:
         n //= 2
     x = windows(n)

@@ -156,6 +156,14 @@ def _count(n: float | None) -> str:
     return f"{n:.3g}"
 
 
+def _ratio_cell(p) -> str:
+    """Achieved tokens per parameter, in the rule's count (non-embedding for kaplan)."""
+    ratio = p.tokens_per_param
+    if ratio is None:
+        return "-"
+    return f"{ratio:.3g}" + ("" if p.count == "total" else " (n-e)")
+
+
 def print_plans(plans, chosen, budget, corpus, planner, written, out=None) -> None:
     from oneepoch.plan.budget import format_seconds
 
@@ -176,6 +184,7 @@ def print_plans(plans, chosen, budget, corpus, planner, written, out=None) -> No
         ("parameters, all", lambda p: _count(p.candidate.total)),
         ("parameters, non-embedding", lambda p: _count(p.candidate.non_embedding)),
         ("tokens", lambda p: _count(p.tokens)),
+        ("tokens per parameter", _ratio_cell),
         ("unique tokens", lambda p: _count(p.unique_tokens)),
         ("epochs", lambda p: f"{p.epochs:.2f}"),
         ("steps", lambda p: f"{p.steps:,}"),
@@ -224,8 +233,15 @@ def print_plans(plans, chosen, budget, corpus, planner, written, out=None) -> No
         print("write it with --out plan.toml, then `oneepoch train --config plan.toml`.", file=out)
 
 
-def run_check(args) -> int:
+def check_seconds(s: float) -> str:
+    """Seconds, to a tenth, up to 10 minutes: a check compares runs of a few minutes, where
+    minutes to one decimal (2.6 vs 2.5 min) hide a 6 s difference."""
     from oneepoch.plan.budget import format_seconds
+
+    return f"{s:.1f} s" if s < 600 else format_seconds(s)
+
+
+def run_check(args) -> int:
     from oneepoch.plan.check import check_run
 
     result = check_run(
@@ -250,8 +266,8 @@ def run_check(args) -> int:
         print(f"  {label:<22}{pred:>12}{act:>12}{ratio:>10}")
 
     print(f"  {'':<22}{'predicted':>12}{'actual':>12}{'ratio':>10}")
-    row("training wall-clock", result["train_s"], format_seconds)
-    row("elapsed", result["elapsed_s"], format_seconds)
+    row("training wall-clock", result["train_s"], check_seconds)
+    row("elapsed", result["elapsed_s"], check_seconds)
     row("tokens/s", result["tokens_per_s"], lambda x: f"{x:,.0f}")
     row("evaluations", result["evaluations"], lambda x: f"{x:,}")
     row("val loss", result["val_loss"], lambda x: f"{x:.4f}")

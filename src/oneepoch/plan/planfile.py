@@ -11,7 +11,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from oneepoch.config import RunConfig, validate
+from oneepoch.config import RunConfig, absolute_path, validate
 from oneepoch.errors import UserError
 from oneepoch.plan.budget import Budget
 from oneepoch.plan.calibrate import Calibration
@@ -26,7 +26,7 @@ def run_config(plan: RulePlan, corpus: Corpus, settings: Settings, calib: Calibr
     cfg = RunConfig()
     cfg.model.n_layer, cfg.model.n_head, cfg.model.d_model = s.n_layer, s.n_head, s.d_model
     cfg.model.seq_len, cfg.model.vocab_size = s.seq_len, s.vocab_size
-    cfg.data.path = corpus.path
+    cfg.data.path = absolute_path(corpus.path)  # recorded absolute: runs from any folder
     cfg.data.epochs = plan.epochs
     cfg.optim.lr = float(f"{plan.lr:.3g}")
     cfg.train.batch_size = plan.batch_size
@@ -80,7 +80,7 @@ def write_plan(
                 "config": cfg.to_dict(),
                 "rules": {name: p.to_json() for name, p in plans.items()},
                 "corpus": {
-                    "path": corpus.path,
+                    "path": absolute_path(corpus.path),
                     "train_tokens": corpus.train_tokens,
                     "vocab_size": corpus.vocab_size,
                 },

@@ -21,20 +21,36 @@ from oneepoch.flops import Shape, train_flops_per_token
 from oneepoch.plan.budget import Budget, format_seconds
 from oneepoch.plan.calibrate import Calibration
 from oneepoch.plan.estimate import Estimate, estimate_run
-from oneepoch.plan.heuristics import MIN_BATCH, MIN_STEPS, batch_size, learning_rate
+from oneepoch.plan.heuristics import (
+    MIN_BATCH,
+    MIN_STEPS,
+    batch_size,
+    grad_accum,
+    learning_rate,
+)
 from oneepoch.plan.rules import (
     MAX_EPOCHS,
     TOKENS_PER_PARAM,
     Allocation,
     RuleContext,
+    TokensPerParam,
     solve_increasing,
 )
-from oneepoch.plan.shapes import NEAR_EQUAL, Candidate, FlopsCurve, near_equal, smallest
+from oneepoch.plan.shapes import (
+    NEAR_EQUAL,
+    Candidate,
+    FlopsCurve,
+    all_candidates,
+    near_equal,
+    smallest,
+)
 from oneepoch.sampler import num_windows
 
 C_HIGHEST = 1e30
 MEASURE_CHOSEN, MEASURE_OTHERS = 3, 1  # near-equal shapes timed for the chosen rule / others
 MAX_ROUNDS = 8  # measuring can move a plan to a new batch or shape; measured pairs stay
+RATIO_TOLERANCE = 1.10  # a ratio rule's shape keeps its tokens per parameter within 10%
+RATIO_SEARCH = 3.0  # shapes within this factor of the rule's N are tried for the ratio
 
 
 @dataclass
@@ -51,6 +67,13 @@ class Corpus:
     def usable_tokens(self, seq_len: int) -> int:
         """Tokens a one-pass run can see: whole windows of seq_len (sampler.py)."""
         return self.windows(seq_len) * seq_len
+
+
+def _short(n: float) -> str:
+    for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= size:
+            return f"{n / size:.3g}{suffix}"
+    return f"{n:.0f}"
 
 
 def corpus_from_data(path: str | Path) -> Corpus:
@@ -104,10 +127,21 @@ class RulePlan:
     notes: list[str] = field(default_factory=list)
     problem: str | None = None
     contenders: list[Candidate] = field(default_factory=list)
+    target_ratio: float | None = None  # the rule's tokens per parameter, for ratio rules
+    # (shape, batch) lying between the two shapes that bracket a ratio no shape meets: their
+    # ratio rests on an estimated rate; measured, one of them may meet it
+    between: list[tuple[Shape, int]] = field(default_factory=list)
 
     @property
     def shape(self) -> Shape | None:
         return self.candidate.shape if self.candidate else None
+
+    @property
+    def tokens_per_param(self) -> float | None:
+        """Tokens per parameter as planned, in the rule's count (all or non-embedding)."""
+        if self.candidate is None or not self.tokens:
+            return None
+        return self.tokens / self.candidate.count(self.count)
 
     def to_json(self) -> dict:
         c, s = self.candidate, self.shape
@@ -116,6 +150,8 @@ class RulePlan:
             "params_non_embedding": c.non_embedding if c else None,
             "count": self.count,
             "target_params": self.target_params,
+            "tokens_per_param": self.tokens_per_param,
+            "target_tokens_per_param": self.target_ratio,
             "tokens": self.tokens,
             "unique_tokens": self.unique_tokens,
             "epochs": self.epochs,
@@ -195,9 +231,14 @@ class Planner:
 
     def _realize(self, rule, flops: float, budget: Budget) -> RulePlan:
         """The run for compute ``flops``: the rule's parameter target, the fastest near-equal
-        shape, and the tokens that spend the budget."""
+        shape (for a ratio rule: the fastest that keeps its tokens per parameter), and the
+        tokens that spend the budget."""
         alloc = rule.allocate(flops, self.ctx)
-        if budget.kind == "seconds":
+        ratio_note = None
+        between = []
+        if isinstance(rule, TokensPerParam):
+            ranked, tokens, batch, ratio_note, between = self._by_ratio(rule, alloc, flops, budget)
+        elif budget.kind == "seconds":
             alloc, ranked, tokens, batch = self._fit_time(rule, alloc, budget.value)
         else:
             ranked, batch = self._ranked(alloc), None
@@ -207,6 +248,8 @@ class Planner:
         best = ranked[0]
         plan = RulePlan(rule.name, rule.source, alloc.count, alloc.params, budget_flops=flops)
         plan.candidate, plan.contenders = best, ranked
+        plan.target_ratio = rule.r if isinstance(rule, TokensPerParam) else None
+        plan.between = between
         self.finish(plan, rule, tokens, batch)
         plan.budget_flops = flops if budget.kind == "flops" else plan.flops
         if alloc.data_limited:
@@ -215,13 +258,102 @@ class Planner:
                 f"budget wants: one epoch of all of it with N = U / {rule.r:g}"
                 + self._budget_share(plan, budget)
             )
+        if ratio_note:
+            plan.notes.append(ratio_note)
         count = best.count(alloc.count)
-        if count < alloc.params / NEAR_EQUAL or count > alloc.params * NEAR_EQUAL:
+        if (
+            ratio_note is None
+            and plan.target_ratio is None
+            and (count < alloc.params / NEAR_EQUAL or count > alloc.params * NEAR_EQUAL)
+        ):
             plan.notes.append(
                 f"the rule's {alloc.params:,.0f} {alloc.count.replace('_', '-')} parameters "
                 f"became the nearest shape's {count:,}"
             )
         return plan
+
+    def _tokens_on(self, cand: Candidate, rule, alloc: Allocation, flops: float, budget: Budget):
+        """(tokens, batch) of the budget spent on shape ``cand`` (batch None: the heuristic's).
+        For a wall-clock budget the batch follows the rule's tokens for that shape, so a run
+        near a batch boundary does not flip between two batches' rates."""
+        batch = None
+        if budget.kind == "seconds":
+            wanted = rule.r * cand.count(alloc.count)
+            if alloc.max_tokens is not None:
+                wanted = min(wanted, alloc.max_tokens)
+            batch = batch_size(wanted, self.T)
+            tokens = self._tokens_for_time(cand.shape, batch, budget.value)
+        elif budget.kind == "flops":
+            tokens = flops / cand.flops_per_token
+        else:
+            tokens = budget.value
+        if alloc.max_tokens is not None:
+            tokens = min(tokens, alloc.max_tokens)
+        return tokens, batch
+
+    def _by_ratio(self, rule, alloc: Allocation, flops: float, budget: Budget):
+        """Shapes for a rule of D = r N: discrete shapes, attention and the output head move
+        a shape's tokens per parameter away from r, so every shape within RATIO_SEARCH of the
+        rule's N is tried with the tokens the budget gives it; those within RATIO_TOLERANCE
+        of r compete on measured speed (highest FLOP/s first, then nearest to r). When none is, the nearest in ratio
+        is used and the note says why. Returns (ranked, tokens, batch, note, between): the
+        last, shapes whose count lies between the two that bracket r, to be measured."""
+        r, kind, between = rule.r, alloc.count, []
+        lo, hi = alloc.params / RATIO_SEARCH, alloc.params * RATIO_SEARCH
+        pool = [c for c in all_candidates(self.T, self.V) if lo <= c.count(kind) <= hi]
+        for c in near_equal(alloc.params, kind, self.T, self.V):
+            if c not in pool:
+                pool.append(c)
+        tried = []
+        for c in pool:
+            tokens, batch = self._tokens_on(c, rule, alloc, flops, budget)
+            b = batch or batch_size(tokens, self.T)
+            planned = int(tokens // (b * self.T)) * b * self.T  # what finish() will plan
+            ratio = max(planned, 1) / c.count(kind)
+            tried.append((abs(math.log(ratio / r)), ratio, c, tokens, batch))
+        band = [t for t in tried if t[0] <= math.log(RATIO_TOLERANCE)]
+        note = None
+        if band:
+            # FLOP/s, not tokens/s: among shapes of different size, the smaller is always
+            # faster in tokens; what the machine does best is what spends the budget best
+            band.sort(key=lambda t: (-round(self._flops_per_s(t), 3), t[0]))
+            ranked = band
+        else:
+            tried.sort(key=lambda t: t[0])
+            ranked = tried
+            best = ranked[0]
+            below = max((t for t in tried if t[1] < r), key=lambda t: t[1], default=None)
+            above = min((t for t in tried if t[1] > r), key=lambda t: t[1], default=None)
+            sides = " and ".join(
+                f"{t[2].label()} ({_short(t[2].count(kind))} parameters) {t[1]:.3g}"
+                for t in (below, above)
+                if t is not None
+            )
+            if below is not None and above is not None:
+                why = "no shape lies between them"
+            elif above is None:
+                why = "every shape tried, the smallest included, gets fewer in this budget"
+            else:
+                why = "every shape tried gets more: the budget or corpus allows no larger model"
+            note = (
+                f"cannot keep {r:g} tokens per parameter within {RATIO_TOLERANCE - 1:.0%}: "
+                f"the nearest shapes give {sides} ({why}); {best[2].label()} is used"
+            )
+            if below is not None and above is not None:
+                lo_n, hi_n = sorted((below[2].count(kind), above[2].count(kind)))
+                between = [
+                    (t[2].shape, t[4] or batch_size(t[3], self.T))
+                    for t in tried
+                    if lo_n < t[2].count(kind) < hi_n
+                ]
+        best = ranked[0]
+        return [t[2] for t in ranked], best[3], best[4], note, between
+
+    def _flops_per_s(self, tried: tuple) -> float:
+        """Achieved FLOP/s, in units of 1e9, of a (miss, ratio, candidate, tokens, batch)."""
+        c, tokens, batch = tried[2], tried[3], tried[4]
+        rate = self.calib.rate(c.shape, batch or batch_size(tokens, self.T))
+        return rate.tokens_per_s * c.flops_per_token / 1e9
 
     def _ranked(self, alloc: Allocation) -> list[Candidate]:
         """Shapes near the rule's target, fastest (measured tokens/s) first."""
@@ -351,14 +483,20 @@ class Planner:
                 if p.problem:
                     continue
                 k = MEASURE_CHOSEN if name == chosen else MEASURE_OTHERS
-                for c in p.contenders[:k]:
-                    if (
-                        not self.calib.has(c.shape, p.batch_size)
-                        and (c.shape, p.batch_size) not in todo
-                    ):
-                        todo.append((c.shape, p.batch_size))
+                wanted = [(c.shape, p.batch_size) for c in p.contenders[:k]]
+                if name == chosen:
+                    wanted += p.between
+                for shape, b in wanted:
+                    if not self.calib.has(shape, b) and (shape, b) not in todo:
+                        todo.append((shape, b))
             if not todo:
                 break
+            mine = plans.get(chosen)
+            if mine is not None and not mine.problem and mine.shape is not None:
+                # measuring takes no more memory than the planned run's micro-batch
+                self.calib.max_sequences = mine.batch_size // grad_accum(
+                    mine.batch_size, self.T, self.V
+                )
             for shape, b in todo:
                 self.calib.measure(shape, b)
         return plans
