@@ -210,6 +210,33 @@ TRAIN = ["train", "--data", "{data}", "--quiet"]
 NEW_RUN = [*TRAIN, "--out", "{tmp}/r", "--steps", "5"]
 
 CASES = [
+    # analysis: outputs checked before the work, diverged runs named as such
+    Case(
+        "fit-plot-into-missing-folder",
+        ["fit", "{run}", "--plot", "{tmp}/no/such/fit.png"],
+        r"the folder of .*fit.png .* does not exist; create it first",
+    ),
+    Case(
+        "scaling-json-into-missing-folder",
+        ["scaling", "fit", "--csv", "{tmp}/s.csv", "--json", "{tmp}/no/law.json"],
+        r"the folder of .*law.json .* does not exist",
+        files(**{"s.csv": "params,tokens,loss\n1e6,1e7,3.0\n"}),
+    ),
+    Case(
+        "fit-run-whose-validation-losses-are-all-nan",
+        ["fit", "{tmp}/nanrun"],
+        r"every validation loss in .* is NaN or missing \(2 evaluations\): the run diverged",
+        lambda world, tmp: (
+            (
+                (tmp / "nanrun").mkdir(),
+                (tmp / "nanrun" / "metrics.jsonl").write_text(
+                    '{"step": 1, "tokens": 64, "val_loss": null}\n'
+                    '{"step": 2, "tokens": 128, "val_loss": null}\n'
+                ),
+            )
+            and None
+        ),
+    ),
     # prepare over a complete dataset: it must survive every failure
     Case(
         "rerun-mistyped-text-field",

@@ -225,6 +225,18 @@ def _check_uncertainty_args(args) -> None:
         raise UserError(f"--level must be between 0 and 1, not {args.level}.")
 
 
+def _check_outputs(*paths) -> None:
+    """Output files go into existing folders: said before the work, not after it."""
+    for path in paths:
+        if not path or path == "-":
+            continue
+        p = Path(path)
+        if p.is_dir():
+            raise UserError(f"{p} is a folder; give a file name to write to.")
+        if not p.parent.is_dir():
+            raise UserError(f"the folder of {p} ({p.parent}) does not exist; create it first.")
+
+
 def _cmd_fit(args) -> int:
     from oneepoch.analysis.runfit import FORMS, fit_run
     from oneepoch.analysis.runs import load_run
@@ -243,6 +255,7 @@ def _cmd_fit(args) -> int:
     if args.predict_at not in (None, "final") and not args.predict_at > 0:
         raise UserError(f"--predict-at must be positive, not {args.predict_at}.")
 
+    _check_outputs(args.plot, None if args.json in (None, True, False) else args.json)
     results, extend_to = [], None
     for i, path in enumerate(args.runs):
         run = load_run(path)
@@ -336,6 +349,7 @@ def _cmd_scaling_fit(args) -> int:
     from oneepoch.analysis.scaling import fit_scaling, load_law, read_csv
 
     _check_uncertainty_args(args)
+    _check_outputs(args.plot, args.json)
     if not args.huber_delta > 0:
         raise UserError(f"--huber-delta must be positive, not {args.huber_delta}.")
     data, columns = read_csv(

@@ -151,6 +151,12 @@ def load_run(path: str | Path) -> Run:
     # A resumed run appends: when a step appears twice, the later line is the one that holds.
     lines = _columns(_last_per_step(records), COLUMNS)
     eval_records = [r for r in records if _number(r.get("val_loss")) is not None]
+    diverged = [r for r in records if "val_loss" in r and _number(r.get("val_loss")) is None]
+    if diverged and not eval_records:
+        raise UserError(
+            f"every validation loss in {metrics} is NaN or missing ({len(diverged)} "
+            "evaluations): the run diverged; train it again with a lower learning rate."
+        )
     evals = _columns(_last_per_step(eval_records), COLUMNS + ("val_loss",))
     good = (evals["val_loss"] > 0) & np.isfinite(evals["val_loss"])
     evals = {k: v[good] for k, v in evals.items()}
