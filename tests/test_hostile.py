@@ -110,9 +110,16 @@ def flip_shard_byte(world, tmp):
     shard.write_bytes(bytes(raw))
 
 
+# a run that diverged: every evaluation logged a NaN validation loss (written as null)
+NAN_METRICS = (
+    '{"step": 1, "tokens": 64, "val_loss": null}\n{"step": 2, "tokens": 128, "val_loss": null}\n'
+)
+
+
 def files(**contents: str):
     def setup(world, tmp):
         for name, text in contents.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp / name).write_text(text)
 
     return setup
@@ -226,16 +233,7 @@ CASES = [
         "fit-run-whose-validation-losses-are-all-nan",
         ["fit", "{tmp}/nanrun"],
         r"every validation loss in .* is NaN or missing \(2 evaluations\): the run diverged",
-        lambda world, tmp: (
-            (
-                (tmp / "nanrun").mkdir(),
-                (tmp / "nanrun" / "metrics.jsonl").write_text(
-                    '{"step": 1, "tokens": 64, "val_loss": null}\n'
-                    '{"step": 2, "tokens": 128, "val_loss": null}\n'
-                ),
-            )
-            and None
-        ),
+        files(**{"nanrun/metrics.jsonl": NAN_METRICS}),
     ),
     # prepare over a complete dataset: it must survive every failure
     Case(
