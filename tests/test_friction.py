@@ -387,3 +387,20 @@ def test_a_floor_at_its_bound_is_said_to_be_unidentified():
     assert r["forms"]["schedule"]["L0"]["note"] == AT_BOUND
     assert "note" not in r["forms"]["power"]["E"]
     assert "(at bound: not identified)" in _fmt_param("L0", est)
+
+
+def test_sample_help_describes_the_command_and_states_every_default():
+    import helpers
+
+    res = helpers.run_cli("sample", "--help")
+    assert res.returncode == 0
+    text = " ".join(res.stdout.split())
+    assert "end-of-text token" in text.split("positional arguments")[0]  # a description
+    for flag, default in [
+        ("--max-new-tokens", "100"),
+        ("--temperature", "0.8"),
+        ("--top-k", "50"),
+        ("--seed", "0"),
+    ]:
+        after = text.split(f"{flag} {flag.strip('-').upper().replace('-', '_')}")[-1]
+        assert f"(default {default})" in after.split("--")[0], flag

@@ -56,13 +56,24 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print run.json at the end")
     p.set_defaults(func=run_train)
 
-    s = subparsers.add_parser("sample", help="generate text from a run's latest checkpoint")
-    s.add_argument("run_dir", metavar="RUN_DIR")
-    s.add_argument("--prompt", default="", help="text to continue")
-    s.add_argument("--max-new-tokens", type=int, default=100)
-    s.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding")
-    s.add_argument("--top-k", type=int, default=50)
-    s.add_argument("--seed", type=int, default=0)
+    s = subparsers.add_parser(
+        "sample",
+        help="generate text from a run's latest checkpoint",
+        description="Continue --prompt with the model of RUN_DIR's latest checkpoint, decoding "
+        "with the run's tokenizer; generation stops at the end-of-text token unless --past-eot.",
+    )
+    s.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by `oneepoch train`")
+    s.add_argument("--prompt", default="", help="text to continue (default: empty)")
+    s.add_argument(
+        "--max-new-tokens", type=int, default=100, help="tokens to generate at most (default 100)"
+    )
+    s.add_argument(
+        "--temperature", type=float, default=0.8, help="0 for greedy decoding (default 0.8)"
+    )
+    s.add_argument(
+        "--top-k", type=int, default=50, help="sample among the k likeliest tokens (default 50)"
+    )
+    s.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
     s.add_argument("--data", help="dataset directory, if it moved since training")
     s.add_argument(
         "--past-eot",
