@@ -125,15 +125,16 @@ def files(**contents: str):
     return setup
 
 
-def hold_lock_on_data(world, tmp):
-    """Another process holds the dataset (as a prepare in progress would)."""
+def hold_lock(folder, what: str):
+    """Another process holds ``folder`` (as a prepare or train in progress would)."""
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
             "import sys\nfrom oneepoch.locking import hold\n"
-            "with hold(sys.argv[1], 'prepare'):\n    print('held', flush=True); sys.stdin.read()",
-            str(world.data),
+            "with hold(sys.argv[1], sys.argv[2]):\n    print('held', flush=True); sys.stdin.read()",
+            str(folder),
+            what,
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -147,30 +148,14 @@ def hold_lock_on_data(world, tmp):
         assert holder.wait(timeout=60) == 0
 
     return stop
+
+
+def hold_lock_on_data(world, tmp):
+    return hold_lock(world.data, "prepare")
 
 
 def hold_lock_on_run(world, tmp):
-    """Another trainer holds the run (as a run in progress would)."""
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys\nfrom oneepoch.locking import hold\n"
-            "with hold(sys.argv[1], 'train'):\n    print('held', flush=True); sys.stdin.read()",
-            str(world.run),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=cli_env(),
-    )
-    assert holder.stdout.readline().strip() == "held"
-
-    def stop():
-        holder.stdin.close()
-        assert holder.wait(timeout=60) == 0
-
-    return stop
+    return hold_lock(world.run, "train")
 
 
 def other_text_same_tokenizer(world, tmp):

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from oneepoch import __version__
+from oneepoch.atomic import fsync_dir
 from oneepoch.data.dataset import MANIFEST
 from oneepoch.data.defaults import (
     DEFAULT_MAX_DOC_CHARS,
@@ -224,29 +225,21 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(a))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def replace_dataset(out: Path, build: Path) -> None:
     """Put the complete dataset in ``build`` at ``out`` in one atomic step: a kill at any
     moment leaves ``out`` holding either the complete old or the complete new dataset. The
     old one (with any files of the user's, which move over) then goes."""
     os.chmod(build, stat.S_IMODE(os.stat(out).st_mode))  # the folder keeps its permissions
-    _fsync_dir(build)
+    fsync_dir(build)
     if _exchange(out, build):
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
         _discard_quietly(build, out)  # `build` now names the old dataset
         return
     # No atomic exchange here (not Linux): two renames, with a moment without `out`.
     old = build.with_name(build.name + "-old")
     os.rename(out, old)
     os.rename(build, out)
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
     _discard_quietly(old, out)
 
 

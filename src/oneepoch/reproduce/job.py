@@ -9,13 +9,14 @@ command again skips what is complete and continues the rest.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import sys
 import time
 from pathlib import Path
 
+from oneepoch.atomic import write_atomic
+from oneepoch.data.dataset import dataset_fingerprint, read_manifest
 from oneepoch.errors import UserError
 from oneepoch.flops import train_flops_per_token
 from oneepoch.plan.budget import format_seconds
@@ -25,11 +26,6 @@ from oneepoch.reproduce.presets import Preset
 JOB_FORMAT = "oneepoch-reproduce"
 # What may not change between invocations on one output folder.
 FIXED = ("preset", "data_fingerprint", "epochs")
-
-
-def data_fingerprint(data: Path) -> str:
-    """The manifest names the tokenizer's hash and every shard's checksum."""
-    return hashlib.sha256((data / "manifest.json").read_bytes()).hexdigest()
 
 
 def open_job(out: Path, preset: Preset, data: Path, seeds: int, epochs, rules=None) -> dict:
@@ -42,7 +38,7 @@ def open_job(out: Path, preset: Preset, data: Path, seeds: int, epochs, rules=No
         "version": 1,
         "preset": preset.name,
         "data": str(data.resolve()),
-        "data_fingerprint": data_fingerprint(data),
+        "data_fingerprint": dataset_fingerprint(read_manifest(data)),
         "epochs": [float(e) for e in (epochs or preset.epochs)],
         "seeds": seeds,
     }
@@ -69,9 +65,7 @@ def open_job(out: Path, preset: Preset, data: Path, seeds: int, epochs, rules=No
         preset, corpus.train_tokens, corpus.vocab_size, spec["epochs"], rules or preset.rules
     )
     out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".job.json.tmp")
-    tmp.write_text(json.dumps(spec, indent=1) + "\n")
-    tmp.replace(path)
+    write_atomic(path, (json.dumps(spec, indent=1) + "\n").encode())
     return spec
 
 

@@ -9,6 +9,7 @@ import base64
 import html
 from pathlib import Path
 
+from oneepoch.atomic import write_atomic
 from oneepoch.reproduce import plots
 from oneepoch.reproduce.results import FORECAST_FRACTION
 
@@ -19,8 +20,8 @@ def write_report(out: Path, results: dict, job: dict) -> dict[str, Path]:
     figures = _figures(out, results, job)
     blocks = _blocks(results, job, figures)
     md, page = out / "report.md", out / "report.html"
-    _atomic(md, _markdown(blocks, out))
-    _atomic(page, _html(blocks))
+    write_atomic(md, _markdown(blocks, out).encode())
+    write_atomic(page, _html(blocks).encode())
     return {"html": page, "md": md}
 
 
@@ -584,9 +585,3 @@ def _html(blocks: list[tuple]) -> str:
         "<title>oneepoch reproduce report</title>"
         f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
-
-
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

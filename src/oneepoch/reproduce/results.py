@@ -15,6 +15,7 @@ import numpy as np
 from oneepoch.analysis.compare import SPEEDUPS, compare_runs, throughput_profile
 from oneepoch.analysis.curves import longest_true_run
 from oneepoch.analysis.runs import Run, load_run
+from oneepoch.atomic import write_atomic
 from oneepoch.errors import UserError
 from oneepoch.reproduce import verdicts
 
@@ -328,9 +329,7 @@ def _run_summary(out: Path, run: Run) -> dict:
 
 
 def write_results(path: Path, results: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(results, indent=1, default=_jsonable) + "\n")
-    tmp.replace(path)
+    write_atomic(path, (json.dumps(results, indent=1, default=_jsonable) + "\n").encode())
 
 
 def _jsonable(value):
