@@ -122,6 +122,41 @@ def test_auto_dtype_on_cpu_follows_the_measured_matmul_speed(monkeypatch, bf16, 
     assert not hardware.cpu_bf16_is_faster()
 
 
+def test_auto_dtype_on_cpu_times_the_runs_own_step_and_caches_it(monkeypatch, tmp_path):
+    from oneepoch import dtype_probe
+    from oneepoch.config import ModelConfig
+    from oneepoch.train import pick_dtype
+
+    monkeypatch.setenv("ONEEPOCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(hardware, "cpu_supports_bf16", lambda: True)
+    cpu = torch.device("cpu")
+    model = ModelConfig(n_layer=1, n_head=2, d_model=32, seq_len=16, vocab_size=64)
+    chosen = pick_dtype("auto", cpu, model, 4)
+    entry = json.loads((tmp_path / "dtype_choice.json").read_text())
+    (recorded,) = entry.values()
+    assert recorded["float32_s"] > 0 and recorded["bfloat16_s"] > 0
+    faster = recorded["float32_s"] / recorded["bfloat16_s"] >= dtype_probe.BF16_MIN_SPEEDUP
+    assert chosen == recorded["dtype"] == ("bfloat16" if faster else "float32")
+
+    def no_second_measurement(*args):
+        raise AssertionError("the cached choice was measured again")
+
+    monkeypatch.setattr(dtype_probe, "time_step_dtypes", no_second_measurement)
+    assert pick_dtype("auto", cpu, model, 4) == chosen
+    # another shape class is its own measurement; the recorded timings decide, not a table
+    monkeypatch.setattr(
+        dtype_probe, "time_step_dtypes", lambda m, b: {"float32": 1.0, "bfloat16": 0.5}
+    )
+    assert pick_dtype("auto", cpu, ModelConfig(**{**vars(model), "d_model": 64}), 4) == "bfloat16"
+    monkeypatch.setattr(
+        dtype_probe, "time_step_dtypes", lambda m, b: {"float32": 1.0, "bfloat16": 0.99}
+    )
+    assert pick_dtype("auto", cpu, model, 8) == "float32"  # 1% is not worth bf16's rounding
+    assert pick_dtype("float32", cpu, model, 4) == "float32"
+    monkeypatch.setattr(hardware, "cpu_supports_bf16", lambda: False)
+    assert pick_dtype("auto", cpu, ModelConfig(**{**vars(model), "d_model": 96}), 4) == "float32"
+
+
 @pytest.mark.parametrize(
     ("capability", "dtype"), [((7, 0), "float32"), ((8, 0), "bfloat16"), ((9, 0), "bfloat16")]
 )
@@ -200,3 +235,21 @@ def test_bf16_autocast_reaches_the_fp32_validation_loss(byte_dataset, tmp_path, 
     assert bf16["dtype"] == "bfloat16" and bf16["peak_flops"]["dtype"] == "bfloat16"
     assert fp32["final"]["val_loss"] < 3.2  # learned (from ~5.5)
     assert bf16["final"]["val_loss"] == pytest.approx(fp32["final"]["val_loss"], abs=0.03)
+
+
+def test_intervals_well_below_the_runs_median_are_reported_as_slowed_by_load():
+    from oneepoch.slowdown import SLOW_FRACTION, slowed_now, slowed_summary
+
+    steady = [1000.0, 1010.0, 990.0, 1005.0, 995.0, 1000.0]
+    assert slowed_now(steady) == ""
+    assert slowed_now(steady[:3] + [100.0]) == ""  # too few intervals to know the usual rate
+    note = slowed_now([*steady, 250.0])
+    assert note.startswith("slowed by load: 25% of this run's median") and "load average" in note
+    # the share is of training time: a slow interval of 10 steps lasts 4x a fast one's
+    rates = [*steady, 250.0, 260.0]
+    seconds = [1.0] * 6 + [4.0, 4.0]
+    summary = slowed_summary(rates, seconds)
+    assert summary["intervals"] == 2 and summary["of_intervals"] == 8
+    assert summary["share_of_time"] == pytest.approx(8.0 / 14.0)
+    just_above = [*steady, SLOW_FRACTION * 1000.0 * 1.01]
+    assert slowed_summary(just_above, [1.0] * 7)["intervals"] == 0

@@ -9,7 +9,6 @@ MFU it gives is an honest fraction, not one against a number that no kernel here
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from oneepoch.cache import cache_dir, read_entries, store_entry
+from oneepoch.config import ModelConfig
 from oneepoch.errors import UserError
 
 # Dense peak FLOP/s by device-name pattern (first match wins) and dtype. "float32" is the
@@ -65,6 +66,8 @@ def hardware_info(device: torch.device, world_size: int = 1) -> dict:
         "device_name": device_name(device),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        # as libgomp read it when torch loaded (oneepoch/__init__.py sets PASSIVE)
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "world_size": world_size,
         "platform": platform.platform(),
     }
@@ -120,8 +123,7 @@ def measure_matmul_flops(
 
 
 def cache_path() -> Path:
-    root = Path(os.environ.get("ONEEPOCH_CACHE", Path.home() / ".cache" / "oneepoch"))
-    return root / "peak_flops.json"
+    return cache_dir() / "peak_flops.json"
 
 
 def _peak_key(device: torch.device, dtype_name: str) -> str:
@@ -133,12 +135,7 @@ def peak_is_known(device: torch.device, dtype_name: str) -> bool:
     """Whether peak_flops answers without measuring (a GPU in the table, or cached)."""
     if device.type == "cuda" and gpu_table_peak(device_name(device), dtype_name):
         return True
-    try:
-        return isinstance(
-            json.loads(cache_path().read_text()).get(_peak_key(device, dtype_name)), dict
-        )
-    except (OSError, ValueError, AttributeError):
-        return False
+    return isinstance(read_entries(cache_path()).get(_peak_key(device, dtype_name)), dict)
 
 
 def peak_flops(device: torch.device, dtype_name: str) -> dict:
@@ -149,22 +146,11 @@ def peak_flops(device: torch.device, dtype_name: str) -> dict:
         if found:
             return found
     key = _peak_key(device, dtype_name)
-    cache = cache_path()
-    try:
-        cached = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        cached = {}
-    entry = cached.get(key)
+    entry = read_entries(cache_path()).get(key)
     if not isinstance(entry, dict):
         value, size = measure_matmul_flops(device, getattr(torch, dtype_name))
         entry = {"value": value, "size": size}
-        try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({**cached, key: entry}, indent=1))
-            tmp.replace(cache)
-        except OSError:
-            pass  # a read-only home only costs a re-measurement next time
+        store_entry(cache_path(), key, entry)
     return {
         "value": entry["value"],
         "dtype": dtype_name,
@@ -217,14 +203,23 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def pick_dtype(name: str, device: torch.device) -> str:
-    """The compute dtype: "auto" means bf16 autocast where the hardware is fast at bf16.
+def pick_dtype(
+    name: str, device: torch.device, model: ModelConfig | None = None, micro_batch: int = 0
+) -> str:
+    """The compute dtype: "auto" means bf16 autocast where it makes training faster.
 
-    GPUs: bf16 tensor cores (Ampere on). CPUs: measured (once, cached): bf16 only where its
-    matmuls clearly beat fp32's, as with AMX.
+    GPUs: bf16 tensor cores (Ampere on). CPUs with bf16 instructions: given the run's model
+    and micro-batch, its own training step timed in both dtypes (dtype_probe, cached);
+    without them (the planner, before it has chosen a shape), the measured matmul peaks.
     """
     if name != "auto":
         return name
     if device.type == "cuda":
         return "bfloat16" if gpu_supports_bf16(device) else "float32"
+    if not cpu_supports_bf16():
+        return "float32"  # bf16 would be emulated: never faster
+    if model is not None and micro_batch > 0:
+        from oneepoch.dtype_probe import choose_cpu_dtype
+
+        return choose_cpu_dtype(model, micro_batch)["dtype"]
     return "bfloat16" if cpu_bf16_is_faster() else "float32"

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from oneepoch.config import ModelConfig
+from oneepoch.head_loss import head_cross_entropy
 
 
 class CausalSelfAttention(nn.Module):
@@ -92,10 +93,10 @@ class GPT(nn.Module):
         x = self.drop(self.wte(idx) + self.wpe(pos))
         for block in self.blocks:
             x = block(x)
-        logits = F.linear(self.ln_f(x), self.wte.weight)  # head tied to the token embedding
+        x = self.ln_f(x)
         if targets is None:
-            return logits
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+            return F.linear(x, self.wte.weight)  # head tied to the token embedding
+        return head_cross_entropy(x, self.wte.weight, targets)  # the same, without the logits
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups: decay matrices, but not biases, norms or embeddings."""

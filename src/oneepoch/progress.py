@@ -34,9 +34,10 @@ class Progress:
         mfu: float | None,
         force: bool = False,
         epoch: float | None = None,
+        note: str = "",
     ) -> None:
         """``epoch``: passes over the data so far, shown for a multi-epoch run (the trainer
-        passes it when it repeats the data)."""
+        passes it when it repeats the data); ``note``: appended, e.g. that load slows it."""
         if not self.enabled:
             return
         now = time.monotonic()
@@ -52,6 +53,8 @@ class Progress:
             f"step {steps} loss {train_loss:.4f}{val} | {tokens_per_s:,.0f} tok/s{mfu_s} "
             f"| eta {_fmt_seconds(eta_s)}"
         )
+        if note:
+            line += f" | {note}"
         if self.tty:
             self.stream.write("\r\033[K" + line)
         else:

@@ -43,6 +43,7 @@ from oneepoch.progress import Progress
 from oneepoch.rundir import MetricsLog, read_json, write_json
 from oneepoch.sampler import OnePassSampler, RepeatedSampler, num_windows
 from oneepoch.schedule import Cadence, log_spaced_steps, lr_at
+from oneepoch.slowdown import slowed_now, slowed_summary
 from oneepoch.step import autocast, build_optimizer, micro_step, read_windows, train_step
 
 __all__ = ["Interrupted", "train", "pick_dtype", "log_spaced_steps", "read_windows"]
@@ -239,9 +240,6 @@ def setup(
     validate(cfg)
     m, t = cfg.model, cfg.train
     device = pick_device(t.device, ranks.local_rank)
-    # Rank 0 decides (on CPU by measuring, which ranks sharing cores must not do at once);
-    # config.toml records what ran, not "auto".
-    t.dtype = ranks.from_main(lambda: pick_dtype(t.dtype, device))
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # float32 matmuls on TF32 tensor cores
     if not cfg.data.path:
@@ -269,6 +267,9 @@ def setup(
         raise UserError(
             f"the validation split has fewer than {m.seq_len + 1} tokens; prepare with a larger validation split."
         )
+    # Rank 0 decides (on CPU by timing the step, which ranks sharing cores must not do at
+    # once); config.toml records what ran, not "auto".
+    t.dtype = ranks.from_main(lambda: pick_dtype(t.dtype, device, m, micro // ranks.world_size))
     shape = Shape(m.n_layer, m.n_head, m.d_model, m.seq_len, m.vocab_size)
     check_memory(cfg, shape, device, micro // ranks.world_size, ranks)
     cadence = Cadence(steps, t.eval_every, t.checkpoint_every)
@@ -488,6 +489,7 @@ class RunRecord:
         self.flops_per_token = train_flops_per_token(run.shape)
         self.peak_total = peak["value"] * ranks.world_size
         self.rates: list[float] = []  # tokens/s between log lines
+        self.rate_seconds: list[float] = []  # the training seconds each rate was taken over
         self.info = {
             "oneepoch_version": __version__,
             "torch_version": torch.__version__,
@@ -526,6 +528,7 @@ class RunRecord:
         """Record the tokens/s of ``steps`` steps in ``seconds``; the latest rate."""
         if seconds > 0:
             self.rates.append(steps * self.run.tokens_per_step / seconds)
+            self.rate_seconds.append(seconds)
         return self.rates[-1] if self.rates else 0.0
 
     def mfu(self, tokens_per_s: float) -> float:
@@ -546,6 +549,7 @@ class RunRecord:
             status=status,
             tokens_per_s=tokens_per_s,
             mfu=self.mfu(tokens_per_s),
+            slowed_by_load=slowed_summary(self.rates, self.rate_seconds),
             final={
                 "step": step,
                 "tokens": prog["tokens"],
@@ -643,7 +647,10 @@ def show(progress: Progress, run: Run, record: RunRecord, line: dict, rate: floa
     left = (steps - step) * run.tokens_per_step / rate if steps and rate else None
     left = run.cfg.train.time_s - wall if steps is None else left
     epoch = line["epoch"] if run.cfg.data.epochs > 1 else None  # multi-epoch runs show it
-    progress.update(step, steps, line["train_loss"], rate, left, record.mfu(rate), final, epoch)
+    note = slowed_now(record.rates)
+    progress.update(
+        step, steps, line["train_loss"], rate, left, record.mfu(rate), final, epoch, note
+    )
 
 
 def train(

@@ -30,6 +30,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from oneepoch.cache import cache_dir
 from oneepoch.data.shards import file_sha256
 from oneepoch.data.sources import Source, Tally
 from oneepoch.errors import UserError
@@ -60,10 +61,6 @@ _SKIP_DIRS = {
     "encodings",
     "ensurepip",
 }
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("ONEEPOCH_CACHE") or Path.home() / ".cache" / "oneepoch")
 
 
 def fetch_sdist(name: str, version: str, sha256: str, cache: Path | None = None) -> Path:

@@ -1,0 +1,90 @@
+"""``--dtype auto`` on a CPU: time the run's own training step in float32 and in bf16.
+
+A square-matmul benchmark says how fast the big matmuls of a large model can go, but the
+small models trained on CPUs spend much of a step elsewhere (attention kernels, softmax,
+layer norms, the casts autocast adds), and whether bf16 pays there depends on the shape.
+So the choice is made by timing the step itself: the model of the run's shape, its
+micro-batch, forward, backward and the AdamW update, in both dtypes, interleaved so that
+load elsewhere falls on both, the fastest repeat of each kept. The result is cached per
+machine, thread count, torch version and shape class, so a run pays for it once.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from oneepoch.cache import cache_dir, read_entries, store_entry
+from oneepoch.config import ModelConfig, OptimConfig
+
+# bf16 must be this much faster to be chosen: its rounding is a cost worth paying only for
+# a clear gain, and a smaller difference is within the noise of a few timed steps.
+BF16_MIN_SPEEDUP = 1.05
+PROBE_SECONDS = 4.0  # at most this long in all (after one warm-up step per dtype)
+MAX_REPEATS = 3
+
+
+def choose_cpu_dtype(model: ModelConfig, micro_batch: int) -> dict:
+    """{"dtype", "float32_s", "bfloat16_s", "source"}: the faster dtype for this step."""
+    key = _shape_class(model, micro_batch)
+    cache = cache_dir() / "dtype_choice.json"
+    entry = read_entries(cache).get(key)
+    if not isinstance(entry, dict) or entry.get("dtype") not in ("float32", "bfloat16"):
+        seconds = time_step_dtypes(model, micro_batch)
+        ratio = seconds["float32"] / seconds["bfloat16"]
+        entry = {
+            "dtype": "bfloat16" if ratio >= BF16_MIN_SPEEDUP else "float32",
+            "float32_s": seconds["float32"],
+            "bfloat16_s": seconds["bfloat16"],
+        }
+        store_entry(cache, key, entry)
+    speedup = entry["float32_s"] / entry["bfloat16_s"]
+    return {
+        **entry,
+        "source": f"measured training step: bf16 {speedup:.2f}x float32 "
+        f"(bf16 needs {BF16_MIN_SPEEDUP}x), cached in {cache}",
+    }
+
+
+def time_step_dtypes(model: ModelConfig, micro_batch: int) -> dict[str, float]:
+    """The fastest of up to MAX_REPEATS timed steps in each dtype, in seconds."""
+    from oneepoch.model import GPT
+    from oneepoch.step import apply_update, build_optimizer, micro_step
+
+    cfg = ModelConfig(**{**vars(model), "dropout": 0.0})
+    rng = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, cfg.vocab_size, (micro_batch, cfg.seq_len + 1), generator=rng)
+    net = GPT(cfg)
+    optimizer = build_optimizer(net, OptimConfig())
+
+    def step(dtype: str) -> float:
+        t0 = time.perf_counter()
+        micro_step(net, tokens, 1, dtype)
+        apply_update(net, optimizer, 1e-4, 1.0)
+        return time.perf_counter() - t0
+
+    dtypes = ("float32", "bfloat16")
+    warm = {d: step(d) for d in dtypes}  # kernel selection, packing buffers, allocator
+    best = dict(warm)
+    deadline = time.perf_counter() + PROBE_SECONDS
+    for _ in range(MAX_REPEATS):
+        if time.perf_counter() + sum(best.values()) > deadline:
+            break
+        for d in dtypes:
+            best[d] = min(best[d], step(d))
+    return best
+
+
+def _shape_class(model: ModelConfig, micro_batch: int) -> str:
+    shape = f"{model.n_layer}x{model.n_head}x{model.d_model}|seq={model.seq_len}"
+    return (
+        f"cpu|{_cpu()}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+        f"|{shape}|vocab={model.vocab_size}|micro={micro_batch}"
+    )
+
+
+def _cpu() -> str:
+    from oneepoch.hardware import cpu_name
+
+    return cpu_name()
