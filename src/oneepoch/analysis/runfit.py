@@ -38,7 +38,7 @@ N_PARAMS = {
 # still in its initial fast drop, which no form here describes (docs/analysis.md).
 SKIP_WARMUPS = 2
 # Without a warm-up to go by (none configured, or no LR logged), the fit may start at these
-# shares of the last fitted step; the run's own backtests choose (``_fast_drop_end``).
+# shares of the last fitted step; the curve decides (``_fast_drop_end``).
 FAST_DROP_STARTS = (0.0, 0.01, 0.03, 0.1)
 # Beyond this multiple of the last fitted t a prediction counts as an extrapolation.
 EXTRAPOLATION_RATIO = 1.25
@@ -330,32 +330,35 @@ def _default_min_step(run: Run, steps: np.ndarray, loss: np.ndarray, need: int) 
 
 
 def _fast_drop_end(steps: np.ndarray, loss: np.ndarray, need: int) -> float:
-    """Where the fast initial drop is over, decided from the curve by backtests.
+    """Where the fast initial drop is over, decided from the curve itself.
 
-    No form here describes the drop, so a fit that includes it mispredicts the later
-    points of its own range. The fit may start at each of FAST_DROP_STARTS (shares of the
-    last step); the start whose power-law fits (with and without a floor) backtest best
-    (``_backtest``: the lowest drift rate) wins. A start must leave ``need`` + 4 points.
+    No form here describes the drop, so a fit that includes it bends to it. The fit may
+    start at each of FAST_DROP_STARTS (shares of the last step) that leaves ``need`` + 4
+    points. A start counts only when its floored power-law fit holds from its first point
+    on (``CurveFit.valid_range``: no systematic departure beyond 3 standard errors of the
+    model-free noise), which rules out starts inside a drop the noise does not hide; of
+    those, the one whose power-law fits (with and without a floor) backtest best
+    (``_backtest``: the lowest drift rate) wins. When none holds, the latest start.
     """
     order = np.argsort(steps)
     steps, loss = steps[order], loss[order]
-    best_rate, best_start = np.inf, 0.0
+    best_rate, best_start, latest = np.inf, None, 0.0
     for share in FAST_DROP_STARTS:
         keep = steps > share * steps[-1]
         if keep.sum() < need + 4:
             break
+        latest = share * float(steps[-1])
         x, y = steps[keep], loss[keep]
         t_ref = float(np.exp(np.mean(np.log(x))))
-        rates = [
-            _backtest(fit_curve(PowerForm(t_ref, floor), x, y, n_boot=0))[
-                "log_error_per_log_distance"
-            ]
-            for floor in (True, False)
-        ]
+        fits = [fit_curve(PowerForm(t_ref, floor), x, y, n_boot=0) for floor in (True, False)]
+        held = fits[0].valid_range()
+        if held["t_min"] is None or held["t_min"] > x[0]:
+            continue
+        rates = [_backtest(fit)["log_error_per_log_distance"] for fit in fits]
         rate = min(r if r is not None else np.inf for r in rates)
-        if rate < best_rate:
-            best_rate, best_start = rate, share * float(steps[-1])
-    return best_start
+        if best_start is None or rate < best_rate:
+            best_rate, best_start = rate, latest
+    return latest if best_start is None else best_start
 
 
 def _inverse_square_weights(rates: dict[str, float | None]) -> dict[str, float]:
