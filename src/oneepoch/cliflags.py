@@ -1,5 +1,7 @@
 """Command-line pieces the commands share (torch-free): flags of config settings with their
-defaults and help text taken from the config dataclasses, one JSON printer.
+defaults and help text taken from the config dataclasses, the flags several commands take
+(bootstrap intervals), the check of output file paths, and one JSON printer for every
+command's --json.
 
 A flag of a config setting is declared once, in ``CONFIG_FLAGS``; ``oneepoch train`` takes
 all of them as overrides (``None`` unless given), and commands that run or plan training
@@ -10,9 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
+from pathlib import Path
 
 from oneepoch.config import DEVICES, DTYPES, PARALLEL, SCHEDULES, RunConfig
+from oneepoch.errors import UserError
+
+SIGPIPE_EXIT = 141  # what a shell reports for a command stopped by a closed pipe
 
 # flag -> (section.key, help). The default is appended to the help from the dataclasses
 # ("{default}" places it), unless the help says what the default means itself.
@@ -114,6 +122,77 @@ def add_option(parser, flag: str, default, text: str, **kw) -> None:
     )
 
 
-def print_json(data) -> None:
-    """What every command prints with --json."""
-    print(json.dumps(data, indent=2), file=sys.stdout)
+def needs_subcommand(parser: argparse.ArgumentParser) -> None:
+    """A command of subcommands (`oneepoch data`, `oneepoch scaling`): given none, it prints
+    its help and exits 2."""
+    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+
+
+def add_uncertainty_flags(parser: argparse.ArgumentParser, n_boot: int = 200) -> None:
+    """--bootstrap, --level and --seed of the commands that report bootstrap intervals."""
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=n_boot,
+        metavar="N",
+        help=f"bootstrap replicates for intervals (default {n_boot})",
+    )
+    add_option(parser, "--level", 0.9, "two-sided interval level")
+    add_option(parser, "--seed", 0, "bootstrap seed")
+
+
+def check_uncertainty_flags(args) -> None:
+    if args.bootstrap < 0:
+        raise UserError(f"--bootstrap must be 0 or more, not {args.bootstrap}.")
+    if not 0 < args.level < 1:
+        raise UserError(f"--level must be between 0 and 1, not {args.level}.")
+
+
+def check_output_files(*paths) -> None:
+    """Output files go into existing folders: said before the work, not after it."""
+    for path in paths:
+        if not path or path == "-":
+            continue
+        p = Path(path)
+        if p.is_dir():
+            raise UserError(f"{p} is a folder; give a file name to write to.")
+        if not p.parent.is_dir():
+            raise UserError(f"the folder of {p} ({p.parent}) does not exist; create it first.")
+
+
+def jsonable(obj):
+    """Plain JSON types: numpy scalars to Python, non-finite floats to None."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def json_text(data) -> str:
+    """``data`` as the indented, strict JSON every command writes (NaN and inf as null)."""
+    return json.dumps(jsonable(data), indent=2, allow_nan=False)
+
+
+def emit(text: str) -> int:
+    """Print ``text`` to stdout; 0, or SIGPIPE_EXIT without a word when the reader has gone
+    (`oneepoch data inspect DIR | head -1`), as a shell tool stopped by SIGPIPE would."""
+    try:
+        print(text, file=sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would complain again when it flushes stdout at exit: point it at nothing.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return SIGPIPE_EXIT
+    return 0
+
+
+def print_json(data) -> int:
+    """What every command prints with --json; the exit status (see ``emit``)."""
+    return emit(json_text(data))

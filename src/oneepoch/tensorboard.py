@@ -156,34 +156,3 @@ def write_events(run_dir: str | Path, log_dir: str | Path) -> dict:
     for f in old:
         f.unlink()  # superseded by the new file
     return {"log_dir": str(log_dir), "file": str(new), "lines": len(lines), "scalars": counts}
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "tensorboard",
-        help="write runs' metrics as TensorBoard event files (train/val loss, lr, tokens/s, MFU)",
-        description="Convert each RUN's metrics.jsonl into TensorBoard event files in "
-        "LOGDIR/<run name>, so `tensorboard --logdir LOGDIR` shows the runs side by side. "
-        "Converting again replaces the earlier conversion.",
-    )
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
-    p.add_argument("--logdir", required=True, help="TensorBoard log directory")
-    p.add_argument("--json", action="store_true", help="print what was written as JSON")
-    p.set_defaults(func=run_tensorboard)
-
-
-def run_tensorboard(args) -> int:
-    names = [Path(r).resolve().name for r in args.runs]
-    if len(set(names)) != len(names):
-        raise UserError(
-            "two runs have the same folder name, so their logs would mix; convert them one "
-            "at a time into different --logdir folders."
-        )
-    results = [write_events(r, Path(args.logdir) / n) for r, n in zip(args.runs, names)]
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        for r in results:
-            print(f"wrote {r['file']} ({r['lines']} lines)")
-        print(f"view with: tensorboard --logdir {args.logdir}")
-    return 0

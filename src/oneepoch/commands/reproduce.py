@@ -6,23 +6,22 @@ import json
 import sys
 from pathlib import Path
 
+from oneepoch.cliflags import print_json
 from oneepoch.errors import UserError
 
 BUILTIN = "data/builtin"
+HELP = "run the paper's experiments on a corpus and write a report"
+DESCRIPTION = """\
+Run the experiments of One Epoch Is All You Need (one epoch vs many, dropout under one
+epoch, the power law, size/iteration adjustment, both together) on --data, interleaving the
+runs that are compared by wall-clock, and write OUT/report.html, OUT/report.md and
+OUT/results.json. Interrupt it at any moment: the same command continues where it stopped.
+"""
 
 
-def register(subparsers) -> None:
+def add_arguments(p) -> None:
     from oneepoch.reproduce.presets import PRESETS
 
-    p = subparsers.add_parser(
-        "reproduce",
-        help="run the paper's experiments on a corpus and write a report",
-        description="Run the experiments of One Epoch Is All You Need (one epoch vs many, "
-        "dropout under one epoch, the power law, size/iteration adjustment, both together) on "
-        "--data, interleaving the runs that are compared by wall-clock, and write "
-        "OUT/report.html, OUT/report.md and OUT/results.json. Interrupt it at any moment: the "
-        "same command continues where it stopped.",
-    )
     p.add_argument(
         "--preset",
         default="tiny",
@@ -54,10 +53,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.add_argument("--json", action="store_true", help="print results.json at the end")
-    p.set_defaults(func=run_reproduce)
 
 
-def run_reproduce(args) -> int:
+def run(args) -> int:
     from oneepoch.reproduce.job import open_job, train_job
     from oneepoch.reproduce.presets import get_preset
 
@@ -106,8 +104,7 @@ def run_reproduce(args) -> int:
     paths = write_outputs(out, job)
     results = json.loads(paths["results"].read_text())
     if args.json:
-        print(json.dumps(results, indent=1))
-        return 0
+        return print_json(results)
     from oneepoch.reproduce.report import claim_lines
 
     print("\n".join(claim_lines(results["claims"])))
