@@ -83,7 +83,14 @@ CONFIG_FLAGS: dict[str, tuple[str, str]] = {
         f"{PARALLEL[1]} (FSDP2: parameters, gradients and optimizer state sharded over "
         "processes, for models too big for one device)",
     ),
+    "--tensorboard": (
+        "log.tensorboard",
+        "while training, also write TensorBoard event files (train/val loss, lr, tokens/s, "
+        "MFU) into DIR/<run folder name>, for `tensorboard --logdir DIR`; a resumed run "
+        "continues its curves; metrics.jsonl stays the record (default: none)",
+    ),
 }
+METAVARS = {"--tensorboard": "DIR"}
 
 
 def config_default(setting: str):
@@ -111,6 +118,7 @@ def add_config_flags(parser: argparse.ArgumentParser, flags, overrides: bool = F
             dest=setting.split(".")[1],
             type=type(value),
             default=None if overrides else value,
+            metavar=METAVARS.get(flag),
             help=flag_help(flag),
         )
 

@@ -11,7 +11,8 @@ Scalars, one point per metrics.jsonl line, at its ``step``:
 Each event's wall time is the line's ``wall_s``, so TensorBoard's "relative" axis is the
 training wall-clock the paper compares runs by. Written with tensorboard's own event writer
 (no torch); nothing here imports torch. ``EventLog`` is what a trainer would call live, one
-``write(line)`` per metrics line; ``write_events`` converts a finished (or running) run.
+``write(line)`` per metrics line (``live_log`` opens it for `oneepoch train --tensorboard
+DIR`); ``write_events`` converts a finished (or running) run.
 """
 
 from __future__ import annotations
@@ -111,6 +112,42 @@ class EventLog:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def live_log(
+    run_dir: str | Path,
+    log_root: str | Path,
+    flops_per_token: float | None,
+    peak_flops: dict | None,
+    resumed_step: int = 0,
+) -> EventLog:
+    """The trainer's EventLog (`train --tensorboard DIR`) in LOG_ROOT/<run folder name>, where
+    `oneepoch tensorboard RUN --logdir LOG_ROOT` writes too. The points after the step a run
+    resumes from, which its metrics.jsonl no longer holds, are purged, and tokens/s goes on
+    from metrics.jsonl's last line, so the curves are those a conversion would draw."""
+    run, log_dir = Path(run_dir), Path(log_root) / Path(run_dir).resolve().name
+    for folder in (Path(log_root), log_dir):
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"{folder} is a file; give a folder for the TensorBoard logs.")
+    last = _last_line(run / "metrics.jsonl")
+    start = (last.get("tokens", 0.0), last.get("wall_s", 0.0))
+    return EventLog(log_dir, flops_per_token, peak_flops, resumed_step + 1, start)
+
+
+def _last_line(path: Path) -> dict:
+    """The last metrics line of ``path`` ({} when there is none)."""
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError:
+        return {}
+    for raw in reversed(lines):
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(line, dict) and _is_number(line.get("tokens")):
+            return line
+    return {}
 
 
 def _is_number(x) -> bool:

@@ -59,7 +59,7 @@ def add_arguments(p) -> None:
 
 def overrides_from_args(args) -> dict:
     """Nested {section: {key: value}} of the settings given on the command line."""
-    from oneepoch.config import absolute_path
+    from oneepoch.config import PATH_SETTINGS, absolute_path
     from oneepoch.units import parse_count, parse_duration
 
     out: dict[str, dict] = {}
@@ -69,8 +69,11 @@ def overrides_from_args(args) -> dict:
             out.setdefault(section, {})[key] = value
     if args.compile:
         out.setdefault("train", {})["compile"] = True
-    if args.data:  # relative to where the command runs; recorded absolute in config.toml
-        out.setdefault("data", {})["path"] = absolute_path(args.data)
+    if args.data:
+        out.setdefault("data", {})["path"] = args.data
+    for section, key in PATH_SETTINGS:  # relative to where the command runs; recorded absolute
+        if out.get(section, {}).get(key):
+            out[section][key] = absolute_path(out[section][key])
     if any(getattr(args, b) is not None for b in ("tokens", "steps", "time")):
         # A budget on the command line replaces whatever budget the config file had (that
         # exactly one is given is checked once, with the rest of the config: config.validate).
