@@ -22,73 +22,47 @@ from oneepoch.errors import UserError
 
 SIGPIPE_EXIT = 141  # what a shell reports for a command stopped by a closed pipe
 
-# flag -> (section.key, help). The default is appended to the help from the dataclasses
-# ("{default}" places it), unless the help says what the default means itself.
+# section.key -> the help of its flag, --key (with "-" for "_"). The default is appended to
+# the help from the dataclasses ("{default}" places it), unless the help says what the
+# default means itself.
+SETTING_HELP: dict[str, str] = {
+    "model.n_layer": "transformer blocks",
+    "model.n_head": "attention heads; must divide --d-model",
+    "model.d_model": "residual stream width",
+    "model.seq_len": "context length in tokens",
+    "model.dropout": "dropout probability (default {default:g}: one epoch needs none)",
+    "data.epochs": "{default:g} (default): one pass, no window twice. E > 1: the multi-epoch "
+    "baseline, repeating the first budget/E tokens E times, reshuffled each epoch",
+    "train.batch_size": "sequences per optimizer step, summed over ranks and accumulation",
+    "train.grad_accum": "micro-batches per step",
+    "optim.lr": "peak learning rate",
+    "optim.min_lr_ratio": "final LR as a fraction of the peak",
+    "optim.warmup_steps": "linear warm-up steps (default: 2%% of the run)",
+    "optim.schedule": "LR after warm-up: " + ", ".join(SCHEDULES) + " (default {default})",
+    "optim.weight_decay": "AdamW decay of weight matrices",
+    "optim.grad_clip": "clip the gradient norm to this; 0 disables",
+    "train.seed": "seed of initialisation and data order",
+    "train.eval_every": "also evaluate every N steps (default: ~20 evaluations a run, plus "
+    "log-spaced early ones)",
+    "train.eval_tokens": "validation tokens, the same ones at every evaluation",
+    "train.log_every": "write a metrics line every N steps",
+    "train.checkpoint_every": "checkpoint every N steps (default: ~10 a run)",
+    "train.dtype": "{default} (default: bf16 autocast on GPUs with bf16 tensor cores and on "
+    "CPUs whose measured bf16 matmuls beat fp32, as with AMX; else float32; what ran is "
+    "recorded), " + " or ".join(d for d in DTYPES if d != "auto"),
+    "train.device": "{default} (default: a CUDA GPU if one is visible, else the CPU), "
+    + " or ".join(d for d in DEVICES if d != "auto"),
+    "train.parallel": f"under torchrun: {PARALLEL[0]} (default; a model replica per process) "
+    f"or {PARALLEL[1]} (FSDP2: parameters, gradients and optimizer state sharded over "
+    "processes, for models too big for one device)",
+    "log.tensorboard": "while training, also write TensorBoard event files (train/val loss, "
+    "lr, tokens/s, MFU) into DIR/<run folder name>, for `tensorboard --logdir DIR`; a resumed "
+    "run continues its curves; metrics.jsonl stays the record (default: none)",
+}
+# flag -> (section.key, help), in the order of `oneepoch train --help`.
 CONFIG_FLAGS: dict[str, tuple[str, str]] = {
-    "--n-layer": ("model.n_layer", "transformer blocks"),
-    "--n-head": ("model.n_head", "attention heads; must divide --d-model"),
-    "--d-model": ("model.d_model", "residual stream width"),
-    "--seq-len": ("model.seq_len", "context length in tokens"),
-    "--dropout": (
-        "model.dropout",
-        "dropout probability (default {default:g}: one epoch needs none)",
-    ),
-    "--epochs": (
-        "data.epochs",
-        "{default:g} (default): one pass, no window twice. E > 1: the multi-epoch baseline, "
-        "repeating the first budget/E tokens E times, reshuffled each epoch",
-    ),
-    "--batch-size": (
-        "train.batch_size",
-        "sequences per optimizer step, summed over ranks and accumulation",
-    ),
-    "--grad-accum": ("train.grad_accum", "micro-batches per step"),
-    "--lr": ("optim.lr", "peak learning rate"),
-    "--min-lr-ratio": ("optim.min_lr_ratio", "final LR as a fraction of the peak"),
-    "--warmup-steps": ("optim.warmup_steps", "linear warm-up steps (default: 2%% of the run)"),
-    "--schedule": (
-        "optim.schedule",
-        "LR after warm-up: " + ", ".join(SCHEDULES) + " (default {default})",
-    ),
-    "--weight-decay": ("optim.weight_decay", "AdamW decay of weight matrices"),
-    "--grad-clip": ("optim.grad_clip", "clip the gradient norm to this; 0 disables"),
-    "--seed": ("train.seed", "seed of initialisation and data order"),
-    "--eval-every": (
-        "train.eval_every",
-        "also evaluate every N steps (default: ~20 evaluations a run, plus log-spaced early ones)",
-    ),
-    "--eval-tokens": (
-        "train.eval_tokens",
-        "validation tokens, the same ones at every evaluation",
-    ),
-    "--log-every": ("train.log_every", "write a metrics line every N steps"),
-    "--checkpoint-every": (
-        "train.checkpoint_every",
-        "checkpoint every N steps (default: ~10 a run)",
-    ),
-    "--dtype": (
-        "train.dtype",
-        "{default} (default: bf16 autocast on GPUs with bf16 tensor cores and on CPUs whose "
-        "measured bf16 matmuls beat fp32, as with AMX; else float32; what ran is recorded), "
-        + " or ".join(d for d in DTYPES if d != "auto"),
-    ),
-    "--device": (
-        "train.device",
-        "{default} (default: a CUDA GPU if one is visible, else the CPU), "
-        + " or ".join(d for d in DEVICES if d != "auto"),
-    ),
-    "--parallel": (
-        "train.parallel",
-        f"under torchrun: {PARALLEL[0]} (default; a model replica per process) or "
-        f"{PARALLEL[1]} (FSDP2: parameters, gradients and optimizer state sharded over "
-        "processes, for models too big for one device)",
-    ),
-    "--tensorboard": (
-        "log.tensorboard",
-        "while training, also write TensorBoard event files (train/val loss, lr, tokens/s, "
-        "MFU) into DIR/<run folder name>, for `tensorboard --logdir DIR`; a resumed run "
-        "continues its curves; metrics.jsonl stays the record (default: none)",
-    ),
+    "--" + setting.split(".")[1].replace("_", "-"): (setting, text)
+    for setting, text in SETTING_HELP.items()
 }
 METAVARS = {"--tensorboard": "DIR"}
 
