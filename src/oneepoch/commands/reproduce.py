@@ -87,17 +87,14 @@ def run(args) -> int:
         f"reproduce --preset {preset.name}: {runs} runs ({len(job['plan']['runs'])} per seed x "
         f"{args.seeds} seed{'s' if args.seeds > 1 else ''}) on {data} -> {out}"
     )
+    from oneepoch.commands.train import interrupted_exit
     from oneepoch.train import Interrupted
 
     try:
         skipped = train_job(job, out, preset, data, sequential=args.sequential, show=not args.quiet)
     except Interrupted as exc:
-        print(
-            f"interrupted at step {exc.step} of a run; every finished run is kept: run the same "
-            "command again to continue.",
-            file=sys.stderr,
-        )
-        return 128 + exc.signum
+        how = "every finished run is kept: run the same command again to continue."
+        return interrupted_exit(exc, how=how)
     if skipped:
         say(f"{skipped} run(s) were already complete and were not trained again")
     say("fitting and writing the report")

@@ -156,11 +156,10 @@ def record_plan(config: str, out: str, resume: bool = False) -> None:
     shutil.copyfile(side, target)
 
 
-def interrupted_exit(exc, is_main: bool = True) -> int:
-    """Say how to continue an interrupted run; the exit status is 128 + the signal."""
+def interrupted_exit(exc, is_main: bool = True, how: str | None = None) -> int:
+    """Say how to continue an interrupted run (``how``; default: resume it); the exit status
+    is 128 + the signal, as a shell reports a command a signal stopped."""
     if is_main:
-        print(
-            f"{exc}; continue with `oneepoch train --data {exc.data} --out {exc.out} --resume`",
-            file=sys.stderr,
-        )
+        how = how or f"continue with `oneepoch train --data {exc.data} --out {exc.out} --resume`"
+        print(f"{exc}; {how}", file=sys.stderr)
     return 128 + exc.signum
