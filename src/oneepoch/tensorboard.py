@@ -25,7 +25,7 @@ from oneepoch.errors import UserError
 SUFFIX = ".oneepoch"  # marks the event files written here, so a new conversion replaces them
 
 
-def _tensorboard():
+def require_tensorboard():
     try:
         from tensorboard.compat.proto import event_pb2, summary_pb2
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
@@ -53,7 +53,7 @@ class EventLog:
         purge_step: int | None = None,
         start: tuple[float, float] = (0.0, 0.0),
     ):
-        self._event, self._summary, writer = _tensorboard()
+        self._event, self._summary, writer = require_tensorboard()
         Path(log_dir).mkdir(parents=True, exist_ok=True)
         self.writer = writer(str(log_dir), filename_suffix=SUFFIX)
         peak = peak_flops or {}

@@ -95,6 +95,10 @@ def run(args) -> int:
     if args.config:  # its relative paths are relative to its own folder
         cfg.update(load_config_file(args.config), args.config)
     cfg.update(overrides, "command line")
+    if cfg.log.tensorboard:  # said now, not after the model is built (on every rank)
+        from oneepoch.tensorboard import require_tensorboard
+
+        require_tensorboard()
     if is_main and args.config:
         record_plan(args.config, args.out, args.resume)  # for `oneepoch plan --check RUN`
     try:
