@@ -122,7 +122,7 @@ def test_a_rule_that_cannot_be_kept_says_why_in_one_line():
 
 
 def test_plan_table_shows_the_achieved_tokens_per_parameter():
-    from oneepoch.plan.cli import print_plans
+    from oneepoch.commands.plan import print_plans
 
     planner = _planner()
     budget = parse_budget("3e14")
@@ -141,14 +141,14 @@ def test_plan_table_shows_the_achieved_tokens_per_parameter():
 
 
 def test_check_shows_seconds_for_short_runs():
-    from oneepoch.plan.cli import check_seconds
+    from oneepoch.commands.plan import check_seconds
 
     assert check_seconds(156.0) == "156.0 s" and check_seconds(150.04) == "150.0 s"
     assert check_seconds(1800) == "30.0 min"
 
 
 def test_record_plan_copies_the_sidecar_only_into_its_own_run(tmp_path):
-    from oneepoch.train_cli import record_plan
+    from oneepoch.commands.train import record_plan
 
     (tmp_path / "plan.toml").write_text("")
     (tmp_path / "plan.json").write_text(json.dumps({"format": "oneepoch-plan"}))
@@ -381,7 +381,7 @@ def test_fit_predict_at_final_gives_the_error_against_the_observed_loss(capsys, 
 
 
 def test_a_floor_at_its_bound_is_said_to_be_unidentified():
-    from oneepoch.analysis.cli import AT_BOUND, _annotate, _fmt_param
+    from oneepoch.commands.fit import AT_BOUND, _annotate, _fmt_param
 
     est = {"value": 8.3e-07, "ci_low": None, "ci_high": None, "se": None}
     ok = {"value": 1.9, "ci_low": None, "ci_high": None, "se": None}

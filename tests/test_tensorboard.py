@@ -4,6 +4,7 @@ TensorBoard's own EventAccumulator."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -132,3 +133,34 @@ def test_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "metrics.jsonl is missing" in err and "\n" not in err
     assert not (tmp_path / "logs").exists()
+
+
+def test_train_tensorboard_live_equals_the_metrics_across_resumes(byte_dataset, tmp_path):
+    """`train --tensorboard DIR` writes the scalars while training; a paused run resumed
+    (the setting kept in config.toml) and a run resumed from an older checkpoint (the lines
+    after it truncated and recomputed, as after a kill) leave one point per step, equal to
+    metrics.jsonl's."""
+    from oneepoch import checkpoint
+
+    out, tb = tmp_path / "run", tmp_path / "tb"
+    args = ["--data", str(byte_dataset), "--out", str(out), "--steps", "12", "--batch-size", "4"]
+    args += ["--log-every", "2", "--checkpoint-every", "4", "--dtype", "float32", *TINY]
+    res = run_cli("train", *args, "--tensorboard", str(tb), "--until-step", "6")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert read_back(tb / "run")["lr"][-1][1] == 6  # live: what ran so far is there
+    res = run_cli("train", *args, "--resume")  # config.toml keeps log.tensorboard
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert_scalars_equal(read_back(tb / "run"), expected(out))
+
+    # As if killed after the step-12 line but before its checkpoint: resume from step 8.
+    shutil.rmtree(checkpoint.latest(out / "checkpoints"))
+    info = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**info, "status": "interrupted"}))
+    res = run_cli("train", *args, "--resume", "--tensorboard", str(tb))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(list((tb / "run").iterdir())) == 3  # one event file per session
+    steps = [line["step"] for line in read_metrics(out)]
+    assert steps == sorted(set(steps)) and steps[-1] == 12
+    got = read_back(tb / "run")
+    assert [step for _, step, _ in got["lr"]] == steps  # one point per step, none twice
+    assert_scalars_equal(got, expected(out))

@@ -268,7 +268,7 @@ def test_missing_or_unprepared_data_and_existing_run(byte_dataset, tmp_path):
 def test_train_help_explains_every_flag():
     res = run_cli("train", "--help")
     assert res.returncode == 0
-    from oneepoch.train_cli import TRAIN_FLAGS
+    from oneepoch.commands.train import TRAIN_FLAGS
 
     for flag, *_ in TRAIN_FLAGS:
         assert flag in res.stdout

@@ -1,34 +1,47 @@
-"""Command-line entry point.
+"""Command-line entry point: the commands of oneepoch.commands, in the order of --help.
 
-Each command lives in its package's ``cli`` module (or, for one-module commands, the module
-itself), which exposes ``register(subparsers)``; that function adds the parser and sets
-``func`` (called with the parsed args, returns an exit code or None). The list below is
-explicit: a command module that fails to import is an error, not a missing command. Command
-modules import heavy libraries (torch, scipy, matplotlib) inside their functions, so
-``oneepoch --help`` is fast and the analysis commands run without torch.
+The list below is explicit: a command module that fails to import is an error, not a missing
+command. What a command module holds is described in oneepoch.commands.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from oneepoch import __version__
+from oneepoch.commands import (
+    compare,
+    data,
+    demo,
+    export,
+    fit,
+    plan,
+    prepare,
+    reproduce,
+    sample,
+    scaling,
+    sweep,
+    tensorboard,
+    train,
+)
 from oneepoch.errors import UserError
 
-# Modules that register subcommands, in the order they appear in --help. Each is imported
-# as is: a command whose module is broken fails loudly instead of vanishing from --help.
-COMMAND_MODULES = [
-    "oneepoch.data.cli",  # prepare, data inspect
-    "oneepoch.train_cli",  # train, sample
-    "oneepoch.analysis.cli",  # fit, compare, scaling
-    "oneepoch.plan.cli",  # plan, sweep
-    "oneepoch.reproduce.cli",  # reproduce
-    "oneepoch.demo",  # demo
-    "oneepoch.export",  # export
-    "oneepoch.tensorboard",  # tensorboard
-]
+COMMANDS = {
+    "prepare": prepare,
+    "data": data,
+    "train": train,
+    "sample": sample,
+    "fit": fit,
+    "compare": compare,
+    "scaling": scaling,
+    "plan": plan,
+    "sweep": sweep,
+    "reproduce": reproduce,
+    "demo": demo,
+    "export": export,
+    "tensorboard": tensorboard,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,8 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"oneepoch {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+    for name, module in COMMANDS.items():
+        command = subparsers.add_parser(name, help=module.HELP, description=module.DESCRIPTION)
+        command.set_defaults(func=getattr(module, "run", None))
+        module.add_arguments(command)
     return parser
 
 

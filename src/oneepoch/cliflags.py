@@ -1,5 +1,7 @@
 """Command-line pieces the commands share (torch-free): flags of config settings with their
-defaults and help text taken from the config dataclasses, one JSON printer.
+defaults and help text taken from the config dataclasses, the flags several commands take
+(bootstrap intervals), the check of output file paths, and one JSON printer for every
+command's --json.
 
 A flag of a config setting is declared once, in ``CONFIG_FLAGS``; ``oneepoch train`` takes
 all of them as overrides (``None`` unless given), and commands that run or plan training
@@ -10,72 +12,59 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
+from pathlib import Path
 
 from oneepoch.config import DEVICES, DTYPES, PARALLEL, SCHEDULES, RunConfig
+from oneepoch.errors import UserError
 
-# flag -> (section.key, help). The default is appended to the help from the dataclasses
-# ("{default}" places it), unless the help says what the default means itself.
-CONFIG_FLAGS: dict[str, tuple[str, str]] = {
-    "--n-layer": ("model.n_layer", "transformer blocks"),
-    "--n-head": ("model.n_head", "attention heads; must divide --d-model"),
-    "--d-model": ("model.d_model", "residual stream width"),
-    "--seq-len": ("model.seq_len", "context length in tokens"),
-    "--dropout": (
-        "model.dropout",
-        "dropout probability (default {default:g}: one epoch needs none)",
-    ),
-    "--epochs": (
-        "data.epochs",
-        "{default:g} (default): one pass, no window twice. E > 1: the multi-epoch baseline, "
-        "repeating the first budget/E tokens E times, reshuffled each epoch",
-    ),
-    "--batch-size": (
-        "train.batch_size",
-        "sequences per optimizer step, summed over ranks and accumulation",
-    ),
-    "--grad-accum": ("train.grad_accum", "micro-batches per step"),
-    "--lr": ("optim.lr", "peak learning rate"),
-    "--min-lr-ratio": ("optim.min_lr_ratio", "final LR as a fraction of the peak"),
-    "--warmup-steps": ("optim.warmup_steps", "linear warm-up steps (default: 2%% of the run)"),
-    "--schedule": (
-        "optim.schedule",
-        "LR after warm-up: " + ", ".join(SCHEDULES) + " (default {default})",
-    ),
-    "--weight-decay": ("optim.weight_decay", "AdamW decay of weight matrices"),
-    "--grad-clip": ("optim.grad_clip", "clip the gradient norm to this; 0 disables"),
-    "--seed": ("train.seed", "seed of initialisation and data order"),
-    "--eval-every": (
-        "train.eval_every",
-        "also evaluate every N steps (default: ~20 evaluations a run, plus log-spaced early ones)",
-    ),
-    "--eval-tokens": (
-        "train.eval_tokens",
-        "validation tokens, the same ones at every evaluation",
-    ),
-    "--log-every": ("train.log_every", "write a metrics line every N steps"),
-    "--checkpoint-every": (
-        "train.checkpoint_every",
-        "checkpoint every N steps (default: ~10 a run)",
-    ),
-    "--dtype": (
-        "train.dtype",
-        "{default} (default: bf16 autocast on GPUs with bf16 tensor cores and on CPUs whose "
-        "measured bf16 matmuls beat fp32, as with AMX; else float32; what ran is recorded), "
-        + " or ".join(d for d in DTYPES if d != "auto"),
-    ),
-    "--device": (
-        "train.device",
-        "{default} (default: a CUDA GPU if one is visible, else the CPU), "
-        + " or ".join(d for d in DEVICES if d != "auto"),
-    ),
-    "--parallel": (
-        "train.parallel",
-        f"under torchrun: {PARALLEL[0]} (default; a model replica per process) or "
-        f"{PARALLEL[1]} (FSDP2: parameters, gradients and optimizer state sharded over "
-        "processes, for models too big for one device)",
-    ),
+SIGPIPE_EXIT = 141  # what a shell reports for a command stopped by a closed pipe
+
+# section.key -> the help of its flag, --key (with "-" for "_"). The default is appended to
+# the help from the dataclasses ("{default}" places it), unless the help says what the
+# default means itself.
+SETTING_HELP: dict[str, str] = {
+    "model.n_layer": "transformer blocks",
+    "model.n_head": "attention heads; must divide --d-model",
+    "model.d_model": "residual stream width",
+    "model.seq_len": "context length in tokens",
+    "model.dropout": "dropout probability (default {default:g}: one epoch needs none)",
+    "data.epochs": "{default:g} (default): one pass, no window twice. E > 1: the multi-epoch "
+    "baseline, repeating the first budget/E tokens E times, reshuffled each epoch",
+    "train.batch_size": "sequences per optimizer step, summed over ranks and accumulation",
+    "train.grad_accum": "micro-batches per step",
+    "optim.lr": "peak learning rate",
+    "optim.min_lr_ratio": "final LR as a fraction of the peak",
+    "optim.warmup_steps": "linear warm-up steps (default: 2%% of the run)",
+    "optim.schedule": "LR after warm-up: " + ", ".join(SCHEDULES) + " (default {default})",
+    "optim.weight_decay": "AdamW decay of weight matrices",
+    "optim.grad_clip": "clip the gradient norm to this; 0 disables",
+    "train.seed": "seed of initialisation and data order",
+    "train.eval_every": "also evaluate every N steps (default: ~20 evaluations a run, plus "
+    "log-spaced early ones)",
+    "train.eval_tokens": "validation tokens, the same ones at every evaluation",
+    "train.log_every": "write a metrics line every N steps",
+    "train.checkpoint_every": "checkpoint every N steps (default: ~10 a run)",
+    "train.dtype": "{default} (default: bf16 autocast on GPUs with bf16 tensor cores and on "
+    "CPUs whose measured bf16 matmuls beat fp32, as with AMX; else float32; what ran is "
+    "recorded), " + " or ".join(d for d in DTYPES if d != "auto"),
+    "train.device": "{default} (default: a CUDA GPU if one is visible, else the CPU), "
+    + " or ".join(d for d in DEVICES if d != "auto"),
+    "train.parallel": f"under torchrun: {PARALLEL[0]} (default; a model replica per process) "
+    f"or {PARALLEL[1]} (FSDP2: parameters, gradients and optimizer state sharded over "
+    "processes, for models too big for one device)",
+    "log.tensorboard": "while training, also write TensorBoard event files (train/val loss, "
+    "lr, tokens/s, MFU) into DIR/<run folder name>, for `tensorboard --logdir DIR`; a resumed "
+    "run continues its curves; metrics.jsonl stays the record (default: none)",
 }
+# flag -> (section.key, help), in the order of `oneepoch train --help`.
+CONFIG_FLAGS: dict[str, tuple[str, str]] = {
+    "--" + setting.split(".")[1].replace("_", "-"): (setting, text)
+    for setting, text in SETTING_HELP.items()
+}
+METAVARS = {"--tensorboard": "DIR"}
 
 
 def config_default(setting: str):
@@ -103,6 +92,7 @@ def add_config_flags(parser: argparse.ArgumentParser, flags, overrides: bool = F
             dest=setting.split(".")[1],
             type=type(value),
             default=None if overrides else value,
+            metavar=METAVARS.get(flag),
             help=flag_help(flag),
         )
 
@@ -114,6 +104,77 @@ def add_option(parser, flag: str, default, text: str, **kw) -> None:
     )
 
 
-def print_json(data) -> None:
-    """What every command prints with --json."""
-    print(json.dumps(data, indent=2), file=sys.stdout)
+def needs_subcommand(parser: argparse.ArgumentParser) -> None:
+    """A command of subcommands (`oneepoch data`, `oneepoch scaling`): given none, it prints
+    its help and exits 2."""
+    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+
+
+def add_uncertainty_flags(parser: argparse.ArgumentParser, n_boot: int = 200) -> None:
+    """--bootstrap, --level and --seed of the commands that report bootstrap intervals."""
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=n_boot,
+        metavar="N",
+        help=f"bootstrap replicates for intervals (default {n_boot})",
+    )
+    add_option(parser, "--level", 0.9, "two-sided interval level")
+    add_option(parser, "--seed", 0, "bootstrap seed")
+
+
+def check_uncertainty_flags(args) -> None:
+    if args.bootstrap < 0:
+        raise UserError(f"--bootstrap must be 0 or more, not {args.bootstrap}.")
+    if not 0 < args.level < 1:
+        raise UserError(f"--level must be between 0 and 1, not {args.level}.")
+
+
+def check_output_files(*paths) -> None:
+    """Output files go into existing folders: said before the work, not after it."""
+    for path in paths:
+        if not path or path == "-":
+            continue
+        p = Path(path)
+        if p.is_dir():
+            raise UserError(f"{p} is a folder; give a file name to write to.")
+        if not p.parent.is_dir():
+            raise UserError(f"the folder of {p} ({p.parent}) does not exist; create it first.")
+
+
+def jsonable(obj):
+    """Plain JSON types: numpy scalars to Python, non-finite floats to None."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def json_text(data) -> str:
+    """``data`` as the indented, strict JSON every command writes (NaN and inf as null)."""
+    return json.dumps(jsonable(data), indent=2, allow_nan=False)
+
+
+def emit(text: str) -> int:
+    """Print ``text`` to stdout; 0, or SIGPIPE_EXIT without a word when the reader has gone
+    (`oneepoch data inspect DIR | head -1`), as a shell tool stopped by SIGPIPE would."""
+    try:
+        print(text, file=sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would complain again when it flushes stdout at exit: point it at nothing.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return SIGPIPE_EXIT
+    return 0
+
+
+def print_json(data) -> int:
+    """What every command prints with --json; the exit status (see ``emit``)."""
+    return emit(json_text(data))

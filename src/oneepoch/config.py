@@ -70,11 +70,17 @@ class TrainConfig:
 
 
 @dataclass
+class LogConfig:
+    tensorboard: str = ""  # a folder: live TensorBoard event files in <it>/<run folder name>
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -143,7 +149,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 # Settings that name a file or folder. In a config file a relative one is relative to the
 # file's folder (not to where `oneepoch` runs); a run's config.toml records them absolute.
-PATH_SETTINGS = (("data", "path"),)
+PATH_SETTINGS = (("data", "path"), ("log", "tensorboard"))
 
 
 def absolute_path(path: str, base: str | Path | None = None) -> str:

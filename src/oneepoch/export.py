@@ -29,36 +29,6 @@ from oneepoch.errors import UserError
 FORMATS = ("hf",)
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "export",
-        help="write a run's latest checkpoint as a Hugging Face transformers model folder",
-        description="Write RUN's latest checkpoint to OUT as a GPT-2 model folder that "
-        "transformers loads offline with AutoModelForCausalLM.from_pretrained(OUT) and "
-        "AutoTokenizer.from_pretrained(OUT): safetensors weights, config.json, and the "
-        "dataset's tokenizer as tokenizer.json.",
-    )
-    p.add_argument("run", help="run directory (the --out of `oneepoch train`)")
-    p.add_argument("out", help="new or empty folder to write")
-    p.add_argument("--format", default="hf", help="export format: hf (the default)")
-    p.add_argument(
-        "--data", default=None, help="dataset directory, if it moved since training (its tokenizer)"
-    )
-    p.add_argument("--json", action="store_true", help="print what was written as JSON")
-    p.set_defaults(func=run_export)
-
-
-def run_export(args) -> int:
-    info = export(args.run, args.out, fmt=args.format, data_dir=args.data)
-    if args.json:
-        print(json.dumps(info, indent=2))
-    else:
-        print(
-            f"wrote {info['out']} ({info['format']}, step {info['step']}): {', '.join(info['files'])}"
-        )
-    return 0
-
-
 def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is a file; give a new or empty folder to export into.")

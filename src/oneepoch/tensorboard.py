@@ -11,7 +11,8 @@ Scalars, one point per metrics.jsonl line, at its ``step``:
 Each event's wall time is the line's ``wall_s``, so TensorBoard's "relative" axis is the
 training wall-clock the paper compares runs by. Written with tensorboard's own event writer
 (no torch); nothing here imports torch. ``EventLog`` is what a trainer would call live, one
-``write(line)`` per metrics line; ``write_events`` converts a finished (or running) run.
+``write(line)`` per metrics line (``live_log`` opens it for `oneepoch train --tensorboard
+DIR`); ``write_events`` converts a finished (or running) run.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from oneepoch.errors import UserError
 SUFFIX = ".oneepoch"  # marks the event files written here, so a new conversion replaces them
 
 
-def _tensorboard():
+def require_tensorboard():
     try:
         from tensorboard.compat.proto import event_pb2, summary_pb2
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
@@ -52,7 +53,7 @@ class EventLog:
         purge_step: int | None = None,
         start: tuple[float, float] = (0.0, 0.0),
     ):
-        self._event, self._summary, writer = _tensorboard()
+        self._event, self._summary, writer = require_tensorboard()
         Path(log_dir).mkdir(parents=True, exist_ok=True)
         self.writer = writer(str(log_dir), filename_suffix=SUFFIX)
         peak = peak_flops or {}
@@ -113,6 +114,42 @@ class EventLog:
         self.writer.close()
 
 
+def live_log(
+    run_dir: str | Path,
+    log_root: str | Path,
+    flops_per_token: float | None,
+    peak_flops: dict | None,
+    resumed_step: int = 0,
+) -> EventLog:
+    """The trainer's EventLog (`train --tensorboard DIR`) in LOG_ROOT/<run folder name>, where
+    `oneepoch tensorboard RUN --logdir LOG_ROOT` writes too. The points after the step a run
+    resumes from, which its metrics.jsonl no longer holds, are purged, and tokens/s goes on
+    from metrics.jsonl's last line, so the curves are those a conversion would draw."""
+    run, log_dir = Path(run_dir), Path(log_root) / Path(run_dir).resolve().name
+    for folder in (Path(log_root), log_dir):
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"{folder} is a file; give a folder for the TensorBoard logs.")
+    last = _last_line(run / "metrics.jsonl")
+    start = (last.get("tokens", 0.0), last.get("wall_s", 0.0))
+    return EventLog(log_dir, flops_per_token, peak_flops, resumed_step + 1, start)
+
+
+def _last_line(path: Path) -> dict:
+    """The last metrics line of ``path`` ({} when there is none)."""
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError:
+        return {}
+    for raw in reversed(lines):
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(line, dict) and _is_number(line.get("tokens")):
+            return line
+    return {}
+
+
 def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
@@ -156,34 +193,3 @@ def write_events(run_dir: str | Path, log_dir: str | Path) -> dict:
     for f in old:
         f.unlink()  # superseded by the new file
     return {"log_dir": str(log_dir), "file": str(new), "lines": len(lines), "scalars": counts}
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "tensorboard",
-        help="write runs' metrics as TensorBoard event files (train/val loss, lr, tokens/s, MFU)",
-        description="Convert each RUN's metrics.jsonl into TensorBoard event files in "
-        "LOGDIR/<run name>, so `tensorboard --logdir LOGDIR` shows the runs side by side. "
-        "Converting again replaces the earlier conversion.",
-    )
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
-    p.add_argument("--logdir", required=True, help="TensorBoard log directory")
-    p.add_argument("--json", action="store_true", help="print what was written as JSON")
-    p.set_defaults(func=run_tensorboard)
-
-
-def run_tensorboard(args) -> int:
-    names = [Path(r).resolve().name for r in args.runs]
-    if len(set(names)) != len(names):
-        raise UserError(
-            "two runs have the same folder name, so their logs would mix; convert them one "
-            "at a time into different --logdir folders."
-        )
-    results = [write_events(r, Path(args.logdir) / n) for r, n in zip(args.runs, names)]
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        for r in results:
-            print(f"wrote {r['file']} ({r['lines']} lines)")
-        print(f"view with: tensorboard --logdir {args.logdir}")
-    return 0

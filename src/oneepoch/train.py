@@ -88,9 +88,9 @@ class TrainClock:
 # Setup: the config resolved once
 
 
-# Where the data lives and how ranks share the model may change between sessions of a run:
-# checkpoints do not depend on either.
-RESUME_MAY_CHANGE = {"data.path", "train.parallel"}
+# Where the data lives, how ranks share the model and where TensorBoard logs go may change
+# between sessions of a run: checkpoints do not depend on them.
+RESUME_MAY_CHANGE = {"data.path", "train.parallel", "log.tensorboard"}
 
 
 def resolve_config(base: RunConfig, out: Path, resume: bool, overrides: dict) -> RunConfig:
@@ -479,7 +479,7 @@ def save_checkpoint(run: Run, model, optimizer, meter: LossMeter, record, step, 
 class RunRecord:
     """config.toml, metrics.jsonl and run.json; rank 0 writes, the others only keep count."""
 
-    def __init__(self, run: Run, metrics_bytes: int | None):
+    def __init__(self, run: Run, metrics_bytes: int | None, resumed_step: int = 0):
         self.run, self.path = run, run.out / "run.json"
         ranks, cfg, data, t = run.ranks, run.cfg, run.data, run.cfg.train
         # Measured by rank 0 alone (the others would compete for the same cores), then shared.
@@ -517,12 +517,17 @@ class RunRecord:
             },
             "resolved": run.resolved,
         }
-        self.metrics = None
+        self.metrics = self.events = None
         if ranks.is_main:
             run.out.mkdir(parents=True, exist_ok=True)
             (run.out / "config.toml").write_text(cfg.to_toml())
             self.metrics = MetricsLog(run.out / "metrics.jsonl", truncate_to=metrics_bytes)
             write_json(self.path, self.info)
+            if cfg.log.tensorboard:  # a view of metrics.jsonl, which stays the record
+                from oneepoch.tensorboard import live_log
+
+                args = (self.flops_per_token, peak, resumed_step)
+                self.events = live_log(run.out, cfg.log.tensorboard, *args)
 
     def rate(self, steps: int, seconds: float) -> float:
         """Record the tokens/s of ``steps`` steps in ``seconds``; the latest rate."""
@@ -538,11 +543,16 @@ class RunRecord:
         self.train_loss = record.get("train_loss", getattr(self, "train_loss", None))
         if self.metrics is not None:
             self.metrics.write(record)
+        if self.events is not None:
+            self.events.write(record)
+            self.events.flush()  # viewable while training, as metrics.jsonl is
 
     def finish(self, status: str, step: int, wall_s: float, val_loss: float | None) -> dict:
         if self.metrics is None:
             return self.info
         self.metrics.close()
+        if self.events is not None:
+            self.events.close()
         tokens_per_s = statistics.median(self.rates) if self.rates else 0.0
         prog = self.run.sampler.progress(step)
         self.info.update(
@@ -718,7 +728,7 @@ def _train(run: Run, resume: bool, show_progress: bool, until_step: int | None) 
     model, train_model, optimizer = build_model(run)
     meter = LossMeter(run.device)
     start = restore(run, model, optimizer, meter, resume)
-    record, evaluate = RunRecord(run, start.metrics_bytes), Evaluator(run)
+    record, evaluate = RunRecord(run, start.metrics_bytes, start.step), Evaluator(run)
     warm_up(run, train_model, optimizer, start.step)
     progress = Progress(enabled=show_progress and ranks.is_main)
     clock = TrainClock(run.device, start.wall_s)

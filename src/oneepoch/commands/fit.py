@@ -1,17 +1,20 @@
-"""`oneepoch fit`, `oneepoch compare` and `oneepoch scaling {fit,sweep-csv}`.
+"""`oneepoch fit`: learning-curve laws fitted to runs (oneepoch.analysis), with intervals and
+extrapolation.
 
 Only argparse and the standard library are imported here; numpy, scipy and matplotlib
-load when a command runs, so `oneepoch --help` stays fast.
+load when the command runs, so `oneepoch --help` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import sys
-from pathlib import Path
 
+from oneepoch.cliflags import (
+    add_uncertainty_flags,
+    check_output_files,
+    check_uncertainty_flags,
+    print_json,
+)
 from oneepoch.errors import UserError
 
 
@@ -32,35 +35,16 @@ def _predict_at(text: str) -> float | str:
     return _amount(text)
 
 
-def register(subparsers) -> None:
-    _register_fit(subparsers)
-    _register_compare(subparsers)
-    _register_scaling(subparsers)
+HELP = "fit learning-curve laws to runs, with intervals and extrapolation"
+DESCRIPTION = """\
+Fit each run's validation curve with L = E + A t^-alpha and the schedule-aware law of Tissue
+et al. (2024), each also without its floor; report intervals, goodness of fit, the range
+where each law holds, which form predicts held-out tail points best, and which form to trust
+for a prediction.
+"""
 
 
-def _add_uncertainty_args(p: argparse.ArgumentParser, n_boot: int = 200) -> None:
-    p.add_argument(
-        "--bootstrap",
-        type=int,
-        default=n_boot,
-        metavar="N",
-        help=f"bootstrap replicates for intervals (default {n_boot})",
-    )
-    p.add_argument(
-        "--level", type=float, default=0.9, help="two-sided interval level (default 0.9)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-
-
-def _register_fit(subparsers) -> None:
-    p = subparsers.add_parser(
-        "fit",
-        help="fit learning-curve laws to runs, with intervals and extrapolation",
-        description="Fit each run's validation curve with L = E + A t^-alpha and the "
-        "schedule-aware law of Tissue et al. (2024), each also without its floor; report "
-        "intervals, goodness of fit, the range where each law holds, which form predicts "
-        "held-out tail points best, and which form to trust for a prediction.",
-    )
+def add_arguments(p) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--json", action="store_true", help="print results as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="write loss vs tokens and wall-clock")
@@ -119,129 +103,14 @@ def _register_fit(subparsers) -> None:
         default=0.999,
         help="decay factor lambda of the annealing momentum S2 (default 0.999)",
     )
-    _add_uncertainty_args(p)
-    p.set_defaults(func=_cmd_fit)
+    add_uncertainty_flags(p)
 
 
-def _register_compare(subparsers) -> None:
-    p = subparsers.add_parser(
-        "compare",
-        help="wall-clock, step, token and FLOP speedup of run B over run A",
-        description="Cost ratios (A's cost / B's cost) for reaching the same validation "
-        "loss, by default the best loss the worse run reached.",
-    )
-    p.add_argument("run_a", metavar="RUN_A")
-    p.add_argument("run_b", metavar="RUN_B")
-    p.add_argument("--target-loss", type=float, metavar="X", help="loss both runs must reach")
-    p.add_argument("--json", action="store_true", help="print results as JSON")
-    _add_uncertainty_args(p)
-    p.set_defaults(func=_cmd_compare)
-
-
-def _register_scaling(subparsers) -> None:
-    p = subparsers.add_parser(
-        "scaling",
-        help="fit L(N, D[, U]) across runs; build the CSV from run directories",
-        description="Scaling-law fits (Chinchilla, data-constrained) with bootstrap intervals.",
-    )
-    actions = p.add_subparsers(dest="scaling_action", metavar="ACTION")
-
-    def needs_action(args) -> int:
-        p.print_help()
-        return 2
-
-    p.set_defaults(func=needs_action)
-
-    f = actions.add_parser("fit", help="fit a scaling law to a CSV")
-    f.add_argument("--csv", required=True, metavar="FILE", help="columns params, tokens, loss")
-    f.add_argument("--json", required=True, metavar="OUT", help="write the law here ('-': stdout)")
-    f.add_argument("--form", choices=("chinchilla", "data-constrained"), default="chinchilla")
-    f.add_argument("--plot", metavar="FILE.png", help="write IsoFLOP curves with the fitted law")
-    f.add_argument("--params-col", default="params")
-    f.add_argument("--tokens-col", default="tokens")
-    f.add_argument("--loss-col", default="loss")
-    f.add_argument(
-        "--unique-col",
-        default="unique_tokens",
-        help="unique tokens column, used by the data-constrained form",
-    )
-    f.add_argument("--huber-delta", type=float, default=1e-3)
-    f.add_argument(
-        "--procedure",
-        choices=("paper", "joint"),
-        default="paper",
-        help="data-constrained only: paper (default; Muennighoff et al.: Chinchilla terms "
-        "fixed from --base or the single-epoch rows, then R_D*, R_N* alone) or joint (all "
-        "seven parameters at once)",
-    )
-    f.add_argument(
-        "--base",
-        metavar="LAW.json",
-        help="a chinchilla law (from `scaling fit --form chinchilla`) whose terms the paper's "
-        "data-constrained procedure holds fixed",
-    )
-    f.add_argument(
-        "--tie",
-        choices=("alpha=beta",),
-        help="fit the Chinchilla terms with beta tied to alpha, as Muennighoff et al. did",
-    )
-    f.add_argument(
-        "--drop-highest",
-        type=int,
-        default=0,
-        metavar="K",
-        help="outlier policy: drop the K highest-loss rows before fitting",
-    )
-    f.add_argument(
-        "--drop-above",
-        type=float,
-        metavar="LOSS",
-        help="outlier policy: drop rows with a loss above LOSS before fitting",
-    )
-    _add_uncertainty_args(f)
-    f.set_defaults(func=_cmd_scaling_fit)
-
-    s = actions.add_parser("sweep-csv", help="print a scaling CSV built from run directories")
-    s.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    s.add_argument(
-        "--loss",
-        choices=("final", "best"),
-        default="final",
-        help="final or best validation loss (default final)",
-    )
-    s.add_argument(
-        "--params",
-        choices=("non-embedding", "total"),
-        default="non-embedding",
-        help="which run.json parameter count (default non-embedding)",
-    )
-    s.set_defaults(func=_cmd_sweep_csv)
-
-
-def _check_uncertainty_args(args) -> None:
-    if args.bootstrap < 0:
-        raise UserError(f"--bootstrap must be 0 or more, not {args.bootstrap}.")
-    if not 0 < args.level < 1:
-        raise UserError(f"--level must be between 0 and 1, not {args.level}.")
-
-
-def _check_outputs(*paths) -> None:
-    """Output files go into existing folders: said before the work, not after it."""
-    for path in paths:
-        if not path or path == "-":
-            continue
-        p = Path(path)
-        if p.is_dir():
-            raise UserError(f"{p} is a folder; give a file name to write to.")
-        if not p.parent.is_dir():
-            raise UserError(f"the folder of {p} ({p.parent}) does not exist; create it first.")
-
-
-def _cmd_fit(args) -> int:
+def run(args) -> int:
     from oneepoch.analysis.runfit import FORMS, fit_run
     from oneepoch.analysis.runs import load_run
 
-    _check_uncertainty_args(args)
+    check_uncertainty_flags(args)
     forms = None
     if args.forms is not None:
         forms = tuple(f.strip() for f in args.forms.split(",") if f.strip())
@@ -255,7 +124,7 @@ def _cmd_fit(args) -> int:
     if args.predict_at not in (None, "final") and not args.predict_at > 0:
         raise UserError(f"--predict-at must be positive, not {args.predict_at}.")
 
-    _check_outputs(args.plot, None if args.json in (None, True, False) else args.json)
+    check_output_files(args.plot, None if args.json in (None, True, False) else args.json)
     results, extend_to = [], None
     for i, path in enumerate(args.runs):
         run = load_run(path)
@@ -300,140 +169,11 @@ def _cmd_fit(args) -> int:
         plot_run_fits(results, args.plot, extend_to=extend_to)
     reports = [_annotate(rf.to_json()) for rf in results]
     if args.json:
-        _print_json({"runs": reports})
-    else:
-        for r in reports:
-            _print_run_fit(r)
-        if args.plot:
-            print(f"plot: {args.plot}")
-    return 0
-
-
-def _cmd_compare(args) -> int:
-    from oneepoch.analysis.compare import SPEEDUPS, compare_runs
-    from oneepoch.analysis.runs import load_run
-
-    _check_uncertainty_args(args)
-    if args.target_loss is not None and not args.target_loss > 0:
-        raise UserError(f"--target-loss must be a positive loss, not {args.target_loss}.")
-    a, b = load_run(args.run_a), load_run(args.run_b)
-    for run in (a, b):
-        if run.evals["val_loss"].size == 0:
-            raise UserError(f"{run.path} has no evaluations with val_loss; nothing to compare.")
-    result = compare_runs(
-        a, b, args.target_loss, n_boot=args.bootstrap, level=args.level, seed=args.seed
-    )
-    if args.json:
-        _print_json(result)
-        return 0
-    print(f"target loss {result['target_loss']:.4f} ({result['target_source']})")
-    for key in ("A", "B"):
-        cost = result[key]
-        how = "reached" if cost["reached"] else "NEVER REACHED: extrapolated with a power-law fit"
-        parts = [f"{axis} {_fmt_value(cost[axis])}" for axis in SPEEDUPS if axis in cost]
-        print(f"  {key} {result['run_' + key.lower()]}: {how}; " + ", ".join(parts))
-    intervals = result.get("speedup_intervals", {})
-    for name in SPEEDUPS.values():
-        value = result[name]
-        text = "n/a" if value is None else f"{value:.4g}x"
-        if name in intervals:
-            est = intervals[name]
-            text += f" [{_fmt(est['ci_low'])}, {_fmt(est['ci_high'])}]"
-        print(f"  {name}: {text} (A's cost / B's cost)")
-    for note in result.get("notes", []):
-        print(f"  note: {note}")
-    return 0
-
-
-def _cmd_scaling_fit(args) -> int:
-    from oneepoch.analysis.scaling import fit_scaling, load_law, read_csv
-
-    _check_uncertainty_args(args)
-    _check_outputs(args.plot, args.json)
-    if not args.huber_delta > 0:
-        raise UserError(f"--huber-delta must be positive, not {args.huber_delta}.")
-    data, columns = read_csv(
-        args.csv,
-        params_col=args.params_col,
-        tokens_col=args.tokens_col,
-        loss_col=args.loss_col,
-        unique_col=args.unique_col if args.form == "data-constrained" else None,
-    )
-    base = None
-    if args.base is not None:
-        base = load_law(args.base)
-        if base.form != "chinchilla":
-            raise UserError(
-                f"{args.base} holds a {base.form} law; --base needs a chinchilla one "
-                "(`oneepoch scaling fit --form chinchilla`)."
-            )
-        if args.form != "data-constrained":
-            raise UserError("--base belongs to --form data-constrained; drop it.")
-    fit = fit_scaling(
-        data,
-        args.form,
-        n_boot=args.bootstrap,
-        level=args.level,
-        seed=args.seed,
-        delta=args.huber_delta,
-        columns=columns,
-        procedure=args.procedure,
-        base=base,
-        base_source=args.base,
-        tie=args.tie is not None,
-        drop_highest=args.drop_highest,
-        drop_above=args.drop_above,
-    )
-    result = fit.to_json()
-    text = json.dumps(_jsonable(result), indent=2, allow_nan=False)
-    if args.json == "-":
-        print(text)
-    else:
-        Path(args.json).write_text(text + "\n", encoding="utf-8")
+        return print_json({"runs": reports})
+    for r in reports:
+        _print_run_fit(r)
     if args.plot:
-        from oneepoch.analysis.plots import plot_isoflops
-
-        plot_isoflops(fit, args.plot)
-    if args.json != "-":
-        print(
-            f"{result['form']}: {result['formula']}  ({result['n_points']} points, "
-            f"{result['n_bootstrap']} bootstrap replicates, {args.level:.0%} intervals)"
-        )
-        if "procedure" in result:
-            base = result.get("base")
-            print(
-                f"  procedure: {result['procedure']}"
-                + (f" (Chinchilla terms fixed from {base['source']})" if base else "")
-            )
-        print(
-            f"  outliers: {result['outliers']['policy']}, {len(result['outliers']['dropped_lines'])} rows dropped"
-        )
-        for name in fit.form.param_names:
-            print(_fmt_param(name, result[name]))
-        for line in result["warnings"]:
-            print(f"  warning: {line}")
-        print(_fmt_param("N_opt ~ C^a", result["N_opt_exponent"]))
-        print(_fmt_param("D_opt ~ C^b", result["D_opt_exponent"]))
-        print(
-            _fmt_param("D/N at C", result["tokens_per_param"])
-            + f"  (C = {result['tokens_per_param_at_flops']:.3g} FLOPs)"
-        )
-        print(f"written: {args.json}" + (f", {args.plot}" if args.plot else ""))
-    return 0
-
-
-def _cmd_sweep_csv(args) -> int:
-    import csv
-
-    from oneepoch.analysis.runs import load_run
-    from oneepoch.analysis.scaling import SWEEP_COLUMNS, sweep_rows
-
-    rows = sweep_rows(
-        [load_run(p) for p in args.runs], loss=args.loss, params=args.params.replace("-", "_")
-    )
-    writer = csv.DictWriter(sys.stdout, fieldnames=SWEEP_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
+        print(f"plot: {args.plot}")
     return 0
 
 
@@ -593,20 +333,3 @@ def _fmt_param(name: str, est: dict) -> str:
     why = next((f"  ({est[k]})" for k in ("note", "fixed") if k in est), "")
     tied = f"  (tied to {est['tied']})" if "tied" in est else ""
     return f"  {name:>12} {_fmt_value(est)}{se}{why}{tied}"
-
-
-def _jsonable(obj):
-    """Plain JSON types: numpy scalars to Python, non-finite floats to None."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def _print_json(obj) -> None:
-    print(json.dumps(_jsonable(obj), indent=2, allow_nan=False))

@@ -6,23 +6,22 @@ import json
 import sys
 from pathlib import Path
 
+from oneepoch.cliflags import print_json
 from oneepoch.errors import UserError
 
 BUILTIN = "data/builtin"
+HELP = "run the paper's experiments on a corpus and write a report"
+DESCRIPTION = """\
+Run the experiments of One Epoch Is All You Need (one epoch vs many, dropout under one
+epoch, the power law, size/iteration adjustment, both together) on --data, interleaving the
+runs that are compared by wall-clock, and write OUT/report.html, OUT/report.md and
+OUT/results.json. Interrupt it at any moment: the same command continues where it stopped.
+"""
 
 
-def register(subparsers) -> None:
+def add_arguments(p) -> None:
     from oneepoch.reproduce.presets import PRESETS
 
-    p = subparsers.add_parser(
-        "reproduce",
-        help="run the paper's experiments on a corpus and write a report",
-        description="Run the experiments of One Epoch Is All You Need (one epoch vs many, "
-        "dropout under one epoch, the power law, size/iteration adjustment, both together) on "
-        "--data, interleaving the runs that are compared by wall-clock, and write "
-        "OUT/report.html, OUT/report.md and OUT/results.json. Interrupt it at any moment: the "
-        "same command continues where it stopped.",
-    )
     p.add_argument(
         "--preset",
         default="tiny",
@@ -54,10 +53,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.add_argument("--json", action="store_true", help="print results.json at the end")
-    p.set_defaults(func=run_reproduce)
 
 
-def run_reproduce(args) -> int:
+def run(args) -> int:
     from oneepoch.reproduce.job import open_job, train_job
     from oneepoch.reproduce.presets import get_preset
 
@@ -89,25 +87,21 @@ def run_reproduce(args) -> int:
         f"reproduce --preset {preset.name}: {runs} runs ({len(job['plan']['runs'])} per seed x "
         f"{args.seeds} seed{'s' if args.seeds > 1 else ''}) on {data} -> {out}"
     )
+    from oneepoch.commands.train import interrupted_exit
     from oneepoch.train import Interrupted
 
     try:
         skipped = train_job(job, out, preset, data, sequential=args.sequential, show=not args.quiet)
     except Interrupted as exc:
-        print(
-            f"interrupted at step {exc.step} of a run; every finished run is kept: run the same "
-            "command again to continue.",
-            file=sys.stderr,
-        )
-        return 128 + exc.signum
+        how = "every finished run is kept: run the same command again to continue."
+        return interrupted_exit(exc, how=how)
     if skipped:
         say(f"{skipped} run(s) were already complete and were not trained again")
     say("fitting and writing the report")
     paths = write_outputs(out, job)
     results = json.loads(paths["results"].read_text())
     if args.json:
-        print(json.dumps(results, indent=1))
-        return 0
+        return print_json(results)
     from oneepoch.reproduce.report import claim_lines
 
     print("\n".join(claim_lines(results["claims"])))

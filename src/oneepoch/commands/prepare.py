@@ -1,30 +1,27 @@
-"""Subcommands ``prepare`` and ``data inspect``."""
+"""`oneepoch prepare`: text sources -> tokenizer -> token shards (oneepoch.data.prepare)."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 
-SIGPIPE_EXIT = 141  # what a shell reports for a command stopped by a closed pipe
+from oneepoch.cliflags import emit, print_json
+from oneepoch.data.defaults import (
+    DEFAULT_MAX_DOC_CHARS,
+    DEFAULT_SAMPLE_CHARS,
+    DEFAULT_SHARD_TOKENS,
+    DEFAULT_VAL_FRACTION,
+    DEFAULT_VOCAB_SIZE,
+)
+
+HELP = "turn text corpora into token shards"
+DESCRIPTION = """\
+Read text sources, train or load a tokenizer, split documents into train and validation, and
+write token shards plus a manifest to DATA_DIR.
+"""
 
 
-def register(subparsers) -> None:
-    from oneepoch.data.defaults import (
-        DEFAULT_MAX_DOC_CHARS,
-        DEFAULT_SAMPLE_CHARS,
-        DEFAULT_SHARD_TOKENS,
-        DEFAULT_VAL_FRACTION,
-        DEFAULT_VOCAB_SIZE,
-    )
-
-    p = subparsers.add_parser(
-        "prepare",
-        help="turn text corpora into token shards",
-        description="Read text sources, train or load a tokenizer, split documents into "
-        "train and validation, and write token shards plus a manifest to DATA_DIR.",
-    )
+def add_arguments(p) -> None:
     p.add_argument(
         "--source",
         action="append",
@@ -72,38 +69,13 @@ def register(subparsers) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
-    p.set_defaults(func=run_prepare)
-
-    d = subparsers.add_parser("data", help="look at prepared datasets")
-    dsub = d.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
-    i = dsub.add_parser("inspect", help="documents, tokens and sources of a dataset")
-    i.add_argument("data_dir", metavar="DATA_DIR")
-    i.add_argument("--verify", action="store_true", help="also re-hash every shard")
-    i.add_argument("--json", action="store_true", help="print as JSON")
-    i.set_defaults(func=run_inspect)
-    d.set_defaults(func=lambda args: d.print_help() or 2)
-
-
-def emit(text: str) -> int:
-    """Print ``text`` to stdout; 0, or SIGPIPE_EXIT without a word when the reader has gone
-    (`oneepoch data inspect DIR | head -1`), as a shell tool stopped by SIGPIPE would."""
-    try:
-        print(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # Python would complain again when it flushes stdout at exit: point it at nothing.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-        return SIGPIPE_EXIT
-    return 0
 
 
 def _say(message: str) -> None:
     print(f"prepare: {message}", file=sys.stderr, flush=True)
 
 
-def run_prepare(args) -> int:
+def run(args) -> int:
     from oneepoch.data.inspect import format_summary, summarize
     from oneepoch.data.prepare import prepare
 
@@ -123,13 +95,6 @@ def run_prepare(args) -> int:
         progress=None if args.quiet else _say,
     )
     if args.json:
-        return emit(json.dumps(manifest, indent=2))
+        return print_json(manifest)
     summary = format_summary(summarize(args.out))
     return emit(f"{summary}\nprepared in {manifest['prepare']['wall_s']:.1f} s")
-
-
-def run_inspect(args) -> int:
-    from oneepoch.data.inspect import format_summary, summarize
-
-    summary = summarize(args.data_dir, verify=args.verify)
-    return emit(json.dumps(summary, indent=2) if args.json else format_summary(summary))

@@ -11,19 +11,18 @@ from pathlib import Path
 
 from oneepoch.errors import UserError
 
+HELP = "the paper's experiments on the built-in corpus, with a report (~10 min on 2 CPU cores)"
+DESCRIPTION = """\
+Prepare the built-in corpus (when absent), run `oneepoch reproduce --preset tiny` on it, and
+print the report's path and a sample of the one-epoch model's text.
+"""
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "demo",
-        help="the paper's experiments on the built-in corpus, with a report (~10 min on 2 CPU cores)",
-        description="Prepare the built-in corpus (when absent), run `oneepoch reproduce --preset "
-        "tiny` on it, and print the report's path and a sample of the one-epoch model's text.",
-    )
+
+def add_arguments(p) -> None:
     p.add_argument("--data", default="data/builtin", help="where the built-in corpus is prepared")
     p.add_argument("--out", default="demo", help="output folder (default ./demo)")
     p.add_argument("--preset", default="tiny", help="reproduce preset (default tiny)")
     p.add_argument("--seeds", default="1", help="seeds per run (default 1)")
-    p.set_defaults(func=run_demo)
 
 
 def _cli(*args: str) -> None:
@@ -36,7 +35,7 @@ def _cli(*args: str) -> None:
         )
 
 
-def run_demo(args) -> int:
+def run(args) -> int:
     if not (Path(args.data) / "manifest.json").is_file():
         print(f"== preparing the built-in corpus into {args.data}")
         _cli("prepare", "--source", "builtin", "--out", args.data)

@@ -1,4 +1,4 @@
-"""`oneepoch train` and `oneepoch sample`: flags -> RunConfig -> trainer."""
+"""`oneepoch train`: flags -> RunConfig -> trainer."""
 
 from __future__ import annotations
 
@@ -15,14 +15,15 @@ TRAIN_FLAGS = [
 ]
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "train",
-        help="train a GPT on a prepared dataset",
-        description="Train a GPT on a dataset made by `oneepoch prepare`, one pass over the data "
-        "unless --epochs says otherwise, writing a run directory (config.toml, metrics.jsonl, "
-        "run.json, checkpoints/). Give exactly one budget: --tokens, --steps or --time.",
-    )
+HELP = "train a GPT on a prepared dataset"
+DESCRIPTION = """\
+Train a GPT on a dataset made by `oneepoch prepare`, one pass over the data unless --epochs
+says otherwise, writing a run directory (config.toml, metrics.jsonl, run.json,
+checkpoints/). Give exactly one budget: --tokens, --steps or --time.
+"""
+
+
+def add_arguments(p) -> None:
     p.add_argument("--data", help="dataset directory made by `oneepoch prepare`")
     p.add_argument(
         "--out", required=True, help="run directory to create (or continue with --resume)"
@@ -54,38 +55,11 @@ def register(subparsers) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.add_argument("--json", action="store_true", help="print run.json at the end")
-    p.set_defaults(func=run_train)
-
-    s = subparsers.add_parser(
-        "sample",
-        help="generate text from a run's latest checkpoint",
-        description="Continue --prompt with the model of RUN_DIR's latest checkpoint, decoding "
-        "with the run's tokenizer; generation stops at the end-of-text token unless --past-eot.",
-    )
-    s.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by `oneepoch train`")
-    s.add_argument("--prompt", default="", help="text to continue (default: empty)")
-    s.add_argument(
-        "--max-new-tokens", type=int, default=100, help="tokens to generate at most (default 100)"
-    )
-    s.add_argument(
-        "--temperature", type=float, default=0.8, help="0 for greedy decoding (default 0.8)"
-    )
-    s.add_argument(
-        "--top-k", type=int, default=50, help="sample among the k likeliest tokens (default 50)"
-    )
-    s.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
-    s.add_argument("--data", help="dataset directory, if it moved since training")
-    s.add_argument(
-        "--past-eot",
-        action="store_true",
-        help="keep generating past the end-of-text token (default: stop there)",
-    )
-    s.set_defaults(func=run_sample)
 
 
 def overrides_from_args(args) -> dict:
     """Nested {section: {key: value}} of the settings given on the command line."""
-    from oneepoch.config import absolute_path
+    from oneepoch.config import PATH_SETTINGS, absolute_path
     from oneepoch.units import parse_count, parse_duration
 
     out: dict[str, dict] = {}
@@ -95,8 +69,11 @@ def overrides_from_args(args) -> dict:
             out.setdefault(section, {})[key] = value
     if args.compile:
         out.setdefault("train", {})["compile"] = True
-    if args.data:  # relative to where the command runs; recorded absolute in config.toml
-        out.setdefault("data", {})["path"] = absolute_path(args.data)
+    if args.data:
+        out.setdefault("data", {})["path"] = args.data
+    for section, key in PATH_SETTINGS:  # relative to where the command runs; recorded absolute
+        if out.get(section, {}).get(key):
+            out[section][key] = absolute_path(out[section][key])
     if any(getattr(args, b) is not None for b in ("tokens", "steps", "time")):
         # A budget on the command line replaces whatever budget the config file had (that
         # exactly one is given is checked once, with the rest of the config: config.validate).
@@ -108,7 +85,7 @@ def overrides_from_args(args) -> dict:
     return out
 
 
-def run_train(args) -> int:
+def run(args) -> int:
     from oneepoch.config import RunConfig, load_config_file
     from oneepoch.train import Interrupted, train
 
@@ -118,6 +95,10 @@ def run_train(args) -> int:
     if args.config:  # its relative paths are relative to its own folder
         cfg.update(load_config_file(args.config), args.config)
     cfg.update(overrides, "command line")
+    if cfg.log.tensorboard:  # said now, not after the model is built (on every rank)
+        from oneepoch.tensorboard import require_tensorboard
+
+        require_tensorboard()
     if is_main and args.config:
         record_plan(args.config, args.out, args.resume)  # for `oneepoch plan --check RUN`
     try:
@@ -138,17 +119,16 @@ def run_train(args) -> int:
     if not is_main:
         return 0  # under torchrun rank 0 speaks for the run
     if args.json:
-        print_json(info)
-    else:
-        final = info.get("final", {})
-        val = final.get("val_loss")
-        print(
-            f"done: {final.get('step')} steps, {final.get('tokens'):,} tokens, "
-            f"val_loss {val:.4f}, {info['tokens_per_s']:,.0f} tok/s, MFU {info['mfu']:.1%} "
-            f"of {info['peak_flops']['value'] / 1e9:,.0f} GFLOP/s ({info['peak_flops']['dtype']}) -> {args.out}"
-            if val is not None
-            else f"done -> {args.out}"
-        )
+        return print_json(info)
+    final = info.get("final", {})
+    val = final.get("val_loss")
+    print(
+        f"done: {final.get('step')} steps, {final.get('tokens'):,} tokens, "
+        f"val_loss {val:.4f}, {info['tokens_per_s']:,.0f} tok/s, MFU {info['mfu']:.1%} "
+        f"of {info['peak_flops']['value'] / 1e9:,.0f} GFLOP/s ({info['peak_flops']['dtype']}) -> {args.out}"
+        if val is not None
+        else f"done -> {args.out}"
+    )
     return 0
 
 
@@ -180,29 +160,10 @@ def record_plan(config: str, out: str, resume: bool = False) -> None:
     shutil.copyfile(side, target)
 
 
-def interrupted_exit(exc, is_main: bool = True) -> int:
-    """Say how to continue an interrupted run; the exit status is 128 + the signal."""
+def interrupted_exit(exc, is_main: bool = True, how: str | None = None) -> int:
+    """Say how to continue an interrupted run (``how``; default: resume it); the exit status
+    is 128 + the signal, as a shell reports a command a signal stopped."""
     if is_main:
-        print(
-            f"{exc}; continue with `oneepoch train --data {exc.data} --out {exc.out} --resume`",
-            file=sys.stderr,
-        )
+        how = how or f"continue with `oneepoch train --data {exc.data} --out {exc.out} --resume`"
+        print(f"{exc}; {how}", file=sys.stderr)
     return 128 + exc.signum
-
-
-def run_sample(args) -> int:
-    from oneepoch.sample import sample_text
-
-    print(
-        sample_text(
-            args.run_dir,
-            args.prompt,
-            args.max_new_tokens,
-            args.temperature,
-            args.top_k,
-            args.seed,
-            args.data,
-            past_eot=args.past_eot,
-        )
-    )
-    return 0

@@ -1,4 +1,5 @@
-"""``oneepoch plan`` and ``oneepoch sweep``: argparse only at import; the work loads lazily."""
+"""`oneepoch plan`: a budget -> a run, by each published rule (oneepoch.plan); argparse only at
+import, the work loads lazily."""
 
 from __future__ import annotations
 
@@ -16,16 +17,17 @@ RULE_HELP = (
 )
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "plan",
-        help="choose model size, tokens, batch and LR for a budget, by each published rule",
-        description="Turn a budget (FLOPs, wall-clock or tokens) into a run: model size and "
-        "tokens by the chosen rule, the fastest near-equal shape on this machine (measured, "
-        "cached), batch size, learning rate and the predicted wall-clock, with every rule "
-        "side by side. --out writes a config for `oneepoch train --config` and its "
-        "predictions; --check RUN_DIR compares them with the finished run.",
-    )
+HELP = "choose model size, tokens, batch and LR for a budget, by each published rule"
+DESCRIPTION = """\
+Turn a budget (FLOPs, wall-clock or tokens) into a run: model size and tokens by the chosen
+rule, the fastest near-equal shape on this machine (measured, cached), batch size, learning
+rate and the predicted wall-clock, with every rule side by side. --out writes a config for
+`oneepoch train --config` and its predictions; --check RUN_DIR compares them with the
+finished run.
+"""
+
+
+def add_arguments(p) -> None:
     p.add_argument(
         "--budget", help="FLOPs (3e15, 3PFLOPs), wall-clock (20min, 8h) or tokens (50M tokens)"
     )
@@ -61,11 +63,6 @@ def register(subparsers) -> None:
     chk = p.add_argument_group("after a run")
     chk.add_argument("--check", metavar="RUN_DIR", help="compare a run with its plan")
     chk.add_argument("--plan", metavar="FILE", help="the plan.json (default RUN_DIR/plan.json)")
-    p.set_defaults(func=run_plan)
-
-    from oneepoch.plan.sweep import register_sweep
-
-    register_sweep(subparsers)
 
 
 def make_calibration(args):
@@ -82,7 +79,7 @@ def make_calibration(args):
     )
 
 
-def run_plan(args) -> int:
+def run(args) -> int:
     if args.check:
         return run_check(args)
     from oneepoch.plan.budget import parse_budget
@@ -133,7 +130,7 @@ def run_plan(args) -> int:
     if args.out:
         written = write_plan(args.out, plans, chosen, budget, corpus, settings, planner.calib)
     if args.json:
-        print_json(
+        return print_json(
             {
                 "chosen": chosen,
                 "budget": {"kind": budget.kind, "value": budget.value, "text": budget.text},
@@ -142,8 +139,7 @@ def run_plan(args) -> int:
                 "plan_file": str(written[0]) if written else None,
             }
         )
-    else:
-        print_plans(plans, chosen, budget, corpus, planner, written)
+    print_plans(plans, chosen, budget, corpus, planner, written)
     return 0
 
 
@@ -252,8 +248,7 @@ def run_check(args) -> int:
         seconds=args.calibration_seconds,
     )
     if args.json:
-        print_json(result)
-        return 0
+        return print_json(result)
     print(
         f"run {result['run']} ({result['status']}, {result['steps']:,} steps) against "
         f"{result['predictions']}" + (f", rule {result['rule']}" if result["rule"] else "")
