@@ -11,6 +11,9 @@ prefetch, logging, evaluation excluded by its clock). Each measurement runs in a
 process; the first ``--warmup`` steps are excluded, and the figure reported is the median
 over ``--repeats`` runs, interleaved so that a burst of load elsewhere does not land on one
 configuration only. The load average is printed: on a shared machine, read it with them.
+Each program waits for OpenMP work as it would by itself: the baseline imports torch first
+(libgomp's default), oneepoch sets its passive waiting (oneepoch/__init__.py). ``--dtypes
+auto`` shows what the trainer's default picks.
 
     python benchmarks/throughput.py                          # default shapes, 3 repeats
     python benchmarks/throughput.py --shapes 4,4,256 --steps 40 --repeats 5 --json out.json
@@ -220,13 +223,18 @@ def run_oneepoch(spec: dict) -> dict:
     )
     cfg.model.seq_len = spec["seq_len"]
     with tempfile.TemporaryDirectory(prefix="oneepoch-bench-") as tmp:
-        train(cfg, Path(tmp) / "run", show_progress=False)
+        info = train(cfg, Path(tmp) / "run", show_progress=False)
         lines = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").open()]
     wall = {x["step"]: x["wall_s"] for x in lines}
     w, n = spec["warmup"], spec["steps"]
     rate = (n - w) * spec["batch_size"] * spec["seq_len"] / (wall[n] - wall[w])
     # The last metrics line holds the mean training loss of the steps since the line before.
-    return {"tokens_per_s": rate, "loss": lines[-1]["train_loss"], "loss_from": lines[-2]["step"]}
+    return {
+        "tokens_per_s": rate,
+        "loss": lines[-1]["train_loss"],
+        "loss_from": lines[-2]["step"],
+        "dtype": info["dtype"],  # what "auto" resolved to
+    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -268,7 +276,7 @@ def main() -> None:
     args = p.parse_args()
     for flag, given, known in (
         ("--modes", args.modes, ("eager", "compiled")),
-        ("--dtypes", args.dtypes, ("float32", "bfloat16")),
+        ("--dtypes", args.dtypes, ("float32", "bfloat16", "auto")),
     ):
         unknown = [v for v in given.split(",") if v not in known]
         if unknown:  # a misspelt choice used to run nothing of it, silently
@@ -346,7 +354,6 @@ def main() -> None:
     for shape in shapes:
         fpt = train_flops_per_token(Shape(*shape, args.seq_len, args.vocab))
         base_runs = results[(shape, "baseline", "float32", False)]
-        base = statistics.median(r["tokens_per_s"] for r in base_runs)
         # The baseline's loss over the same steps as oneepoch's last metrics line.
         since = next(
             r[0]["loss_from"] for k, r in results.items() if k[0] == shape and k[1] != "baseline"
@@ -357,25 +364,31 @@ def main() -> None:
             if s != shape:
                 continue
             rate = statistics.median(r["tokens_per_s"] for r in runs)
+            ran = runs[0].get("dtype", dtype)  # "auto": what the trainer chose
+            # Each repeat's own ratio: the baseline ran minutes apart at most, so a slow
+            # drift of the machine's speed cancels in it; their median is the speed-up.
+            ratios = [r["tokens_per_s"] / b["tokens_per_s"] for r, b in zip(runs, base_runs)]
             rows.append(
                 {
                     "shape": "x".join(map(str, shape)),
                     "impl": impl,
-                    "dtype": dtype,
+                    "dtype": f"auto: {ran}" if dtype == "auto" else dtype,
                     "mode": "compiled" if compiled else "eager",
                     "tokens_per_s": rate,
                     "spread": [
                         min(r["tokens_per_s"] for r in runs),
                         max(r["tokens_per_s"] for r in runs),
                     ],
-                    "mfu": rate * fpt / peaks[dtype],
-                    "vs_baseline": rate / base,
+                    "mfu": rate * fpt / peaks[ran],
+                    "vs_baseline": statistics.median(ratios),
+                    "vs_baseline_range": [min(ratios), max(ratios)],
                     f"loss_at_{args.steps}": statistics.median(r["loss"] for r in runs),
                 }
             )
     print(
         f"\nseq {args.seq_len}, batch {args.batch_size}, vocab {args.vocab}; {args.steps} steps, "
-        f"first {args.warmup} untimed; median of {args.repeats}; MFU against the measured "
+        f"first {args.warmup} untimed; median of {args.repeats} (range); vs baseline: median of "
+        f"each repeat's ratio to the baseline's run of that repeat; MFU against the measured "
         f"matmul peak (fp32 {peaks['float32'] / 1e9:,.0f}, bf16 {peaks['bfloat16'] / 1e9:,.0f} GFLOP/s)"
     )
     print(
@@ -386,7 +399,8 @@ def main() -> None:
         print(
             f"| {r['shape']} | {r['impl']} | {r['dtype']} | {r['mode']} | {r['tokens_per_s']:,.0f} "
             f"({r['spread'][0]:,.0f}-{r['spread'][1]:,.0f}) | {r['mfu']:.1%} | "
-            f"{r['vs_baseline']:.2f}x | {r[f'loss_at_{args.steps}']:.4f} |"
+            f"{r['vs_baseline']:.2f}x ({r['vs_baseline_range'][0]:.2f}-"
+            f"{r['vs_baseline_range'][1]:.2f}) | {r[f'loss_at_{args.steps}']:.4f} |"
         )
     print(f"# load average after: {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
     if args.json:
