@@ -72,6 +72,7 @@ def run(args) -> int:
     calib = Calibration(args.device, args.dtype, measure=not args.no_calibrate)
     planner = Planner(corpus, settings, calib)
     grid = build_grid(planner, budgets, sizes)
+    calib.close()  # measuring is over before training starts
     out = Path(args.out)
 
     todo = []

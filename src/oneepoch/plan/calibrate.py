@@ -5,9 +5,11 @@ windows with ``oneepoch.step.read_windows`` from an in-memory split, and times t
 own step (``oneepoch.step``: forward, backward, gradient clipping, AdamW) on micro-batches,
 what a run executes between accumulation steps, after an untimed warm-up, in the dtype the
 run will use; a step's time is extrapolated from them (see ``measure_point``). Then a few
-evaluation forward passes and one checkpoint write (``oneepoch.checkpoint.save``). All the
-measuring of one plan takes at most ``MAX_CALIBRATION_S``; what is being measured is shown
-on a terminal. Results are cached in
+evaluation forward passes and one checkpoint write (``oneepoch.checkpoint.save``). On a CPU
+each measurement runs in a process of its own (``measure_isolated``), so the planner's memory
+is never more than one shape's measurement, handed back when it ends. All the measuring of
+one plan takes at most ``MAX_CALIBRATION_S``; what is being measured is shown on a
+terminal. Results are cached in
 ``~/.cache/oneepoch/throughput.json`` (``$ONEEPOCH_CACHE`` moves it), keyed by device name,
 torch threads, torch version and dtype, then by shape and batch.
 
@@ -85,6 +87,7 @@ class Calibration:
         path: Path | None = None,
         max_seconds: float = MAX_CALIBRATION_S,
         verbose: bool | None = None,
+        isolate: bool | None = None,
     ):
         import torch
 
@@ -113,6 +116,11 @@ class Calibration:
         # Sequences of a timed micro-batch, at most: the planner sets the micro-batch of the
         # run it plans, so calibrating never takes more memory than that run will.
         self.max_sequences: int | None = None
+        # On a CPU each measurement runs in a fresh process (see measure_isolated): its
+        # memory goes back when it ends, this one stays as it was, and no shape's timing
+        # inherits another's heap. A GPU's caching allocator is emptied between shapes.
+        self.threads = torch.get_num_threads()
+        self.isolate = self.device.type == "cpu" if isolate is None else isolate
 
     # -- cache ---------------------------------------------------------------------------
 
@@ -238,6 +246,8 @@ class Calibration:
         """Measure (shape, batch) and cache it, unless this calibration's time is spent:
         then measuring stops and the rate is estimated from what was measured."""
         key = point_key(shape, batch)
+        if self.isolate and self._deadline is None and self.allow_measure:
+            start_workers()  # importing torch there once is not measuring time
         now = time.perf_counter()
         if self._deadline is None:
             self._deadline = now + self.max_seconds
@@ -248,21 +258,23 @@ class Calibration:
             self.allow_measure = False
             return self.rate(shape, batch)
         self.say(f"calibration: timing {key} on {self.device.type} {self.dtype}", end=": ")
-        point = measure_point(
-            shape,
-            batch,
-            self.device,
-            self.dtype,
-            min(self.seconds, left / 3),
-            self.say,
-            left,
-            max_sequences=self.max_sequences,
-        )
+        args = (shape, batch, self.device, self.dtype, min(self.seconds, left / 3))
+        kwargs = {"limit_s": left, "max_sequences": self.max_sequences}
+        if self.isolate:
+            point = measure_isolated(args, kwargs, self.verbose, self.threads)
+        else:
+            point = measure_point(*args, say=self.say, **kwargs)
+            release_memory(self.device)  # each shape's model and batches, before the next
         self.say(f"{point['tokens_per_s']:,.0f} tokens/s")
-        release_memory()  # each shape's model and batches, before the next one's
         self.points[key] = point
         self._save()
         return self.rate(shape, batch)
+
+    def close(self) -> None:
+        """Done measuring for now: end the process measurements are forked from (a later
+        measurement starts it again)."""
+        if self.isolate:
+            stop_workers()
 
     def say(self, text: str, end: str = "\n") -> None:
         """What is being measured, on a terminal (stderr): measuring takes seconds."""
@@ -270,17 +282,132 @@ class Calibration:
             print(text, end=end, file=sys.stderr, flush=True)
 
 
-def release_memory() -> None:
-    """Collect and hand freed heap back to the system (glibc ``malloc_trim``): measuring
-    shape after shape in one process otherwise ratchets its resident memory up."""
+def release_memory(device=None) -> None:
+    """Collect and hand freed heap back to the system (glibc ``malloc_trim``, a GPU's cached
+    blocks): measuring shape after shape in one process otherwise ratchets memory up."""
     import ctypes
     import gc
 
     gc.collect()
+    if device is not None and device.type == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass  # not glibc: the allocator keeps what it keeps
+
+
+# Imported once by the process measurements are forked from (multiprocessing's forkserver),
+# which runs no torch operation itself: a fork of a process that has used OpenMP threads
+# hangs in its first parallel region, so forking the planner itself is not safe.
+# torch._dynamo is what the first AdamW step imports (sympy and ~800 modules, 1.5 s on a CPU):
+# imported there, not in every measurement.
+WORKER_PRELOAD = [
+    "torch",
+    "torch._dynamo",
+    "oneepoch.step",
+    "oneepoch.checkpoint",
+    "oneepoch.plan.calibrate",
+]
+WORKER_GRACE_S = 120.0  # past the calibration's time left: a measuring process that hangs
+
+
+def _worker_context():
+    """multiprocessing's forkserver, started with torch imported; None where there is none."""
+    import multiprocessing
+
+    try:
+        ctx = multiprocessing.get_context("forkserver")
+    except ValueError:
+        return None
+    ctx.set_forkserver_preload(WORKER_PRELOAD)
+    return ctx
+
+
+def start_workers() -> None:
+    """Start the process measurements are forked from and wait until it has imported torch
+    (seconds, not part of any measurement)."""
+    ctx = _worker_context()
+    if ctx is not None:
+        child = ctx.Process(target=_ready)
+        child.start()
+        child.join()
+
+
+def _ready() -> None:
+    """Nothing: forked once the forkserver has imported WORKER_PRELOAD."""
+
+
+def stop_workers() -> None:
+    """End the process measurements are forked from (it holds torch's ~200 MB), if started.
+    It also ends by itself when this process does."""
+    from multiprocessing import forkserver
+
+    stop = getattr(forkserver._forkserver, "_stop", None)
+    if stop is not None:
+        stop()
+
+
+def _measure_child(conn, args: tuple, kwargs: dict, verbose: bool, threads: int) -> None:
+    """measure_point in a forked child; what it measures goes to the terminal (stderr), the
+    point back through ``conn``."""
+    import signal
+
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent ends it on Ctrl-C
+    torch.set_num_threads(threads)
+
+    def say(text: str, end: str = "\n") -> None:
+        if verbose:
+            print(text, end=end, file=sys.stderr, flush=True)
+
+    try:
+        conn.send(("ok", measure_point(*args, say=say, **kwargs)))
+    except Exception as exc:  # noqa: BLE001 - reported by the parent
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+def measure_isolated(args: tuple, kwargs: dict, verbose: bool, threads: int) -> dict:
+    """``measure_point(*args, **kwargs)`` in a fresh process, forked from one that has torch
+    imported and nothing else done (so starting it takes milliseconds, not an import of
+    torch): its peak memory is one shape's, it is handed back when the process ends, and the
+    planner's own memory does not grow shape after shape. Where there is no forkserver, in
+    this process."""
+    ctx = _worker_context()
+    if ctx is None:
+        point = measure_point(*args, **kwargs)
+        release_memory()
+        return point
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_measure_child, args=(send, args, kwargs, verbose, threads))
+    child.daemon = True
+    child.start()
+    send.close()
+    try:
+        if not receive.poll(kwargs.get("limit_s", MAX_CALIBRATION_S) + WORKER_GRACE_S):
+            raise TimeoutError("calibration: the measuring process did not answer")
+        status, value = receive.recv()
+    except EOFError:
+        child.join()
+        raise RuntimeError(
+            f"calibration: the measuring process ended with exit code {child.exitcode} "
+            "(out of memory?)"
+        ) from None
+    except BaseException:  # interrupted: do not leave it measuring
+        child.terminate()
+        child.join()
+        raise
+    finally:
+        receive.close()
+    child.join()
+    if status != "ok":
+        raise RuntimeError(f"calibration: measuring failed: {value}")
+    return value
 
 
 class CpuShare:

@@ -474,6 +474,14 @@ class Planner:
     def plan_all(self, rules: list, budget: Budget, chosen: str) -> dict[str, RulePlan]:
         """Plans for every rule. Calibrates until each plan's leading shapes are measured:
         the chosen rule's MEASURE_CHOSEN fastest near-equal shapes, the others' fastest."""
+        try:
+            return self._plan_all(rules, budget, chosen)
+        finally:
+            close = getattr(self.calib, "close", None)
+            if close is not None:
+                close()  # measuring is over: what it holds goes back
+
+    def _plan_all(self, rules: list, budget: Budget, chosen: str) -> dict[str, RulePlan]:
         for _ in range(MAX_ROUNDS):
             plans = {rule.name: self._plan_or_problem(rule, budget) for rule in rules}
             if not self.calib.allow_measure:
