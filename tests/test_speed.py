@@ -129,6 +129,7 @@ def test_auto_dtype_on_cpu_times_the_runs_own_step_and_caches_it(monkeypatch, tm
 
     monkeypatch.setenv("ONEEPOCH_CACHE", str(tmp_path))
     monkeypatch.setattr(hardware, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(dtype_probe, "machine_busy", lambda *a, **k: False)  # a quiet machine
     cpu = torch.device("cpu")
     model = ModelConfig(n_layer=1, n_head=2, d_model=32, seq_len=16, vocab_size=64)
     chosen = pick_dtype("auto", cpu, model, 4)
@@ -153,6 +154,21 @@ def test_auto_dtype_on_cpu_times_the_runs_own_step_and_caches_it(monkeypatch, tm
     )
     assert pick_dtype("auto", cpu, model, 8) == "float32"  # 1% is not worth bf16's rounding
     assert pick_dtype("float32", cpu, model, 4) == "float32"
+    # a choice timed on a busy machine is provisional: timed again once it is quiet
+    monkeypatch.setattr(dtype_probe, "machine_busy", lambda *a, **k: "share" in k)
+    wide = ModelConfig(**{**vars(model), "d_model": 128})
+    monkeypatch.setattr(
+        dtype_probe, "time_step_dtypes", lambda m, b: {"float32": 1.0, "bfloat16": 0.5}
+    )
+    assert pick_dtype("auto", cpu, wide, 4) == "bfloat16"
+    assert dtype_probe.quiet_tokens_per_s(wide, 4, "bfloat16") is None
+    monkeypatch.setattr(
+        dtype_probe, "time_step_dtypes", lambda m, b: {"float32": 1.0, "bfloat16": 2.0}
+    )
+    assert pick_dtype("auto", cpu, wide, 4) == "float32"  # re-timed on the quiet machine
+    monkeypatch.setattr(dtype_probe, "machine_busy", lambda *a, **k: False)
+    assert dtype_probe.quiet_tokens_per_s(wide, 4, "float32") is None  # still marked busy
+    assert dtype_probe.quiet_tokens_per_s(model, 8, "float32") == pytest.approx(8 * 16 / 1.0)
     monkeypatch.setattr(hardware, "cpu_supports_bf16", lambda: False)
     assert pick_dtype("auto", cpu, ModelConfig(**{**vars(model), "d_model": 96}), 4) == "float32"
 
@@ -253,3 +269,9 @@ def test_intervals_well_below_the_runs_median_are_reported_as_slowed_by_load():
     assert summary["share_of_time"] == pytest.approx(8.0 / 14.0)
     just_above = [*steady, SLOW_FRACTION * 1000.0 * 1.01]
     assert slowed_summary(just_above, [1.0] * 7)["intervals"] == 0
+    # A run slowed from start to end has a low median too: its step's quiet speed (from the
+    # dtype probe) tells it apart, from the first interval on.
+    assert slowed_now([300.0], quiet_rate=1000.0).startswith("slowed by load: 30% of this step")
+    whole = slowed_summary([300.0] * 8, [1.0] * 8, quiet_rate=1000.0)
+    assert whole["share_of_time"] == 1.0 and whole["quiet_tokens_per_s"] == 1000.0
+    assert slowed_summary([900.0] * 8, [1.0] * 8, quiet_rate=1000.0)["intervals"] == 0

@@ -6,7 +6,8 @@ layer norms, the casts autocast adds), and whether bf16 pays there depends on th
 So the choice is made by timing the step itself: the model of the run's shape, its
 micro-batch, forward, backward and the AdamW update, in both dtypes, interleaved so that
 load elsewhere falls on both, the fastest repeat of each kept. The result is cached per
-machine, thread count, torch version and shape class, so a run pays for it once.
+machine, thread count, torch version and shape class, so a run pays for it once (again
+only if it was timed while other processes used the CPU).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from oneepoch.cache import cache_dir, read_entries, store_entry
 from oneepoch.config import ModelConfig, OptimConfig
+from oneepoch.slowdown import CpuShare, machine_busy
 
 # bf16 must be this much faster to be chosen: its rounding is a cost worth paying only for
 # a clear gain, and a smaller difference is within the noise of a few timed steps.
@@ -30,13 +32,18 @@ def choose_cpu_dtype(model: ModelConfig, micro_batch: int) -> dict:
     key = _shape_class(model, micro_batch)
     cache = cache_dir() / "dtype_choice.json"
     entry = read_entries(cache).get(key)
-    if not isinstance(entry, dict) or entry.get("dtype") not in ("float32", "bfloat16"):
+    usable = isinstance(entry, dict) and entry.get("dtype") in ("float32", "bfloat16")
+    # A choice timed while other processes used the CPU is provisional: timed again once
+    # the machine is quiet (load can favour either dtype).
+    if not usable or (entry.get("provisional", True) and not machine_busy(0.2)):
+        share = CpuShare()
         seconds = time_step_dtypes(model, micro_batch)
         ratio = seconds["float32"] / seconds["bfloat16"]
         entry = {
             "dtype": "bfloat16" if ratio >= BF16_MIN_SPEEDUP else "float32",
             "float32_s": seconds["float32"],
             "bfloat16_s": seconds["bfloat16"],
+            "provisional": machine_busy(share=share),
         }
         store_entry(cache, key, entry)
     speedup = entry["float32_s"] / entry["bfloat16_s"]
@@ -45,6 +52,14 @@ def choose_cpu_dtype(model: ModelConfig, micro_batch: int) -> dict:
         "source": f"measured training step: bf16 {speedup:.2f}x float32 "
         f"(bf16 needs {BF16_MIN_SPEEDUP}x), cached in {cache}",
     }
+
+
+def quiet_tokens_per_s(model: ModelConfig, micro_batch: int, dtype: str) -> float | None:
+    """Tokens/s of this step as timed on a quiet machine, or None when it never was."""
+    entry = read_entries(cache_dir() / "dtype_choice.json").get(_shape_class(model, micro_batch))
+    if not isinstance(entry, dict) or entry.get("provisional", True) or f"{dtype}_s" not in entry:
+        return None
+    return micro_batch * model.seq_len / entry[f"{dtype}_s"]
 
 
 def time_step_dtypes(model: ModelConfig, micro_batch: int) -> dict[str, float]:

@@ -33,6 +33,7 @@ from oneepoch import __version__, checkpoint
 from oneepoch.config import RunConfig, load_toml, total_steps, validate
 from oneepoch.data.dataset import Dataset, open_dataset
 from oneepoch.distributed import Ranks, full_state, init_distributed, load_full_state, parallelize
+from oneepoch.dtype_probe import quiet_tokens_per_s
 from oneepoch.errors import UserError
 from oneepoch.flops import Shape, param_counts, train_flops_per_token
 from oneepoch.hardware import hardware_info, peak_flops, pick_device, pick_dtype
@@ -490,6 +491,11 @@ class RunRecord:
         self.peak_total = peak["value"] * ranks.world_size
         self.rates: list[float] = []  # tokens/s between log lines
         self.rate_seconds: list[float] = []  # the training seconds each rate was taken over
+        # What this step did on a quiet machine (the dtype probe's timing), if known: a run
+        # slowed throughout by load is then told apart from a slow configuration.
+        self.quiet_rate = (
+            None if ranks.active else quiet_tokens_per_s(cfg.model, run.per_rank, t.dtype)
+        )
         self.info = {
             "oneepoch_version": __version__,
             "torch_version": torch.__version__,
@@ -559,7 +565,7 @@ class RunRecord:
             status=status,
             tokens_per_s=tokens_per_s,
             mfu=self.mfu(tokens_per_s),
-            slowed_by_load=slowed_summary(self.rates, self.rate_seconds),
+            slowed_by_load=slowed_summary(self.rates, self.rate_seconds, self.quiet_rate),
             final={
                 "step": step,
                 "tokens": prog["tokens"],
@@ -657,7 +663,7 @@ def show(progress: Progress, run: Run, record: RunRecord, line: dict, rate: floa
     left = (steps - step) * run.tokens_per_step / rate if steps and rate else None
     left = run.cfg.train.time_s - wall if steps is None else left
     epoch = line["epoch"] if run.cfg.data.epochs > 1 else None  # multi-epoch runs show it
-    note = slowed_now(record.rates)
+    note = slowed_now(record.rates, record.quiet_rate)
     progress.update(
         step, steps, line["train_loss"], rate, left, record.mfu(rate), final, epoch, note
     )

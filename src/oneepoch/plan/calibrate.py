@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import resource
 import statistics
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from pathlib import Path
 
 from oneepoch.config import DTYPES
 from oneepoch.flops import Shape, param_counts, train_flops_per_token
+from oneepoch.slowdown import CpuShare, machine_busy
 
 PRIOR_PEAK_FRACTION = 0.35
 EVAL_SPEEDUP = 3.0  # evaluation is a forward pass only: ~1/3 of a training step's FLOPs
@@ -41,7 +41,6 @@ CHECKPOINT_BYTES_PER_PARAM = 12  # fp32 weights + AdamW's two moments
 PRIOR_DISK_BYTES_PER_S = 200e6
 CACHE_VERSION = 1
 NOISY_STEPS = 0.15  # step times varying more than this (std / mean): the machine was busy
-BUSY_CORES = 0.25  # other processes using more CPU than this while we measure: busy
 MEASURE_SECONDS = 1.0
 MIN_TIMED_TOKENS = 4096  # tokens of a timed micro-batch, when the micro-batch has as many  # timed seconds per measured shape and batch
 MAX_CALIBRATION_S = 30.0  # all measuring of one Calibration together, whatever the budget
@@ -408,51 +407,6 @@ def measure_isolated(args: tuple, kwargs: dict, verbose: bool, threads: int) -> 
     if status != "ok":
         raise RuntimeError(f"calibration: measuring failed: {value}")
     return value
-
-
-class CpuShare:
-    """CPU time used by other processes while this one measures, in cores (Linux /proc/stat).
-
-    Other work on the same cores slows a multi-threaded step several-fold (threads wait for
-    each other's descheduled peers), often before the load average shows it.
-    """
-
-    def __init__(self):
-        self._start = self._snapshot()
-
-    @staticmethod
-    def _snapshot() -> tuple[float, float, float] | None:
-        try:
-            with open("/proc/stat") as fh:
-                fields = [int(v) for v in fh.readline().split()[1:9]]
-        except (OSError, ValueError):
-            return None
-        tick = os.sysconf("SC_CLK_TCK")
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        used = (sum(fields) - fields[3] - fields[4]) / tick  # all but idle and iowait
-        return time.perf_counter(), used, usage.ru_utime + usage.ru_stime
-
-    def others(self) -> float | None:
-        end = self._snapshot()
-        if self._start is None or end is None or end[0] <= self._start[0]:
-            return None
-        wall, used, mine = (e - s for e, s in zip(end, self._start))
-        return max(0.0, used - mine) / wall
-
-
-def machine_busy(seconds: float = 0.0, share: CpuShare | None = None) -> bool:
-    """Other processes use more than BUSY_CORES of the CPU (measured over ``seconds``, or
-    since ``share`` started); without /proc/stat, the load average exceeds the cores."""
-    if share is None:
-        share = CpuShare()
-        time.sleep(seconds)
-    others = share.others()
-    if others is not None:
-        return others > BUSY_CORES
-    try:
-        return os.getloadavg()[0] > (os.cpu_count() or 1) + 0.5
-    except OSError:
-        return False
 
 
 def measure_point(
