@@ -12,6 +12,7 @@ only if it was timed while other processes used the CPU).
 
 from __future__ import annotations
 
+import sys
 import time
 
 import torch
@@ -36,6 +37,12 @@ def choose_cpu_dtype(model: ModelConfig, micro_batch: int) -> dict:
     # A choice timed while other processes used the CPU is provisional: timed again once
     # the machine is quiet (load can favour either dtype).
     if not usable or (entry.get("provisional", True) and not machine_busy(0.2)):
+        if sys.stderr.isatty():
+            print(
+                "--dtype auto: timing this model's step in float32 and bfloat16 (once)",
+                file=sys.stderr,
+                flush=True,
+            )
         share = CpuShare()
         seconds = time_step_dtypes(model, micro_batch)
         ratio = seconds["float32"] / seconds["bfloat16"]

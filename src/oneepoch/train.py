@@ -268,11 +268,11 @@ def setup(
         raise UserError(
             f"the validation split has fewer than {m.seq_len + 1} tokens; prepare with a larger validation split."
         )
-    # Rank 0 decides (on CPU by timing the step, which ranks sharing cores must not do at
-    # once); config.toml records what ran, not "auto".
-    t.dtype = ranks.from_main(lambda: pick_dtype(t.dtype, device, m, micro // ranks.world_size))
     shape = Shape(m.n_layer, m.n_head, m.d_model, m.seq_len, m.vocab_size)
     check_memory(cfg, shape, device, micro // ranks.world_size, ranks)
+    # Rank 0 decides (on CPU by timing the step, which ranks sharing cores must not do at
+    # once; after the memory check, as it builds the model); config.toml records what ran.
+    t.dtype = ranks.from_main(lambda: pick_dtype(t.dtype, device, m, micro // ranks.world_size))
     cadence = Cadence(steps, t.eval_every, t.checkpoint_every)
     resolved = {
         "device": str(device),
