@@ -12,15 +12,12 @@ import math
 import os
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 
-from helpers import SRC, TINY
+from helpers import SRC, TINY, FixedThroughput
 from oneepoch.cli import main
-from oneepoch.flops import train_flops_per_token
 from oneepoch.plan.budget import parse_budget
-from oneepoch.plan.calibrate import Rate
 from oneepoch.plan.rules import make_rule
 from oneepoch.plan.shapes import all_candidates
 from oneepoch.schedule import Cadence
@@ -30,29 +27,6 @@ def run_cli(capsys, *argv):
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
-
-
-class FixedThroughput:
-    """Stands in for calibrate.Calibration: a constant FLOP/s, nothing measured."""
-
-    allow_measure = False
-    dtype = "float32"
-    device = SimpleNamespace(type="cpu")
-    machine = "test"
-    max_sequences = None
-
-    def __init__(self, flops_per_s: float = 1e10):
-        self.flops_per_s = flops_per_s
-
-    def has(self, shape, batch):
-        return True
-
-    def rate(self, shape, batch):
-        return self.model_rate(train_flops_per_token(shape), 0, batch, shape.seq_len)
-
-    def model_rate(self, flops_per_token, total_params, batch, seq_len):
-        tps = self.flops_per_s / flops_per_token
-        return Rate(batch * seq_len / tps, tps, 3 * tps, 0.01, "measured")
 
 
 def _planner(calib=None, train_tokens=200_000_000, vocab=4096):

@@ -19,32 +19,17 @@ SCRIPT = textwrap.dedent(
 
     import json
     from pathlib import Path
-    from types import SimpleNamespace
 
     from oneepoch import cliflags, rundir
     from oneepoch.config import RunConfig
-    from oneepoch.flops import train_flops_per_token
     from oneepoch.plan.budget import parse_budget
-    from oneepoch.plan.calibrate import Rate, point_key
+    from oneepoch.plan.calibrate import point_key
     from oneepoch.plan.estimate import checkpoint_count, estimate_run, evaluation_steps
     from oneepoch.plan.planfile import run_config, write_plan
     from oneepoch.plan.planner import Corpus, Planner, Settings
     from oneepoch.plan.rules import PUBLISHED, make_rule
     from oneepoch.schedule import Cadence, lr_at
-
-    class FixedThroughput:
-        allow_measure, dtype, machine = False, "float32", "test"
-        device = SimpleNamespace(type="cpu")
-
-        def has(self, shape, batch):
-            return True
-
-        def rate(self, shape, batch):
-            return self.model_rate(train_flops_per_token(shape), 0, batch, shape.seq_len)
-
-        def model_rate(self, flops_per_token, total_params, batch, seq_len):
-            tps = 1e10 / flops_per_token
-            return Rate(batch * seq_len / tps, tps, 3 * tps, 0.01, "measured")
+    from helpers import FixedThroughput  # tests/helpers.py: numpy and oneepoch only
 
     out = Path(sys.argv[1])
     corpus = Corpus(50_000_000, 4096, val_tokens=1_000_000, path="data")
@@ -87,7 +72,9 @@ SCRIPT = textwrap.dedent(
 def test_planner_arithmetic_and_run_directory_without_torch(tmp_path):
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join(
+            [str(SRC), str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
+        ),
     }
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path)],

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import math
-from types import SimpleNamespace
 
 import pytest
 
+from helpers import FixedThroughput
 from oneepoch.config import RunConfig, validate
 from oneepoch.errors import UserError
 from oneepoch.flops import Shape, param_counts, train_flops_per_token
@@ -245,28 +245,6 @@ def test_estimate_adds_evaluation_checkpoints_and_startup():
 
 
 # -- the planner with a fixed throughput -------------------------------------------------
-
-
-class FixedThroughput:
-    """Stands in for calibrate.Calibration: a constant FLOP/s, nothing measured."""
-
-    allow_measure = False
-    dtype = "float32"
-    device = SimpleNamespace(type="cpu")
-    machine = "test"
-
-    def __init__(self, flops_per_s: float = 1e10):
-        self.flops_per_s = flops_per_s
-
-    def has(self, shape, batch):
-        return True
-
-    def rate(self, shape, batch):
-        return self.model_rate(train_flops_per_token(shape), 0, batch, shape.seq_len)
-
-    def model_rate(self, flops_per_token, total_params, batch, seq_len):
-        tps = self.flops_per_s / flops_per_token
-        return Rate(batch * seq_len / tps, tps, 3 * tps, 0.01, "measured")
 
 
 def _planner(train_tokens=50_000_000, vocab=4096):

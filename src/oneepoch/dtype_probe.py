@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 from oneepoch.cache import cache_dir, read_entries, store_entry
 from oneepoch.config import ModelConfig, OptimConfig
+from oneepoch.hardware import cpu_name
 from oneepoch.slowdown import CpuShare, machine_busy
 
 # bf16 must be this much faster to be chosen: its rounding is a cost worth paying only for
@@ -29,10 +31,9 @@ MAX_REPEATS = 3
 
 
 def choose_cpu_dtype(model: ModelConfig, micro_batch: int) -> dict:
-    """{"dtype", "float32_s", "bfloat16_s", "source"}: the faster dtype for this step."""
+    """{"dtype", "float32_s", "bfloat16_s", "provisional"}: the faster dtype for this step."""
     key = _shape_class(model, micro_batch)
-    cache = cache_dir() / "dtype_choice.json"
-    entry = read_entries(cache).get(key)
+    entry = read_entries(_cache()).get(key)
     usable = isinstance(entry, dict) and entry.get("dtype") in ("float32", "bfloat16")
     # A choice timed while other processes used the CPU is provisional: timed again once
     # the machine is quiet (load can favour either dtype).
@@ -52,18 +53,13 @@ def choose_cpu_dtype(model: ModelConfig, micro_batch: int) -> dict:
             "bfloat16_s": seconds["bfloat16"],
             "provisional": machine_busy(share=share),
         }
-        store_entry(cache, key, entry)
-    speedup = entry["float32_s"] / entry["bfloat16_s"]
-    return {
-        **entry,
-        "source": f"measured training step: bf16 {speedup:.2f}x float32 "
-        f"(bf16 needs {BF16_MIN_SPEEDUP}x), cached in {cache}",
-    }
+        store_entry(_cache(), key, entry)
+    return entry
 
 
 def quiet_tokens_per_s(model: ModelConfig, micro_batch: int, dtype: str) -> float | None:
     """Tokens/s of this step as timed on a quiet machine, or None when it never was."""
-    entry = read_entries(cache_dir() / "dtype_choice.json").get(_shape_class(model, micro_batch))
+    entry = read_entries(_cache()).get(_shape_class(model, micro_batch))
     if not isinstance(entry, dict) or entry.get("provisional", True) or f"{dtype}_s" not in entry:
         return None
     return micro_batch * model.seq_len / entry[f"{dtype}_s"]
@@ -101,12 +97,10 @@ def time_step_dtypes(model: ModelConfig, micro_batch: int) -> dict[str, float]:
 def _shape_class(model: ModelConfig, micro_batch: int) -> str:
     shape = f"{model.n_layer}x{model.n_head}x{model.d_model}|seq={model.seq_len}"
     return (
-        f"cpu|{_cpu()}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+        f"cpu|{cpu_name()}|threads={torch.get_num_threads()}|torch={torch.__version__}"
         f"|{shape}|vocab={model.vocab_size}|micro={micro_batch}"
     )
 
 
-def _cpu() -> str:
-    from oneepoch.hardware import cpu_name
-
-    return cpu_name()
+def _cache() -> Path:
+    return cache_dir() / "dtype_choice.json"

@@ -39,7 +39,7 @@ class CausalSelfAttention(nn.Module):
 
 def causal_attention(q, k, v, dropout_p: float) -> torch.Tensor:
     """On CPUs in float32 even under bf16 autocast: there the float32 flash kernel is faster
-    than the bf16 one (5-10% of a whole step at d_model 128-256, benchmarks/throughput.py)."""
+    than the bf16 one (5-10% of a whole step at d_model 128-256, A/B of the step on 2 cores)."""
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
         with torch.autocast("cpu", enabled=False):
             q, k, v = q.float(), k.float(), v.float()

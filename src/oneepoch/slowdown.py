@@ -22,30 +22,17 @@ BUSY_CORES = 0.25  # other processes using more CPU than this while we measure: 
 
 def slowed_now(rates: list[float], quiet_rate: float | None = None) -> str:
     """A note for the progress line when the latest interval was slowed, else ""."""
-    if not rates:
-        return ""
-    if quiet_rate and rates[-1] < SLOW_FRACTION * quiet_rate:
-        return (
-            f"slowed by load: {rates[-1] / quiet_rate:.0%} of this step's quiet speed ({_load()})"
-        )
-    if len(rates) < MIN_INTERVALS:
-        return ""
-    typical = statistics.median(rates)
-    if rates[-1] >= SLOW_FRACTION * typical:
-        return ""
-    return f"slowed by load: {rates[-1] / typical:.0%} of this run's median ({_load()})"
+    for name, reference in _references(rates, quiet_rate):
+        if rates[-1] < SLOW_FRACTION * reference:
+            return f"slowed by load: {rates[-1] / reference:.0%} of {name} ({_load()})"
+    return ""
 
 
 def slowed_summary(
     rates: list[float], seconds: list[float], quiet_rate: float | None = None
 ) -> dict:
     """run.json's record: how much of the training time ran slowed, and the load."""
-    typical = statistics.median(rates) if rates else 0.0
-    # Below the quiet step's speed, or (with enough intervals to know) the run's own median.
-    limit = max(
-        SLOW_FRACTION * (quiet_rate or 0.0),
-        SLOW_FRACTION * typical if len(rates) >= MIN_INTERVALS else 0.0,
-    )
+    limit = SLOW_FRACTION * max((r for _, r in _references(rates, quiet_rate)), default=0.0)
     slow = [s for r, s in zip(rates, seconds) if r < limit]
     total = sum(seconds)
     return {
@@ -58,6 +45,17 @@ def slowed_summary(
         "load_average_at_end": round(os.getloadavg()[0], 2),
         "cpu_count": os.cpu_count(),
     }
+
+
+def _references(rates: list[float], quiet_rate: float | None) -> list[tuple[str, float]]:
+    """The rates a slowed interval is measured against: the step's quiet speed when known,
+    and the run's own median once there are enough intervals to know it."""
+    if not rates:
+        return []
+    refs = [("this step's quiet speed", quiet_rate)] if quiet_rate else []
+    if len(rates) >= MIN_INTERVALS:
+        refs.append(("this run's median", statistics.median(rates)))
+    return refs
 
 
 def _load() -> str:

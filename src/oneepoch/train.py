@@ -493,8 +493,10 @@ class RunRecord:
         self.rate_seconds: list[float] = []  # the training seconds each rate was taken over
         # What this step did on a quiet machine (the dtype probe's timing), if known: a run
         # slowed throughout by load is then told apart from a slow configuration.
+        # The probe times one CPU process, so only such a run has that reference.
+        on_one_cpu = run.device.type == "cpu" and not ranks.active
         self.quiet_rate = (
-            None if ranks.active else quiet_tokens_per_s(cfg.model, run.per_rank, t.dtype)
+            quiet_tokens_per_s(cfg.model, run.per_rank, t.dtype) if on_one_cpu else None
         )
         self.info = {
             "oneepoch_version": __version__,

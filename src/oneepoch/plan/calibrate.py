@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from oneepoch.cache import cache_dir
 from oneepoch.config import DTYPES
 from oneepoch.flops import Shape, param_counts, train_flops_per_token
 from oneepoch.slowdown import CpuShare, machine_busy
@@ -41,14 +42,13 @@ CHECKPOINT_BYTES_PER_PARAM = 12  # fp32 weights + AdamW's two moments
 PRIOR_DISK_BYTES_PER_S = 200e6
 CACHE_VERSION = 1
 NOISY_STEPS = 0.15  # step times varying more than this (std / mean): the machine was busy
-MEASURE_SECONDS = 1.0
-MIN_TIMED_TOKENS = 4096  # tokens of a timed micro-batch, when the micro-batch has as many  # timed seconds per measured shape and batch
+MEASURE_SECONDS = 1.0  # timed seconds per measured shape and batch
+MIN_TIMED_TOKENS = 4096  # tokens of a timed micro-batch, when the micro-batch has as many
 MAX_CALIBRATION_S = 30.0  # all measuring of one Calibration together, whatever the budget
 
 
 def cache_path() -> Path:
-    root = Path(os.environ.get("ONEEPOCH_CACHE") or Path.home() / ".cache" / "oneepoch")
-    return root / "throughput.json"
+    return cache_dir() / "throughput.json"
 
 
 def point_key(shape: Shape, batch: int) -> str:
