@@ -157,7 +157,7 @@ class FixedThroughput:
     dtype = "float32"
     device = SimpleNamespace(type="cpu")
     machine = "test"
-    max_sequences = None
+    max_activation_bytes = None
 
     def __init__(self, flops_per_s: float = 1e10):
         self.flops_per_s = flops_per_s

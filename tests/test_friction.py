@@ -228,6 +228,10 @@ def test_calibration_peak_memory_stays_below_the_planned_run(tmp_path, byte_data
 
 
 def test_planner_bounds_calibration_by_the_chosen_runs_micro_batch():
+    from oneepoch.flops import activation_bytes
+    from oneepoch.plan.calibrate import Calibration
+    from oneepoch.plan.heuristics import grad_accum
+
     class Recording(FixedThroughput):
         allow_measure = True
 
@@ -238,21 +242,28 @@ def test_planner_bounds_calibration_by_the_chosen_runs_micro_batch():
         def has(self, shape, batch):
             return (shape, batch) in self.measured
 
+        sequences_within = Calibration.sequences_within
+
         def measure(self, shape, batch):
             self.measured.add((shape, batch))
-            self.seen.append(self.max_sequences)
+            self.seen.append((shape, self.sequences_within(shape)))
             return self.rate(shape, batch)
-
-    from oneepoch.plan.heuristics import grad_accum
 
     calib = Recording()
     planner = _planner(calib)
     rules = [make_rule(n) for n in ("komatsuzaki", "chinchilla", "kaplan")]
-    plans = planner.plan_all(rules, parse_budget("3e14"), "komatsuzaki")
-    chosen = plans["komatsuzaki"]
+    plans = planner.plan_all(rules, parse_budget("3e14"), "chinchilla")
+    chosen = plans["chinchilla"]  # komatsuzaki's model is larger
     micro = chosen.batch_size // grad_accum(chosen.batch_size, 128, 4096)
-    assert calib.seen and all(s is not None for s in calib.seen)
-    assert calib.max_sequences == micro
+    run_bytes = activation_bytes(chosen.shape, micro)
+    assert calib.max_activation_bytes == run_bytes
+    # every shape is timed on no more sequences than fit the planned run's activations, and
+    # the run's own shape on its whole micro-batch; larger models on fewer sequences
+    assert calib.seen and all(n is not None for _, n in calib.seen)
+    assert all(activation_bytes(shape, n) <= run_bytes for shape, n in calib.seen if n > 1)
+    assert calib.sequences_within(chosen.shape) == micro
+    bigger = [n for shape, n in calib.seen if activation_bytes(shape, 1) > run_bytes / micro]
+    assert bigger and all(n < micro for n in bigger)
 
 
 # -- 7. the smaller things -----------------------------------------------------------------

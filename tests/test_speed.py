@@ -4,11 +4,15 @@ and bf16 autocast learning as well as fp32."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
+from helpers import SRC
 from oneepoch import hardware
 from oneepoch.hardware import gpu_table_peak
 
@@ -275,3 +279,53 @@ def test_intervals_well_below_the_runs_median_are_reported_as_slowed_by_load():
     whole = slowed_summary([300.0] * 8, [1.0] * 8, quiet_rate=1000.0)
     assert whole["share_of_time"] == 1.0 and whole["quiet_tokens_per_s"] == 1000.0
     assert slowed_summary([900.0] * 8, [1.0] * 8, quiet_rate=1000.0)["intervals"] == 0
+
+
+# A few training steps of a tiny model in a fresh process: its page faults per step, and the
+# allocator setting oneepoch put in effect (run.json's hardware.malloc).
+FAULTS_PER_STEP = """
+import resource, torch
+import oneepoch
+from oneepoch.config import ModelConfig, OptimConfig
+from oneepoch.model import GPT
+from oneepoch.step import build_optimizer, train_step
+
+torch.manual_seed(0)
+model = GPT(ModelConfig(n_layer=1, n_head=2, d_model=64, seq_len=128, vocab_size=512))
+optimizer = build_optimizer(model, OptimConfig())
+batch = torch.randint(0, 512, (1, 16, 129))
+kw = dict(device=torch.device("cpu"), dtype="float32", grad_clip=1.0)
+for _ in range(3):
+    train_step(model, model, optimizer, batch, 1e-3, **kw)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    train_step(model, model, optimizer, batch, 1e-3, **kw)
+faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10
+print(faults, "|", oneepoch.allocator.keep_freed_memory())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_training_steps_do_not_fault_their_memory_in_again():
+    """With oneepoch imported, a step reuses the memory the previous one freed (no page
+    faults); with glibc's own thresholds (an explicit MALLOC_*_ setting wins) it faults its
+    activations in every step."""
+
+    def run(**extra) -> tuple[float, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUN"))}
+        env.update(PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", **extra)
+        out = subprocess.run(
+            [sys.executable, "-c", FAULTS_PER_STEP],
+            capture_output=True, text=True, env=env, timeout=120, check=True,
+        ).stdout  # fmt: skip
+        faults, state = out.strip().split(" | ")
+        return float(faults), state
+
+    kept, kept_state = run()
+    default, default_state = run(MALLOC_TOP_PAD_="131072")  # glibc's default top pad
+    assert (
+        kept_state.startswith("glibc: mmap above 32 MiB")
+        and default_state == "from the environment"
+    )
+    # a few stray faults (the interpreter, thread stacks) against thousands a step
+    assert kept < 200 and default > 20 * max(kept, 50), (kept, default)

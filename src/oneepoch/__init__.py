@@ -14,3 +14,8 @@ __version__ = "0.1.0"
 # yet; an explicit OMP_WAIT_POLICY in the environment wins.
 if "torch" not in sys.modules:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# Freed activations stay in the process instead of being faulted in again every step.
+from oneepoch.allocator import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from oneepoch.allocator import keep_freed_memory
 from oneepoch.cache import cache_dir, read_entries, store_entry
 from oneepoch.config import ModelConfig, OptimConfig
 from oneepoch.hardware import cpu_name
@@ -98,7 +99,7 @@ def _shape_class(model: ModelConfig, micro_batch: int) -> str:
     shape = f"{model.n_layer}x{model.n_head}x{model.d_model}|seq={model.seq_len}"
     return (
         f"cpu|{cpu_name()}|threads={torch.get_num_threads()}|torch={torch.__version__}"
-        f"|{shape}|vocab={model.vocab_size}|micro={micro_batch}"
+        f"|{shape}|vocab={model.vocab_size}|micro={micro_batch}|malloc={keep_freed_memory()}"
     )
 
 

@@ -59,3 +59,12 @@ def forward_flops_per_token(s: Shape) -> float:
 def train_flops_per_token(s: Shape) -> float:
     """Forward plus backward (backward = 2x forward) matmul FLOPs per token."""
     return 3.0 * forward_flops_per_token(s)
+
+
+def activation_bytes(s: Shape, sequences: int) -> float:
+    """Memory a micro-batch of ``sequences`` takes beyond the model and AdamW state, as
+    counted before anything is allocated: activations kept for the backward pass (~16 values
+    of 2 bytes per token, layer and width, as with bfloat16) and float32 logits with their
+    gradient (2 x vocab x 4 bytes per token). The trainer's memory check and the planner's
+    bound on what a calibration times share it."""
+    return sequences * s.seq_len * (s.n_layer * s.d_model * 16 * 2 + 2 * s.vocab_size * 4)

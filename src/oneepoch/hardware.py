@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from oneepoch.allocator import keep_freed_memory
 from oneepoch.cache import cache_dir, read_entries, store_entry
 from oneepoch.config import ModelConfig
 from oneepoch.errors import UserError
@@ -68,6 +69,7 @@ def hardware_info(device: torch.device, world_size: int = 1) -> dict:
         "torch_threads": torch.get_num_threads(),
         # as libgomp read it when torch loaded (oneepoch/__init__.py sets PASSIVE)
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+        "malloc": keep_freed_memory(),  # what oneepoch/allocator.py put in effect
         "world_size": world_size,
         "platform": platform.platform(),
     }

@@ -35,7 +35,7 @@ from oneepoch.data.dataset import Dataset, open_dataset
 from oneepoch.distributed import Ranks, full_state, init_distributed, load_full_state, parallelize
 from oneepoch.dtype_probe import quiet_tokens_per_s
 from oneepoch.errors import UserError
-from oneepoch.flops import Shape, param_counts, train_flops_per_token
+from oneepoch.flops import Shape, activation_bytes, param_counts, train_flops_per_token
 from oneepoch.hardware import hardware_info, peak_flops, pick_device, pick_dtype
 from oneepoch.locking import hold
 from oneepoch.model import GPT
@@ -306,9 +306,8 @@ def check_memory(cfg: RunConfig, shape: Shape, device: torch.device, per_rank: i
     """Refuse, before allocating anything, a model that cannot fit in this device's memory.
 
     A lower bound: 16 bytes per parameter (float32 weights and gradients, AdamW's two
-    moments; sharded over the ranks under FSDP), activations saved for the backward pass
-    (~16 values of 2 bytes per token, layer and width, as with bfloat16) and the float32
-    logits and their gradient. On a GPU the model is first built in host memory (4 bytes per
+    moments; sharded over the ranks under FSDP) and a micro-batch's activations
+    (``oneepoch.flops.activation_bytes``). On a GPU the model is first built in host memory (4 bytes per
     parameter), so that is checked too.
     """
     import psutil
@@ -317,8 +316,7 @@ def check_memory(cfg: RunConfig, shape: Shape, device: torch.device, per_rank: i
     params = param_counts(shape)["total"]
     shards = ranks.world_size if cfg.train.parallel == "fsdp" and ranks.active else 1
     state = 16 * params / shards
-    tokens = per_rank * m.seq_len
-    acts = tokens * (m.n_layer * m.d_model * 16 * 2 + 2 * m.vocab_size * 4)
+    acts = activation_bytes(shape, per_rank)
     host = psutil.virtual_memory().available
     needs = [(state + acts, host, "in memory")]
     if device.type == "cuda":

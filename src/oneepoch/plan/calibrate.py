@@ -11,7 +11,7 @@ is never more than one shape's measurement, handed back when it ends. All the me
 one plan takes at most ``MAX_CALIBRATION_S``; what is being measured is shown on a
 terminal. Results are cached in
 ``~/.cache/oneepoch/throughput.json`` (``$ONEEPOCH_CACHE`` moves it), keyed by device name,
-torch threads, torch version and dtype, then by shape and batch.
+torch threads, torch version, dtype and allocator setting, then by shape and batch.
 
 Shapes not measured get an estimate: achieved FLOP/s interpolated (log-log) against FLOPs
 per step over the measured points of this machine, flat past the ends; before anything is
@@ -33,7 +33,7 @@ from pathlib import Path
 
 from oneepoch.cache import cache_dir
 from oneepoch.config import DTYPES
-from oneepoch.flops import Shape, param_counts, train_flops_per_token
+from oneepoch.flops import Shape, activation_bytes, param_counts, train_flops_per_token
 from oneepoch.slowdown import CpuShare, machine_busy
 
 PRIOR_PEAK_FRACTION = 0.35
@@ -90,6 +90,7 @@ class Calibration:
     ):
         import torch
 
+        from oneepoch.allocator import keep_freed_memory
         from oneepoch.hardware import device_name, peak_is_known, pick_dtype
 
         if device == "auto":
@@ -106,15 +107,16 @@ class Calibration:
         self.path = path or cache_path()
         self.machine = (
             f"{self.device.type}|{device_name(self.device)}|threads={torch.get_num_threads()}"
-            f"|torch={torch.__version__}|{self.dtype}"
+            f"|torch={torch.__version__}|{self.dtype}|malloc={keep_freed_memory()}"
         )
         self.points: dict[str, dict] = {} if recalibrate else self._load().get(self.machine, {})
         # Points measured on a busy machine are provisional: re-measured once it is quiet.
         self.quiet = not machine_busy(0.2)
         self._prior: float | None = None
-        # Sequences of a timed micro-batch, at most: the planner sets the micro-batch of the
-        # run it plans, so calibrating never takes more memory than that run will.
-        self.max_sequences: int | None = None
+        # The most a timed micro-batch may take (oneepoch.flops.activation_bytes): the
+        # planner sets that of the run it plans, so timing a larger candidate never takes
+        # more memory than that run will (it times fewer sequences and scales).
+        self.max_activation_bytes: float | None = None
         # On a CPU each measurement runs in a fresh process (see measure_isolated): its
         # memory goes back when it ends, this one stays as it was, and no shape's timing
         # inherits another's heap. A GPU's caching allocator is emptied between shapes.
@@ -258,7 +260,7 @@ class Calibration:
             return self.rate(shape, batch)
         self.say(f"calibration: timing {key} on {self.device.type} {self.dtype}", end=": ")
         args = (shape, batch, self.device, self.dtype, min(self.seconds, left / 3))
-        kwargs = {"limit_s": left, "max_sequences": self.max_sequences}
+        kwargs = {"limit_s": left, "max_sequences": self.sequences_within(shape)}
         if self.isolate:
             point = measure_isolated(args, kwargs, self.verbose, self.threads)
         else:
@@ -268,6 +270,12 @@ class Calibration:
         self.points[key] = point
         self._save()
         return self.rate(shape, batch)
+
+    def sequences_within(self, shape: Shape) -> int | None:
+        """The most sequences of ``shape`` whose activations fit ``max_activation_bytes``."""
+        if self.max_activation_bytes is None:
+            return None
+        return max(1, int(self.max_activation_bytes // activation_bytes(shape, 1)))
 
     def close(self) -> None:
         """Done measuring for now: end the process measurements are forked from (a later
@@ -431,9 +439,10 @@ def measure_point(
     in proportion. Then step = grad_accum x micro-batch + update. Evaluation forward passes
     of n sequences are scaled the same way; the checkpoint is written once.
 
-    ``max_sequences`` bounds n, and with it the memory (the logits of n sequences, with their
-    softmax and gradient, are most of it): the planner passes the micro-batch of the run it
-    plans, so a rule's larger batch is timed on part of it and scaled.
+    ``max_sequences`` bounds n, and with it the memory (the activations of n sequences are
+    most of it): ``Calibration`` passes as many sequences of this shape as fit the
+    activations of the run being planned, so a rule's larger batch or larger model is timed
+    on part of its micro-batch and scaled.
     """
     import numpy as np
     import torch

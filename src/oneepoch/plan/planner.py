@@ -17,7 +17,7 @@ from pathlib import Path
 
 from oneepoch.config import ModelConfig, TrainConfig
 from oneepoch.errors import UserError
-from oneepoch.flops import Shape, train_flops_per_token
+from oneepoch.flops import Shape, activation_bytes, train_flops_per_token
 from oneepoch.plan.budget import Budget, format_seconds
 from oneepoch.plan.calibrate import Calibration
 from oneepoch.plan.estimate import Estimate, estimate_run
@@ -48,7 +48,7 @@ from oneepoch.sampler import num_windows
 
 C_HIGHEST = 1e30
 MEASURE_CHOSEN, MEASURE_OTHERS = 3, 1  # near-equal shapes timed for the chosen rule / others
-MAX_ROUNDS = 8  # measuring can move a plan to a new batch or shape; measured pairs stay
+MAX_ROUNDS = 40  # one measurement a round (the smallest wanted); the 30 s bound it first
 RATIO_TOLERANCE = 1.10  # a ratio rule's shape keeps its tokens per parameter within 10%
 RATIO_SEARCH = 3.0  # shapes within this factor of the rule's N are tried for the ratio
 
@@ -485,7 +485,7 @@ class Planner:
         for _ in range(MAX_ROUNDS):
             plans = {rule.name: self._plan_or_problem(rule, budget) for rule in rules}
             if not self.calib.allow_measure:
-                break
+                return plans
             todo: list[tuple[Shape, int]] = []
             for name, p in plans.items():
                 if p.problem:
@@ -498,13 +498,16 @@ class Planner:
                     if not self.calib.has(shape, b) and (shape, b) not in todo:
                         todo.append((shape, b))
             if not todo:
-                break
+                return plans
             mine = plans.get(chosen)
             if mine is not None and not mine.problem and mine.shape is not None:
                 # measuring takes no more memory than the planned run's micro-batch
-                self.calib.max_sequences = mine.batch_size // grad_accum(
-                    mine.batch_size, self.T, self.V
-                )
-            for shape, b in todo:
-                self.calib.measure(shape, b)
-        return plans
+                micro = mine.batch_size // grad_accum(mine.batch_size, self.T, self.V)
+                self.calib.max_activation_bytes = activation_bytes(mine.shape, micro)
+            # The smallest model first, then plan again: before anything is measured the
+            # estimates are rough, and a first guess that is too large would be timed (and
+            # its memory taken) for nothing. Small models reach a lower FLOP/s, so plans
+            # approach the measured rate from below, and with them the memory bound.
+            shape, b = min(todo, key=lambda pair: (activation_bytes(pair[0], 1), pair[1]))
+            self.calib.measure(shape, b)
+        return {rule.name: self._plan_or_problem(rule, budget) for rule in rules}
