@@ -12,7 +12,8 @@ process; the first ``--warmup`` steps are excluded, and the figure reported is t
 over ``--repeats`` runs, interleaved so that a burst of load elsewhere does not land on one
 configuration only. The load average is printed: on a shared machine, read it with them.
 Each program waits for OpenMP work as it would by itself: the baseline imports torch first
-(libgomp's default), oneepoch sets its passive waiting (oneepoch/__init__.py). ``--dtypes
+(libgomp's default) and keeps glibc's malloc thresholds, oneepoch sets its passive waiting
+and keeps freed memory (oneepoch/__init__.py). ``--dtypes
 auto`` shows what the trainer's default picks.
 
     python benchmarks/throughput.py                          # default shapes, 3 repeats
@@ -243,11 +244,18 @@ def run_oneepoch(spec: dict) -> dict:
 
 def measure(spec: dict) -> dict:
     """One measurement in a fresh process (no compiled code or allocator state carried over)."""
+    env = dict(os.environ)
+    if spec["impl"] == "baseline":
+        # glibc's own malloc thresholds, as a plain PyTorch program has them: an explicit
+        # MALLOC_*_ setting (here glibc's default top pad) makes oneepoch, imported for its
+        # initial weights, leave them alone (oneepoch/allocator.py)
+        env["MALLOC_TOP_PAD_"] = "131072"
     proc = subprocess.run(
         [sys.executable, __file__, "--one", json.dumps(spec)],
         capture_output=True,
         text=True,
         timeout=1800,
+        env=env,
     )
     if proc.returncode != 0:
         raise SystemExit(f"measurement {spec} failed:\n{proc.stderr[-3000:]}")

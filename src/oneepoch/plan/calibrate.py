@@ -512,8 +512,9 @@ def measure_point(
     while n > n0 and 3 * n * per_sequence > limit_s:
         n //= 2
     x = windows(n)
-    if n > n0:
-        timed(fwd_bwd(x), 1, 0)  # warm at the new size
+    # Untimed, at the timed size: a whole step, so AdamW's state exists and the heap has
+    # grown to its steady size; a run's later steps fault no memory in (oneepoch/allocator.py).
+    train_step(model, model, optimizer, x[None], 1e-4, **kw)
     if say:
         say(f"{n} of {micro} sequences of a micro-batch, {accum} micro-batches a step", end="; ")
     least = 1 if n * per_sequence > seconds / 4 else 2
