@@ -233,6 +233,26 @@ def test_sweep_default_grid_keeps_five_sizes_where_the_smallest_shapes_lie_far_a
     assert "not centred" not in out  # sizes given are sizes trained
 
 
+@pytest.mark.parametrize("command", ["plan", "sweep"])
+def test_a_measuring_process_that_does_not_answer_is_an_error_that_says_what_to_do(
+    capsys, cache, byte_dataset, tmp_path, monkeypatch, command
+):
+    """A measuring process that was paused (SIGSTOP, a suspended laptop) past its time used
+    to end `plan` and `sweep` with a TimeoutError traceback."""
+    from oneepoch.plan.calibrate import Calibration
+
+    def paused(self, shape, batch):
+        raise TimeoutError("calibration: the measuring process did not answer")
+
+    monkeypatch.setattr(Calibration, "measure", paused)
+    argv = ["--budget", "1e11", "--data", byte_dataset, "--out", tmp_path / "out", *FAST]
+    code, out, err = run(capsys, command, *argv, *(["--dry-run"] if command == "sweep" else []))
+    assert code == 2
+    assert err.startswith("error: calibration: the measuring process did not answer (was it")
+    assert str(cache) in err and "run the command again, or pass --no-calibrate" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_plan_without_data_is_a_valid_config(capsys, cache, tmp_path):
     from oneepoch.config import RunConfig, load_toml, validate
 

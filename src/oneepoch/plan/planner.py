@@ -69,6 +69,20 @@ class Corpus:
         return self.windows(seq_len) * seq_len
 
 
+def measure(calib, shape: Shape, batch: int) -> None:
+    """``calib.measure(shape, batch)``; a measuring process that does not answer (paused,
+    as by Ctrl-Z or a suspended machine, or starved by other work) is a one-sentence error
+    that says what to do, not a traceback."""
+    try:
+        calib.measure(shape, batch)
+    except TimeoutError as exc:
+        raise UserError(
+            f"{exc} (was it paused, as by Ctrl-Z or a suspended machine, or starved by other "
+            f"work?); the shapes measured so far are kept in {calib.path}: run the command "
+            "again, or pass --no-calibrate to plan from estimates."
+        ) from None
+
+
 def _short(n: float) -> str:
     for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
         if n >= size:
@@ -506,5 +520,5 @@ class Planner:
                     mine.batch_size, self.T, self.V
                 )
             for shape, b in todo:
-                self.calib.measure(shape, b)
+                measure(self.calib, shape, b)
         return plans
