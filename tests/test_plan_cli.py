@@ -212,7 +212,8 @@ def test_sweep_default_grid_keeps_five_sizes_where_the_smallest_shapes_lie_far_a
     """At 1e11 FLOPs the Chinchilla size is the smallest shape (L1-d32), and four of the five
     default sizes used to fall on it or the next shape: two runs per budget, too few for an
     IsoFLOP curve or for `scaling fit`. The grid now keeps five distinct, growing sizes and
-    says it is not centred; four runs in all are flagged as too few to fit."""
+    says it is not centred; five runs in all are flagged as too few to fit, and a size the
+    budget trains for too few steps is skipped for what it is."""
     base = ["sweep", "--data", byte_dataset, "--out", tmp_path / "sweep", "--dry-run",
             "--no-calibrate", *FAST]  # fmt: skip
     code, out, err = run(capsys, *base, "--budget", "1e11,2e11", "--json")
@@ -226,10 +227,14 @@ def test_sweep_default_grid_keeps_five_sizes_where_the_smallest_shapes_lie_far_a
     assert any(n.startswith("budget 1e11: 4 of its 5 sizes") for n in report["notes"])
     assert not any("fewer than" in n for n in report["notes"]), report["notes"]
 
-    code, out, err = run(capsys, *base, "--budget", "6e9,1.2e10", "--sizes", "13k,50k")
+    code, out, err = run(capsys, *base, "--budget", "6e9,1.2e10", "--sizes", "13k,50k,100k")
     assert code == 0, err
-    assert out.count("  train") == 4
-    assert "note: 4 runs are fewer than the 7 rows `oneepoch scaling fit` needs" in out
+    assert out.count("  train") == 5
+    # the size too large for 6e9 is skipped for what it is, not as "the smallest model"
+    skip = next(line for line in out.splitlines() if "/L2-d64" in line and "6.00e09" in line)
+    assert "skip: the budget trains this model (2 layers, d_model 64) for only 31 steps" in skip
+    assert "smallest" not in out
+    assert "note: 5 runs are fewer than the 7 rows `oneepoch scaling fit` needs" in out
     assert "not centred" not in out  # sizes given are sizes trained
 
 

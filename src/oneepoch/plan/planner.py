@@ -447,7 +447,15 @@ class Planner:
         counts = {"total": cand.total, "non_embedding": cand.non_embedding}
         if steps >= 1:
             plan.pred_loss = rule.predict_loss(counts, plan.tokens, plan.unique_tokens)
-        if steps < MIN_STEPS:
+        if steps < MIN_STEPS and cand.shape != smallest(T, self.V).shape:
+            need = MIN_STEPS * b * T
+            plan.problem = (
+                f"the budget trains this model ({cand.shape.n_layer} layers, d_model "
+                f"{cand.shape.d_model}) for only {steps} steps of {b} sequences of {T} tokens, "
+                f"fewer than {MIN_STEPS}; give it at least "
+                f"{need * cand.flops_per_token:.2g} FLOPs ({need:,} tokens), or a smaller model."
+            )
+        elif steps < MIN_STEPS:
             plan.problem = self._too_small(tokens)
         elif plan.epochs > MAX_EPOCHS:
             plan.problem = (
