@@ -206,6 +206,58 @@ def test_sweep_writes_the_scaling_csv_and_skips_finished_runs(
     assert stamps == {p: os.stat(p).st_mtime_ns for p in out_dir.glob("*/*/run.json")}
 
 
+def test_sweep_default_grid_keeps_five_sizes_where_the_smallest_shapes_lie_far_apart(
+    capsys, cache, byte_dataset, tmp_path
+):
+    """At 1e11 FLOPs the Chinchilla size is the smallest shape (L1-d32), and four of the five
+    default sizes used to fall on it or the next shape: two runs per budget, too few for an
+    IsoFLOP curve or for `scaling fit`. The grid now keeps five distinct, growing sizes and
+    says it is not centred; five runs in all are flagged as too few to fit, and a size the
+    budget trains for too few steps is skipped for what it is."""
+    base = ["sweep", "--data", byte_dataset, "--out", tmp_path / "sweep", "--dry-run",
+            "--no-calibrate", *FAST]  # fmt: skip
+    code, out, err = run(capsys, *base, "--budget", "1e11,2e11", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    params = [r["params_non_embedding"] for r in report["runs"] if r["budget"] == "1e11"]
+    assert len(params) == 5 and params == sorted(set(params))
+    assert params[0] == 12768  # the smallest shape, the Chinchilla size's
+    assert all(b / a > 1.5 for a, b in zip(params, params[1:]))
+    assert len(report["runs"]) == 10
+    assert any(n.startswith("budget 1e11: 4 of its 5 sizes") for n in report["notes"])
+    assert not any("fewer than" in n for n in report["notes"]), report["notes"]
+
+    code, out, err = run(capsys, *base, "--budget", "6e9,1.2e10", "--sizes", "13k,50k,100k")
+    assert code == 0, err
+    assert out.count("  train") == 5
+    # the size too large for 6e9 is skipped for what it is, not as "the smallest model"
+    skip = next(line for line in out.splitlines() if "/L2-d64" in line and "6.00e09" in line)
+    assert "skip: the budget trains this model (2 layers, d_model 64) for only 31 steps" in skip
+    assert "smallest" not in out
+    assert "note: 5 runs are fewer than the 7 rows `oneepoch scaling fit` needs" in out
+    assert "not centred" not in out  # sizes given are sizes trained
+
+
+@pytest.mark.parametrize("command", ["plan", "sweep"])
+def test_a_measuring_process_that_does_not_answer_is_an_error_that_says_what_to_do(
+    capsys, cache, byte_dataset, tmp_path, monkeypatch, command
+):
+    """A measuring process that was paused (SIGSTOP, a suspended laptop) past its time used
+    to end `plan` and `sweep` with a TimeoutError traceback."""
+    from oneepoch.plan.calibrate import Calibration
+
+    def paused(self, shape, batch):
+        raise TimeoutError("calibration: the measuring process did not answer")
+
+    monkeypatch.setattr(Calibration, "measure", paused)
+    argv = ["--budget", "1e11", "--data", byte_dataset, "--out", tmp_path / "out", *FAST]
+    code, out, err = run(capsys, command, *argv, *(["--dry-run"] if command == "sweep" else []))
+    assert code == 2
+    assert err.startswith("error: calibration: the measuring process did not answer (was it")
+    assert str(cache) in err and "run the command again, or pass --no-calibrate" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_plan_without_data_is_a_valid_config(capsys, cache, tmp_path):
     from oneepoch.config import RunConfig, load_toml, validate
 

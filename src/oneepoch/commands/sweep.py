@@ -71,8 +71,10 @@ def run(args) -> int:
     settings = Settings(seq_len=args.seq_len, eval_tokens=args.eval_tokens)
     calib = Calibration(args.device, args.dtype, measure=not args.no_calibrate)
     planner = Planner(corpus, settings, calib)
-    grid = build_grid(planner, budgets, sizes)
-    calib.close()  # measuring is over before training starts
+    try:
+        grid, notes = build_grid(planner, budgets, sizes)
+    finally:
+        calib.close()  # measuring is over before training starts
     out = Path(args.out)
 
     todo = []
@@ -100,8 +102,10 @@ def run(args) -> int:
             )
         total = sum(pt["plan"].estimate.elapsed_s for pt in todo)
         print(f"{len(todo)} runs to train, about {format_seconds(total)} in all")
+        for line in notes + _too_few(grid):
+            print(f"note: {line}")
     if args.dry_run:
-        return _json(grid, None) if args.json else 0
+        return _json(grid, notes, None) if args.json else 0
 
     from oneepoch.commands.train import interrupted_exit
     from oneepoch.train import Interrupted, train
@@ -115,13 +119,40 @@ def run(args) -> int:
             return interrupted_exit(exc)
         point["action"] = "trained"
 
-    csv_path = write_csv(
-        out, [out / pt["name"] for pt in grid if _status(out / pt["name"]) == "completed"], args
-    )
+    done = [out / pt["name"] for pt in grid if _status(out / pt["name"]) == "completed"]
+    csv_path = write_csv(out, done, args)
     if args.json:
-        return _json(grid, csv_path)
-    print(f"written: {csv_path}; fit it with `oneepoch scaling fit --csv {csv_path}`")
+        return _json(grid, notes, csv_path)
+    if len(done) >= scaling_fit_rows():
+        print(
+            f"written: {csv_path}; fit it with "
+            f"`oneepoch scaling fit --csv {csv_path} --json law.json`"
+        )
+    else:
+        print(
+            f"written: {csv_path} ({len(done)} rows, fewer than the {scaling_fit_rows()} "
+            "`oneepoch scaling fit` needs)"
+        )
     return 0
+
+
+def scaling_fit_rows() -> int:
+    """The fewest CSV rows `oneepoch scaling fit` (the chinchilla form) accepts."""
+    from oneepoch.analysis.scaling import ChinchillaForm
+
+    return len(ChinchillaForm.free_names) + 2
+
+
+def _too_few(grid: list[dict]) -> list[str]:
+    """A note when the grid's runs will be too few for `oneepoch scaling fit`."""
+    runs = sum(1 for pt in grid if not pt["plan"].problem)
+    need = scaling_fit_rows()
+    if runs >= need:
+        return []
+    return [
+        f"{runs} runs are fewer than the {need} rows `oneepoch scaling fit` needs for its "
+        "five terms: add budgets or sizes (--sizes)"
+    ]
 
 
 def write_csv(out: Path, run_dirs: list[Path], args) -> Path:
@@ -134,7 +165,7 @@ def write_csv(out: Path, run_dirs: list[Path], args) -> Path:
     return path
 
 
-def _json(grid: list[dict], csv_path: Path | None) -> int:
+def _json(grid: list[dict], notes: list[str], csv_path: Path | None) -> int:
     return print_json(
         {
             "runs": [
@@ -146,6 +177,7 @@ def _json(grid: list[dict], csv_path: Path | None) -> int:
                 }
                 for pt in grid
             ],
+            "notes": notes + _too_few(grid),
             "csv": str(csv_path) if csv_path else None,
         }
     )

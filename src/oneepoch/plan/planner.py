@@ -69,6 +69,20 @@ class Corpus:
         return self.windows(seq_len) * seq_len
 
 
+def measure(calib, shape: Shape, batch: int) -> None:
+    """``calib.measure(shape, batch)``; a measuring process that does not answer (paused,
+    as by Ctrl-Z or a suspended machine, or starved by other work) is a one-sentence error
+    that says what to do, not a traceback."""
+    try:
+        calib.measure(shape, batch)
+    except TimeoutError as exc:
+        raise UserError(
+            f"{exc} (was it paused, as by Ctrl-Z or a suspended machine, or starved by other "
+            f"work?); the shapes measured so far are kept in {calib.path}: run the command "
+            "again, or pass --no-calibrate to plan from estimates."
+        ) from None
+
+
 def _short(n: float) -> str:
     for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
         if n >= size:
@@ -433,7 +447,15 @@ class Planner:
         counts = {"total": cand.total, "non_embedding": cand.non_embedding}
         if steps >= 1:
             plan.pred_loss = rule.predict_loss(counts, plan.tokens, plan.unique_tokens)
-        if steps < MIN_STEPS:
+        if steps < MIN_STEPS and cand.shape != smallest(T, self.V).shape:
+            need = MIN_STEPS * b * T
+            plan.problem = (
+                f"the budget trains this model ({cand.shape.n_layer} layers, d_model "
+                f"{cand.shape.d_model}) for only {steps} steps of {b} sequences of {T} tokens, "
+                f"fewer than {MIN_STEPS}; give it at least "
+                f"{need * cand.flops_per_token:.2g} FLOPs ({need:,} tokens), or a smaller model."
+            )
+        elif steps < MIN_STEPS:
             plan.problem = self._too_small(tokens)
         elif plan.epochs > MAX_EPOCHS:
             plan.problem = (
@@ -509,5 +531,5 @@ class Planner:
             # its memory taken) for nothing. Small models reach a lower FLOP/s, so plans
             # approach the measured rate from below, and with them the memory bound.
             shape, b = min(todo, key=lambda pair: (activation_bytes(pair[0], 1), pair[1]))
-            self.calib.measure(shape, b)
+            measure(self.calib, shape, b)
         return {rule.name: self._plan_or_problem(rule, budget) for rule in rules}

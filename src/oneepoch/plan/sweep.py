@@ -8,6 +8,12 @@ unique_tokens, loss, flops, wall_s, built by the analysis package's ``sweep_rows
 `oneepoch scaling fit` reads. Shapes are the nearest to each size in non-embedding
 parameters, not the fastest: a grid is easier to read when its shapes follow one family.
 Batch size and learning rate follow the planner's heuristics.
+
+The default sizes are five shapes a factor 2 apart around the budget's Chinchilla size. Shapes
+are sparse at the bottom (with a 4,096-token vocabulary the two smallest differ 4x in
+non-embedding parameters), so where several sizes fall on one shape, as they do when the
+Chinchilla size lies at or below the smallest shape, the next size is taken a factor 2 above
+the last shape instead: the grid keeps five sizes, starting higher than centred.
 """
 
 from __future__ import annotations
@@ -15,16 +21,46 @@ from __future__ import annotations
 from oneepoch.errors import UserError
 
 SIZE_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
+SIZE_STEP = 2.0  # between default sizes that would fall on one shape
 
 
-def build_grid(planner, budgets, sizes: list[int] | None) -> list[dict]:
-    """Grid points {name, budget, flops, plan} (plan: a planner.RulePlan, maybe skipped)."""
+def grid_shapes(
+    wanted: list[float], seq_len: int, vocab_size: int, keep_count: bool
+) -> tuple[list[tuple[float, object]], int]:
+    """(size, shape) pairs, the distinct shapes nearest to ``wanted`` non-embedding counts
+    in ascending order, and how many sizes were moved. ``keep_count``: as many shapes as
+    sizes, a size whose shape is already taken (or smaller) moved to SIZE_STEP times the
+    last shape taken; else such a size is dropped."""
+    from oneepoch.plan.shapes import _sorted_by, near_equal
+
+    chosen, moved = [], 0
+    for n in sorted(wanted):
+        cand = near_equal(n, "non_embedding", seq_len, vocab_size)[0]
+        if chosen and cand.non_embedding <= chosen[-1][1].non_embedding:
+            if not keep_count:
+                continue
+            n = SIZE_STEP * chosen[-1][1].non_embedding
+            cand = near_equal(n, "non_embedding", seq_len, vocab_size)[0]
+            if cand.non_embedding <= chosen[-1][1].non_embedding:
+                ranked = _sorted_by("non_embedding", seq_len, vocab_size)[1]
+                larger = [c for c in ranked if c.non_embedding > chosen[-1][1].non_embedding]
+                if not larger:
+                    break
+                cand = larger[0]
+            moved += 1
+        chosen.append((n, cand))
+    return chosen, moved
+
+
+def build_grid(planner, budgets, sizes: list[int] | None) -> tuple[list[dict], list[str]]:
+    """Grid points {name, budget, flops, plan} (plan: a planner.RulePlan, maybe skipped), and
+    notes on how the sizes became shapes."""
     from oneepoch.plan.budget import Budget
-    from oneepoch.plan.planner import RulePlan
+    from oneepoch.plan.planner import RulePlan, measure
     from oneepoch.plan.rules import Chinchilla
-    from oneepoch.plan.shapes import near_equal
 
     grid, chinchilla = [], Chinchilla()
+    notes = []
     for budget in budgets:
         if budget.kind == "tokens":
             raise UserError(
@@ -35,12 +71,21 @@ def build_grid(planner, budgets, sizes: list[int] | None) -> list[dict]:
         if budget.kind != "flops":
             centre = planner.plan(chinchilla, Budget("flops", flops, f"{flops:.3g}"))
         wanted = sizes or [centre.candidate.non_embedding * f for f in SIZE_FACTORS]
-        seen = set()
-        for n in wanted:
-            cand = near_equal(n, "non_embedding", planner.T, planner.V)[0]
-            if cand.shape in seen:
-                continue
-            seen.add(cand.shape)
+        cands, moved = grid_shapes(wanted, planner.T, planner.V, keep_count=not sizes)
+        if moved:
+            notes.append(
+                f"budget {budget.text}: {moved} of its {len(wanted)} sizes (a factor 2 apart "
+                f"around the Chinchilla size, {centre.candidate.non_embedding:,} non-embedding "
+                "parameters) fell on a shape already taken, as the smallest shapes lie far "
+                "apart, and were moved to twice the last shape: the grid is not centred on "
+                "the Chinchilla size"
+            )
+        elif len(cands) < len(wanted):
+            notes.append(
+                f"budget {budget.text}: the {len(wanted)} sizes fell on {len(cands)} distinct "
+                "shapes; each shape is trained once"
+            )
+        for n, cand in cands:
             plan = RulePlan(
                 "sweep", "IsoFLOP grid", "non_embedding", float(n), cand, budget_flops=flops
             )
@@ -51,10 +96,10 @@ def build_grid(planner, budgets, sizes: list[int] | None) -> list[dict]:
                 and calib.allow_measure
                 and not calib.has(cand.shape, plan.batch_size)
             ):
-                calib.measure(cand.shape, plan.batch_size)
+                measure(calib, cand.shape, plan.batch_size)
                 plan.notes.clear()
                 planner.finish(plan, chinchilla, flops / cand.flops_per_token)
             s = cand.shape
             name = f"C{flops:.2e}".replace("+", "") + f"/L{s.n_layer}-d{s.d_model}"
             grid.append({"name": name, "budget": budget.text, "flops": flops, "plan": plan})
-    return grid
+    return grid, notes
