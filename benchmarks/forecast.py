@@ -23,7 +23,12 @@ The forecast's rules were chosen on seeds 1000-1199 (--seeds 1000:1200); the tab
 docs/analysis.md are seeds 0-299 (looked at before the last rule, the warm-up-0 start, was
 chosen) and 300-599 (--seeds 300:600, held out from every choice).
 
-    python benchmarks/forecast.py [--seeds 0:300] [RUN_DIR ...] [--json OUT]
+`--oracle-true-form` adds, per synthetic curve, the TRUE generating form (``TrueForm``: the
+power law in the LR area with the run's warm-up, plus the fast drop) fitted the way fit_run
+fits its forms, on the same points and on all of the first 30%: what any rule choosing
+among forms could at best reach on these curves.
+
+    python benchmarks/forecast.py [--seeds 0:300] [--oracle-true-form] [RUN_DIR ...] [--json OUT]
 """
 
 from __future__ import annotations
@@ -113,9 +118,100 @@ def write_curve(curve: dict, path: Path) -> Path:
     )
 
 
-def measure(run_dir: Path, truth: float | None, use_first: float, n_boot: int) -> dict:
+class TrueForm:
+    """The generating form of a synthetic curve, for the oracle: L = P(s) + P(20) exp(-s /
+    TRANSIENT_STEPS), P(s) = E + A (65,536 x LR area(s))^-alpha, with the run's own
+    warm-up in the LR area, x in tokens: three free parameters (E, A, alpha), written as in
+    curves.PowerForm (A at a reference point)."""
+
+    param_names = ("E", "A", "alpha")
+
+    def __init__(self, curve: dict, t_ref: float):
+        from oneepoch.analysis.curves import PowerForm
+
+        self.curve, self.t_ref = curve, float(t_ref)
+        self._power = PowerForm(t_ref, floor=True)
+        self.bounds = self._power.bounds
+        self.name, self.formula = "true", "the generating form"
+
+    def _t_eff(self, steps) -> np.ndarray:
+        steps = np.asarray(steps, dtype=float)
+        return TOKENS_PER_STEP * _lr_area(steps, self.curve["warmup_steps"])
+
+    def model(self, x) -> _TrueModel:
+        steps = np.asarray(x, dtype=float) / TOKENS_PER_STEP
+        z = np.log(self._t_eff(steps) / self.t_ref)
+        z20 = float(np.log(self._t_eff([20.0])[0] / self.t_ref))
+        return _TrueModel(z, z20, np.exp(-steps / TRANSIENT_STEPS), self.bounds)
+
+    def starts(self, x, loss) -> np.ndarray:
+        steps = np.asarray(x, dtype=float) / TOKENS_PER_STEP
+        return self._power.starts(self._t_eff(steps), loss)
+
+    def params(self, theta):
+        return self._power.params(theta)
+
+
+class _TrueModel:
+    """log L = log(E (1 + tau) + A_ref (exp(-alpha z) + tau exp(-alpha z20))), tau =
+    exp(-s / TRANSIENT_STEPS), z = log(t_eff / t_ref), z20 the same at step 20."""
+
+    def __init__(self, z, z20, tau, bounds):
+        self.z, self.z20, self.tau, self.bounds = z, z20, tau, bounds
+
+    def log_pred_jac(self, theta):
+        e, a, alpha = (theta[:, k, None] for k in range(3))
+        level = np.exp(e) * (1 + self.tau)
+        now, start = np.exp(-alpha * self.z), self.tau * np.exp(-alpha * self.z20)
+        power = np.exp(a) * (now + start)
+        d_alpha = -np.exp(a) * (self.z * now + self.z20 * start)
+        columns = np.broadcast_arrays(level, power, d_alpha)
+        return np.log(level + power), np.stack(columns, axis=-1) / (level + power)[..., None]
+
+
+def oracle(curve: dict, truth: float, use_first: float, n_boot: int, rf) -> dict:
+    """The TRUE generating form fitted like fit_run's forms (Huber in log loss, the same
+    delta rule, residual bootstrap, Student-t widening; no drift: the form is exact):
+    on the points fit_run fitted (``oracle``), and on every evaluation within the first
+    ``use_first`` (``oracle_all``: the form also describes the warm-up and the drop, whose
+    amplitude the generator ties to the law, so the early points inform E, A and alpha
+    too: a bound no form fitted to a real curve can reach)."""
+    from oneepoch.analysis.curves import fit_curve
+    from oneepoch.analysis.robust import estimate
+    from oneepoch.analysis.runs import eval_curve
+
+    run = rf.run
+    curve_all = eval_curve(run, "tokens")
+    within = curve_all["tokens"] <= use_first * run.final_tokens
+    fitted = next(iter(rf.fits.values()))
+    out = {}
+    for key, (x, y) in {
+        "oracle": (fitted.x, fitted.loss),
+        "oracle_all": (curve_all["x"][within], curve_all["loss"][within]),
+    }.items():
+        form = TrueForm(curve, float(np.exp(np.mean(np.log(x)))))
+        fit = fit_curve(form, x, y, n_boot=n_boot, rng=np.random.default_rng(curve["seed"]))
+        est = estimate(
+            fit.predict([run.final_tokens])[0],
+            fit.predict_samples([run.final_tokens])[:, 0],
+            fit.level,
+            fit.df,
+        )
+        out[f"{key}_error"] = est["value"] / truth - 1
+        out[f"{key}_covered"] = bool(est["ci_low"] <= truth <= est["ci_high"])
+    return out
+
+
+def measure(
+    run_dir: Path,
+    truth: float | None,
+    use_first: float,
+    n_boot: int,
+    curve: dict | None = None,
+) -> dict:
     """The forecast of the final loss from the first ``use_first`` of the run, with its
-    error against ``truth`` (default: the run's own last evaluation)."""
+    error against ``truth`` (default: the run's own last evaluation); with ``curve`` (a
+    synthetic run's constants) also the oracle's (``oracle``)."""
     from oneepoch.analysis.runfit import fit_run
     from oneepoch.analysis.runs import load_run
 
@@ -126,6 +222,7 @@ def measure(run_dir: Path, truth: float | None, use_first: float, n_boot: int) -
     pred = rf.predict_at(run.final_tokens)
     seconds = time.perf_counter() - start
     forecast = pred["forecast"]
+    extra = {} if curve is None else oracle(curve, final, use_first, n_boot, rf)
     low = -np.inf if forecast["ci_low"] is None else forecast["ci_low"]
     high = np.inf if forecast["ci_high"] is None else forecast["ci_high"]
     return {
@@ -137,17 +234,26 @@ def measure(run_dir: Path, truth: float | None, use_first: float, n_boot: int) -
         "errors_by_form": {n: est["value"] / final - 1 for n, est in pred["forms"].items()},
         "n_fit_points": rf.settings["n_fit_points"],
         "seconds": seconds,
+        **extra,
     }
 
 
-def summary(rows: list[dict]) -> str:
+def summary(rows: list[dict], oracle: bool = False) -> str:
     err = np.array([r["error"] for r in rows])
     nofloor = np.array([r["errors_by_form"].get("power-nofloor", np.nan) for r in rows])
     cover = np.mean([r["covered"] for r in rows])
-    return (
+    line = (
         f"{len(rows):>4} {np.median(np.abs(err)):>8.2%} {np.quantile(np.abs(err), 0.9):>8.2%} "
         f"{np.median(err):>+9.2%} {cover:>9.1%} {np.nanmedian(np.abs(nofloor)):>10.2%}"
     )
+    if oracle:
+        for key in ("oracle", "oracle_all"):
+            e = np.array([r.get(f"{key}_error", np.nan) for r in rows])
+            c = np.array([r.get(f"{key}_covered", np.nan) for r in rows], dtype=float)
+            line += (
+                f" {np.nanmedian(np.abs(e)):>8.2%} {np.nanmedian(e):>+8.2%} {np.nanmean(c):>6.1%}"
+            )
+    return line
 
 
 def main(argv=None) -> int:
@@ -157,6 +263,11 @@ def main(argv=None) -> int:
     p.add_argument("--use-first", type=float, default=0.3)
     p.add_argument("--bootstrap", type=int, default=200)
     p.add_argument("--json", type=Path, metavar="OUT", help="also write every result here")
+    p.add_argument(
+        "--oracle-true-form",
+        action="store_true",
+        help="also fit each synthetic curve's true generating form (what is attainable)",
+    )
     args = p.parse_args(argv)
     first, last = (int(v) for v in args.seeds.split(":"))
 
@@ -166,7 +277,8 @@ def main(argv=None) -> int:
             curve = draw_curve(seed)
             run = write_curve(curve, Path(tmp) / f"s{seed}")
             truth = float(true_loss(curve, [STEPS])[0])
-            rows.append({**curve, **measure(run, truth, args.use_first, args.bootstrap)})
+            known = curve if args.oracle_true_form else None
+            rows.append({**curve, **measure(run, truth, args.use_first, args.bootstrap, known)})
     real = [measure(run, None, args.use_first, args.bootstrap) for run in args.runs]
 
     print(
@@ -174,14 +286,18 @@ def main(argv=None) -> int:
         f"{args.bootstrap} bootstrap replicates"
     )
     header = f"{'family':<18} {'n':>4} {'med|err|':>8} {'p90|err|':>8} {'med err':>9} "
-    print(header + f"{'coverage':>9} {'nofloor':>10}")
+    header += f"{'coverage':>9} {'nofloor':>10}"
+    if args.oracle_true_form:
+        header += f" {'oracle':>8} {'or err':>8} {'or cov':>6}"
+        header += f" {'or-all':>8} {'oa err':>8} {'oa cov':>6}"
+    print(header)
     for name, levels in FACTORS.items():
         for level in levels:
             group = [r for r in rows if r[name] == level]
             if group:
-                print(f"{f'{name}={level}':<18} {summary(group)}")
+                print(f"{f'{name}={level}':<18} {summary(group, args.oracle_true_form)}")
     if rows:
-        print(f"{'overall':<18} {summary(rows)}")
+        print(f"{'overall':<18} {summary(rows, args.oracle_true_form)}")
     if real:
         print(f"{'project runs':<18} {summary(real)}")
         for r in real:
@@ -192,6 +308,12 @@ def main(argv=None) -> int:
         f"forecast; fit + forecast took {np.median(seconds):.2f} s median, "
         f"{np.max(seconds):.2f} s max"
     )
+    if args.oracle_true_form:
+        print(
+            "oracle: the true generating form fitted on the same points (median |error|, "
+            "median signed error, coverage of its 90% interval); or-all: on every evaluation "
+            "of the first part, warm-up and fast drop included (the drop's amplitude tied to the law, as generated)"
+        )
     if args.json:
         args.json.write_text(json.dumps(rows + real, indent=1, default=float) + "\n")
     return 0

@@ -423,3 +423,34 @@ def test_without_warmup_the_start_holds_to_the_form_on_sparse_evaluations(tmp_pa
     value = rf.predict_at(run.final_tokens)["forecast"]["value"]
     kept = fit_run(run, use_first=0.3, n_boot=0, min_step=0).predict_at(run.final_tokens)
     assert abs(value / truth - 1) < 0.5 * abs(kept["forecast"]["value"] / truth - 1)
+
+
+def _forecast_benchmark():
+    """benchmarks/forecast.py as a module (the benchmarks are scripts, not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "forecast.py"
+    spec = importlib.util.spec_from_file_location("forecast_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("seed", [4, 9])
+def test_forecast_benchmark_oracle_recovers_its_generating_form(tmp_path, seed):
+    """The oracle of benchmarks/forecast.py (--oracle-true-form) fits each synthetic
+    curve's own generating form: without noise it must land on the true final loss from
+    the first 30%, on fit_run's points and on all of them (warm-up and fast drop included),
+    while the forms fit_run fits need not."""
+    bench = _forecast_benchmark()
+    curve = {**bench.draw_curve(seed), "noise": 0.0}
+    run_dir = bench.write_curve(curve, tmp_path / "run")
+    truth = float(bench.true_loss(curve, [bench.STEPS])[0])
+    row = bench.measure(run_dir, truth, 0.3, 20, curve)
+    assert abs(row["oracle_error"]) < 1e-4
+    assert abs(row["oracle_all_error"]) < 1e-4
+    # with another warm-up in its LR area the form is wrong, and misses: the check has teeth
+    wrong = {**curve, "warmup_steps": curve["warmup_steps"] + 500}
+    rf = fit_run(load_run(run_dir), use_first=0.3, n_boot=20)
+    assert abs(bench.oracle(wrong, truth, 0.3, 20, rf)["oracle_error"]) > 1e-3
