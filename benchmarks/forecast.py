@@ -21,7 +21,9 @@ against their own last evaluation.
 
 The forecast's rules were chosen on seeds 1000-1199 (--seeds 1000:1200); the tables in
 docs/analysis.md are seeds 0-299 (looked at before the last rule, the warm-up-0 start, was
-chosen) and 300-599 (--seeds 300:600, held out from every choice).
+chosen) and 300-599 (--seeds 300:600, held out from every choice). Seeds 1000-1999 were
+used later to try interval rules against per-family coverage (none adopted:
+docs/analysis.md).
 
 `--oracle-true-form` adds, per synthetic curve, the TRUE generating form (``TrueForm``: the
 power law in the LR area with the run's warm-up, plus the fast drop) fitted the way fit_run
