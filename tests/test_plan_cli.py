@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -272,3 +274,38 @@ def test_plan_without_data_is_a_valid_config(capsys, cache, tmp_path):
     validate(cfg)
     assert cfg.data.epochs > 1  # 50M tokens from 20M unique
     assert cfg.train.tokens <= 50e6 and cfg.model.vocab_size == 257
+
+
+def test_a_paused_measuring_process_is_waited_for_not_given_up():
+    """Seconds while the measuring process is stopped (Ctrl-Z, SIGSTOP) do not count
+    against its time; a running process that does not answer in time is given up."""
+    import multiprocessing
+    import signal
+    import threading
+    import time
+
+    from oneepoch.plan import calibrate
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        limit = 2.0 - calibrate.WORKER_GRACE_S  # two seconds of the process's own time
+        receive, send = multiprocessing.Pipe(duplex=False)
+        start = time.perf_counter()
+        assert not calibrate._answered(receive, sleeper.pid, limit)  # running, silent
+        assert 1.5 < time.perf_counter() - start < 10
+
+        os.kill(sleeper.pid, signal.SIGSTOP)
+        result = []
+        waiter = threading.Thread(
+            target=lambda: result.append(calibrate._answered(receive, sleeper.pid, limit))
+        )
+        waiter.start()
+        waiter.join(4.0)
+        assert waiter.is_alive() and not result  # stopped: still waiting after 4 s
+        send.send("point")
+        waiter.join(5.0)
+        assert result == [True]
+    finally:
+        os.kill(sleeper.pid, signal.SIGCONT)
+        sleeper.kill()
+        sleeper.wait()

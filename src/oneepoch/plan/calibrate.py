@@ -396,7 +396,7 @@ def measure_isolated(args: tuple, kwargs: dict, verbose: bool, threads: int) -> 
     child.start()
     send.close()
     try:
-        if not receive.poll(kwargs.get("limit_s", MAX_CALIBRATION_S) + WORKER_GRACE_S):
+        if not _answered(receive, child.pid, kwargs.get("limit_s", MAX_CALIBRATION_S)):
             raise TimeoutError("calibration: the measuring process did not answer")
         status, value = receive.recv()
     except EOFError:
@@ -415,6 +415,27 @@ def measure_isolated(args: tuple, kwargs: dict, verbose: bool, threads: int) -> 
     if status != "ok":
         raise RuntimeError(f"calibration: measuring failed: {value}")
     return value
+
+
+def _answered(receive, pid: int, limit_s: float) -> bool:
+    """Whether the measuring process answers within ``limit_s`` + WORKER_GRACE_S seconds of
+    its own time: seconds while it is stopped (Ctrl-Z, SIGSTOP, a suspended machine) do not
+    count, so a pause does not end a plan whose measurement is fine."""
+    waited, budget = 0.0, limit_s + WORKER_GRACE_S
+    while waited < budget:
+        if receive.poll(1.0):
+            return True
+        if not _stopped(pid):
+            waited += 1.0
+    return False
+
+
+def _stopped(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False  # no /proc (not Linux): count the time
+    return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
 
 
 def measure_point(

@@ -504,6 +504,7 @@ class Planner:
                 close()  # measuring is over: what it holds goes back
 
     def _plan_all(self, rules: list, budget: Budget, chosen: str) -> dict[str, RulePlan]:
+        measured: set[tuple[Shape, int]] = set()  # once a plan: a busy point stays provisional
         for _ in range(MAX_ROUNDS):
             plans = {rule.name: self._plan_or_problem(rule, budget) for rule in rules}
             if not self.calib.allow_measure:
@@ -517,7 +518,8 @@ class Planner:
                 if name == chosen:
                     wanted += p.between
                 for shape, b in wanted:
-                    if not self.calib.has(shape, b) and (shape, b) not in todo:
+                    pair = (shape, b)
+                    if not self.calib.has(shape, b) and pair not in todo and pair not in measured:
                         todo.append((shape, b))
             if not todo:
                 return plans
@@ -531,5 +533,6 @@ class Planner:
             # its memory taken) for nothing. Small models reach a lower FLOP/s, so plans
             # approach the measured rate from below, and with them the memory bound.
             shape, b = min(todo, key=lambda pair: (activation_bytes(pair[0], 1), pair[1]))
+            measured.add((shape, b))
             measure(self.calib, shape, b)
         return {rule.name: self._plan_or_problem(rule, budget) for rule in rules}
