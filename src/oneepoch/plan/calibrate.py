@@ -530,12 +530,13 @@ def measure_point(
     while n < cap and (n * shape.seq_len < MIN_TIMED_TOKENS or 2 * n * per_sequence <= seconds / 2):
         n *= 2
     n = min(n, cap)
-    while n > n0 and 3 * n * per_sequence > limit_s:
+    while n > n0 and 5 * n * per_sequence > limit_s:  # 2 untimed steps, 3 timed
         n //= 2
     x = windows(n)
-    # Untimed, at the timed size: a whole step, so AdamW's state exists and the heap has
+    # Untimed, at the timed size: two whole steps, so AdamW's state exists and the heap has
     # grown to its steady size; a run's later steps fault no memory in (oneepoch/allocator.py).
-    train_step(model, model, optimizer, x[None], 1e-4, **kw)
+    for _ in range(2):
+        train_step(model, model, optimizer, x[None], 1e-4, **kw)
     if say:
         say(f"{n} of {micro} sequences of a micro-batch, {accum} micro-batches a step", end="; ")
     least = 1 if n * per_sequence > seconds / 4 else 2
