@@ -41,6 +41,13 @@ def test_figure_marks_cutoff_forecast_and_final_in_every_panel(fitted):
         assert hollow and all(len(c.get_facecolors()) == 0 for c in hollow)
         filled = [c for c in ax.collections if c.get_label() == fitted.run.name]
         assert filled and all(c.get_facecolors()[0][3] > 0 for c in filled)
+        # every evaluation, fitted or not (the warm-up's high early losses too), is in view
+        (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+        points = np.concatenate([c.get_offsets() for c in hollow + filled])
+        points = points[points[:, 0] > 0]  # a wall-clock of 0 has no place on a log axis
+        assert len(points) >= len(fitted.run.evals["val_loss"]) - 1
+        assert np.all((points[:, 0] >= x0) & (points[:, 0] <= x1)), (x0, x1, points[:, 0])
+        assert np.all((points[:, 1] >= y0) & (points[:, 1] <= y1)), (y0, y1, points[:, 1])
     labelled_forms = {
         line.get_label().split()[-1] for ax in fig.axes for line in ax.get_lines()
     } & set(FORM_COLORS)

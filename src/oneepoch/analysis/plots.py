@@ -62,6 +62,7 @@ def run_fits_figure(run_fits: list[RunFit], extend_to: float | None = None):
         wall = rf.run.evals["wall_s"][np.isin(rf.run.evals["step"], curve["steps"])]
         panels = [(ax_x, curve["x"], lambda v: v), (ax_w, wall, rf.wall_at)]
         for ax, xs, _ in panels:
+            x_seen[ax].append(xs[np.isfinite(xs) & (xs > 0)])  # every evaluation in view
             ax.scatter(
                 xs[fitted], curve["loss"][fitted], s=14, color="black", marker=marker, label=label
             )
@@ -75,7 +76,7 @@ def run_fits_figure(run_fits: list[RunFit], extend_to: float | None = None):
                 alpha=0.6,
                 label=f"{label}: not fitted",
             )
-        y_seen.append(curve["loss"][fitted])
+        y_seen.append(curve["loss"])
         for name, fit in rf.fits.items():
             color = FORM_COLORS.get(name, "grey")
             hi = max(fit.x[-1] * EXTEND, extend_to or 0.0, curve["x"].max())
