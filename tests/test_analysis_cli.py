@@ -339,7 +339,12 @@ def test_csv_with_non_numeric_cell(capsys, tmp_path):
 
 def test_csv_too_short_for_the_form(capsys, tmp_path):
     text = "params,tokens,loss\n1e6,1e8,3.1\n2e6,2e8,3.0\n"
-    assert_csv_error(capsys, tmp_path, text, says="needs at least 7 rows")
+    assert_csv_error(
+        capsys,
+        tmp_path,
+        text,
+        says="needs at least 7 rows, the CSV has 2 after dropping outliers; add runs",
+    )
 
 
 def test_binary_csv_is_one_sentence(capsys, tmp_path):

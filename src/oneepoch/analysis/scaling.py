@@ -494,7 +494,8 @@ def _check_identifiable(data: dict, form: str, fitted) -> None:
     if data["L"].size < need:
         raise UserError(
             f"the {form} fit needs at least {need} rows, the CSV has {data['L'].size} "
-            "after dropping outliers."
+            "after dropping outliers; add runs (more budgets or --sizes in `oneepoch sweep`), "
+            "drop fewer outliers, or tie exponents (--tie alpha=beta) to free fewer parameters."
         )
     keys = [k for k in ("N", "D", "U") if k in data]
     distinct = len({tuple(data[k][i] for k in keys) for i in range(data["L"].size)})
