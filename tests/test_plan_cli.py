@@ -244,14 +244,11 @@ def test_sweep_default_grid_keeps_five_sizes_where_the_smallest_shapes_lie_far_a
 def test_a_measuring_process_that_does_not_answer_is_an_error_that_says_what_to_do(
     capsys, cache, byte_dataset, tmp_path, monkeypatch, command
 ):
-    """A measuring process that was paused (SIGSTOP, a suspended laptop) past its time used
-    to end `plan` and `sweep` with a TimeoutError traceback."""
-    from oneepoch.plan.calibrate import Calibration
+    """A measuring process that does not answer in its time (starved, hung) used to end
+    `plan` and `sweep` with a TimeoutError traceback."""
+    from oneepoch.plan import calibrate
 
-    def paused(self, shape, batch):
-        raise TimeoutError("calibration: the measuring process did not answer")
-
-    monkeypatch.setattr(Calibration, "measure", paused)
+    monkeypatch.setattr(calibrate, "_answered", lambda receive, pid, limit_s: False)
     argv = ["--budget", "1e11", "--data", byte_dataset, "--out", tmp_path / "out", *FAST]
     code, out, err = run(capsys, command, *argv, *(["--dry-run"] if command == "sweep" else []))
     assert code == 2

@@ -31,8 +31,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from oneepoch.allocator import keep_freed_memory
 from oneepoch.cache import cache_dir
 from oneepoch.config import DTYPES
+from oneepoch.errors import UserError
 from oneepoch.flops import Shape, activation_bytes, param_counts, train_flops_per_token
 from oneepoch.slowdown import CpuShare, machine_busy
 
@@ -90,7 +92,6 @@ class Calibration:
     ):
         import torch
 
-        from oneepoch.allocator import keep_freed_memory
         from oneepoch.hardware import device_name, peak_is_known, pick_dtype
 
         if device == "auto":
@@ -262,7 +263,14 @@ class Calibration:
         args = (shape, batch, self.device, self.dtype, min(self.seconds, left / 3))
         kwargs = {"limit_s": left, "max_sequences": self.sequences_within(shape)}
         if self.isolate:
-            point = measure_isolated(args, kwargs, self.verbose, self.threads)
+            try:
+                point = measure_isolated(args, kwargs, self.verbose, self.threads)
+            except TimeoutError as exc:
+                raise UserError(
+                    f"{exc} (was it starved by other work, or did it hang?); the shapes "
+                    f"measured so far are kept in {self.path}: run the command again, or "
+                    "pass --no-calibrate to plan from estimates."
+                ) from None
         else:
             point = measure_point(*args, say=self.say, **kwargs)
             release_memory(self.device)  # each shape's model and batches, before the next

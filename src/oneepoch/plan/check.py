@@ -133,10 +133,8 @@ def _rederive(cfg, info: dict, measure: bool, recalibrate: bool, seconds: float)
     )
     steps = total_steps(cfg) or int(info["final"]["step"])
     if measure and not calib.has(shape, t.batch_size):
-        from oneepoch.plan.planner import measure as measure_shape
-
         try:
-            measure_shape(calib, shape, t.batch_size)
+            calib.measure(shape, t.batch_size)
         finally:
             calib.close()
     rate = calib.rate(shape, t.batch_size)

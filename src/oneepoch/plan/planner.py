@@ -69,20 +69,6 @@ class Corpus:
         return self.windows(seq_len) * seq_len
 
 
-def measure(calib, shape: Shape, batch: int) -> None:
-    """``calib.measure(shape, batch)``; a measuring process that does not answer (paused,
-    as by Ctrl-Z or a suspended machine, or starved by other work) is a one-sentence error
-    that says what to do, not a traceback."""
-    try:
-        calib.measure(shape, batch)
-    except TimeoutError as exc:
-        raise UserError(
-            f"{exc} (was it paused, as by Ctrl-Z or a suspended machine, or starved by other "
-            f"work?); the shapes measured so far are kept in {calib.path}: run the command "
-            "again, or pass --no-calibrate to plan from estimates."
-        ) from None
-
-
 def _short(n: float) -> str:
     for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
         if n >= size:
@@ -520,7 +506,7 @@ class Planner:
                 for shape, b in wanted:
                     pair = (shape, b)
                     if not self.calib.has(shape, b) and pair not in todo and pair not in measured:
-                        todo.append((shape, b))
+                        todo.append(pair)
             if not todo:
                 return plans
             mine = plans.get(chosen)
@@ -534,5 +520,5 @@ class Planner:
             # approach the measured rate from below, and with them the memory bound.
             shape, b = min(todo, key=lambda pair: (activation_bytes(pair[0], 1), pair[1]))
             measured.add((shape, b))
-            measure(self.calib, shape, b)
+            self.calib.measure(shape, b)
         return {rule.name: self._plan_or_problem(rule, budget) for rule in rules}

@@ -56,7 +56,7 @@ def build_grid(planner, budgets, sizes: list[int] | None) -> tuple[list[dict], l
     """Grid points {name, budget, flops, plan} (plan: a planner.RulePlan, maybe skipped), and
     notes on how the sizes became shapes."""
     from oneepoch.plan.budget import Budget
-    from oneepoch.plan.planner import RulePlan, measure
+    from oneepoch.plan.planner import RulePlan
     from oneepoch.plan.rules import Chinchilla
 
     grid, chinchilla = [], Chinchilla()
@@ -96,7 +96,7 @@ def build_grid(planner, budgets, sizes: list[int] | None) -> tuple[list[dict], l
                 and calib.allow_measure
                 and not calib.has(cand.shape, plan.batch_size)
             ):
-                measure(calib, cand.shape, plan.batch_size)
+                calib.measure(cand.shape, plan.batch_size)
                 plan.notes.clear()
                 planner.finish(plan, chinchilla, flops / cand.flops_per_token)
             s = cand.shape
