@@ -160,7 +160,6 @@ def test_a_kill_at_any_moment_of_a_checkpoint_write_leaves_a_verified_checkpoint
 
     patched = [
         (checkpoint, "save_file"),
-        (torch, "save"),
         (checkpoint, "write_atomic"),
         (checkpoint, "fsync_dir"),
         (checkpoint.os, "replace"),

@@ -295,7 +295,8 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(
     for c in ckpts:
         assert json.loads((c / "checksums.json").read_text())["sha256"].keys() == {
             "model.safetensors",
-            "state.pt",
+            "state.safetensors",
+            "state.json",
         }
     flip_middle(ckpts[-1] / "model.safetensors")
     res = run_cli(*args, "--resume")

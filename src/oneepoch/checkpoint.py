@@ -1,12 +1,17 @@
 """Atomic, checksummed checkpoints: a checkpoint directory exists under its final name only
 when complete, and says what its files' bytes must hash to.
 
-Layout: ``checkpoints/step_00001234/{model.safetensors, state.pt, checksums.json}`` and a
-``LATEST`` file naming the newest. Each is written under a temporary name, fsynced and
-renamed, so a kill at any moment leaves the previous checkpoint intact and loadable.
-``checksums.json`` holds the sha256 of the other two files; ``load`` verifies it, so a
-checkpoint damaged on disk afterwards is reported instead of loaded (checkpoints written
-before checksums existed have none and are loaded as they are).
+Layout: ``checkpoints/step_00001234/{model.safetensors, state.safetensors, state.json,
+checksums.json}`` and a ``LATEST`` file naming the newest. Each is written under a temporary
+name, fsynced and renamed, so a kill at any moment leaves the previous checkpoint intact and
+loadable. ``checksums.json`` holds the sha256 of the other files; ``load`` verifies it, so a
+checkpoint damaged on disk afterwards is reported instead of loaded.
+
+Checkpoints travel between people, so they hold data only: the training state (optimizer
+moments, the loss accumulator) is split into its tensors, in ``state.safetensors``, and
+everything else, in ``state.json`` (oneepoch.statecodec). Nothing in a checkpoint is
+unpickled. A checkpoint of an older oneepoch (``state.pt``, a pickle) is refused with a
+sentence naming ``oneepoch upgrade-checkpoints``, which converts it without running code.
 """
 
 from __future__ import annotations
@@ -22,12 +27,29 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from oneepoch import statecodec
 from oneepoch.atomic import fsync_dir, write_atomic
 from oneepoch.errors import UserError
 
-FILES = ("model.safetensors", "state.pt")
+MODEL, STATE_TENSORS, STATE_JSON = "model.safetensors", "state.safetensors", "state.json"
+FILES = (MODEL, STATE_TENSORS, STATE_JSON)
 CHECKSUMS = "checksums.json"
+LEGACY_STATE = "state.pt"  # a pickle, written by older versions; never loaded by `load`
 _NAME = re.compile(r"step_\d{8}")
+
+
+class Legacy(UserError):
+    """A checkpoint in the pickled format of older versions: loading it could run code."""
+
+    def __init__(self, ckpt_dir: Path):
+        run = ckpt_dir.parent.parent
+        super().__init__(
+            f"checkpoint {ckpt_dir} was written by an older oneepoch as a pickle ({LEGACY_STATE}), "
+            "which can run code when loaded, so it is not read; if you trust where the run came "
+            f"from, convert it with `oneepoch upgrade-checkpoints {run}` (it reads only tensors "
+            "and plain values), or start the run again with another --out."
+        )
+        self.ckpt_dir = ckpt_dir
 
 
 class Damaged(UserError):
@@ -62,14 +84,7 @@ def save(ckpt_root: Path, step: int, model_state: dict, train_state: dict, keep:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
-        tensors = {k: v.detach().cpu().contiguous() for k, v in model_state.items()}
-        save_file(tensors, tmp / "model.safetensors")
-        with open(tmp / "state.pt", "wb") as fh:  # a Python file: errors come with errno
-            torch.save(train_state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        with open(tmp / "model.safetensors", "rb") as fh:
-            os.fsync(fh.fileno())
+        write_files(tmp, model_state, train_state)
         sums = {name: file_sha256(tmp / name) for name in FILES}
         write_atomic(tmp / CHECKSUMS, (json.dumps({"sha256": sums}, indent=2) + "\n").encode())
         fsync_dir(tmp)
@@ -95,6 +110,18 @@ def save(ckpt_root: Path, step: int, model_state: dict, train_state: dict, keep:
     return final
 
 
+def write_files(folder: Path, model_state: dict, train_state: dict) -> None:
+    """The checkpoint's data files in ``folder``, each fsynced (not the checksums)."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model_state.items()}
+    save_file(tensors, folder / MODEL)
+    state_tensors, state_plain = statecodec.split(train_state)
+    save_file(state_tensors, folder / STATE_TENSORS)
+    for name in (MODEL, STATE_TENSORS):
+        with open(folder / name, "rb") as fh:
+            os.fsync(fh.fileno())
+    write_atomic(folder / STATE_JSON, statecodec.dumps(state_plain))
+
+
 def _disk_full(exc: BaseException | None, folder: Path) -> bool:
     """Whether an error from safetensors (Rust) or torch (C++) was a full disk: torch's zip
     writer, say, masks the OSError with a RuntimeError of its own as it closes."""
@@ -113,7 +140,14 @@ def _disk_full(exc: BaseException | None, folder: Path) -> bool:
 
 
 def _complete(d: Path) -> bool:
-    return all((d / name).is_file() for name in FILES)
+    """Complete in the current format, or in the old one (which ``load`` then refuses, so a
+    resume never mistakes an old run for one without checkpoints and starts it over)."""
+    return is_legacy(d) or all((d / name).is_file() for name in FILES)
+
+
+def is_legacy(d: Path) -> bool:
+    """Holds the old pickle (perhaps half converted: ``upgrade`` removes it last)."""
+    return (d / LEGACY_STATE).exists()
 
 
 def _pointer(ckpt_root: Path) -> str | None:
@@ -139,18 +173,20 @@ def latest(ckpt_root: Path) -> Path | None:
     return found[0] if found else None
 
 
-def verify(ckpt_dir: Path) -> None:
-    """Raise Damaged unless every file hashes to what checksums.json says (when it exists)."""
+def verify(ckpt_dir: Path, files: tuple[str, ...] = FILES) -> None:
+    """Raise Damaged unless every file hashes to what checksums.json says."""
     path = ckpt_dir / CHECKSUMS
     if not path.exists():
-        return  # written before checksums existed
+        if files != FILES:
+            return  # an old checkpoint, written before checksums existed
+        raise Damaged(ckpt_dir, f"{CHECKSUMS} is missing")
     try:
         sums = json.loads(path.read_text())["sha256"]
         if not isinstance(sums, dict):
             raise TypeError
     except (OSError, ValueError, KeyError, TypeError):
         raise Damaged(ckpt_dir, f"{CHECKSUMS} is unreadable") from None
-    for name in FILES:
+    for name in files:
         try:
             ok = sums.get(name) == file_sha256(ckpt_dir / name)
         except OSError as exc:
@@ -160,12 +196,68 @@ def verify(ckpt_dir: Path) -> None:
 
 
 def load(ckpt_dir: Path) -> tuple[dict, dict]:
-    """(model state dict, training state) from a checkpoint directory, verified first."""
+    """(model state dict, training state) from a checkpoint directory, verified first.
+
+    Reads safetensors and JSON only; an old pickled checkpoint raises Legacy."""
+    if is_legacy(ckpt_dir):
+        raise Legacy(ckpt_dir)
     verify(ckpt_dir)
     try:
-        model_state = load_file(ckpt_dir / "model.safetensors")
-        train_state = torch.load(ckpt_dir / "state.pt", map_location="cpu", weights_only=False)
+        model_state = load_file(ckpt_dir / MODEL)
+        plain = statecodec.loads((ckpt_dir / STATE_JSON).read_bytes())
+        train_state = statecodec.join(plain, load_file(ckpt_dir / STATE_TENSORS))
     except Exception as exc:  # a damaged file: say which, not a deep traceback
         reason = " ".join(str(exc).split())[:200]
         raise Damaged(ckpt_dir, f"it cannot be read: {reason}") from None
     return model_state, train_state
+
+
+def upgrade(ckpt_dir: Path) -> bool:
+    """Rewrite an old pickled checkpoint in the current format; False if it was not old.
+
+    The pickle is read with torch's restricted unpickler (``weights_only=True``): tensors and
+    plain values only, so a planted object is refused, never run. Its checksums (when it has
+    them) are verified first. The new files are written beside the old one and the pickle is
+    removed last, so a kill at any moment leaves a checkpoint this function converts again."""
+    if not is_legacy(ckpt_dir):
+        return False
+    verify(ckpt_dir, files=(MODEL, LEGACY_STATE))
+    try:
+        train_state = torch.load(ckpt_dir / LEGACY_STATE, map_location="cpu", weights_only=True)
+        model_state = load_file(ckpt_dir / MODEL)
+    except Exception as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise UserError(
+            f"checkpoint {ckpt_dir} holds more than tensors and plain values or cannot be read "
+            f"({reason}), so it is not converted; start the run again with another --out."
+        ) from None
+    write_files(ckpt_dir, model_state, train_state)
+    # The old file's sum stays listed until it is gone, so a second try verifies it again.
+    sums = {name: file_sha256(ckpt_dir / name) for name in (*FILES, LEGACY_STATE)}
+    write_atomic(ckpt_dir / CHECKSUMS, (json.dumps({"sha256": sums}, indent=2) + "\n").encode())
+    os.unlink(ckpt_dir / LEGACY_STATE)
+    fsync_dir(ckpt_dir)
+    return True
+
+
+def upgrade_all(folder: Path) -> tuple[list[Path], int]:
+    """Convert every old checkpoint under ``folder`` (a run, or a job of many runs); returns
+    (the converted ones, how many were already current). Links are not followed."""
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder; give a run directory or a job's --out.")
+    converted, current = [], 0
+    for root, dirs, _ in os.walk(folder):
+        dirs.sort()
+        if Path(root).name != "checkpoints":
+            continue
+        for name in list(dirs):
+            d = Path(root) / name
+            if _NAME.fullmatch(name) and not d.is_symlink():
+                if upgrade(d):
+                    converted.append(d)
+                else:
+                    current += 1
+        dirs.clear()
+    if not converted and not current:
+        raise UserError(f"{folder} holds no checkpoints; give a run directory or a job's --out.")
+    return converted, current

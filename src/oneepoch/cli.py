@@ -24,6 +24,7 @@ from oneepoch.commands import (
     sweep,
     tensorboard,
     train,
+    upgrade_checkpoints,
 )
 from oneepoch.errors import UserError
 
@@ -41,6 +42,7 @@ COMMANDS = {
     "demo": demo,
     "export": export,
     "tensorboard": tensorboard,
+    "upgrade-checkpoints": upgrade_checkpoints,
 }
 
 
