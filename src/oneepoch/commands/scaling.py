@@ -99,7 +99,7 @@ def run_fit(args) -> int:
     from oneepoch.analysis.scaling import fit_scaling, load_law, read_csv
 
     check_uncertainty_flags(args)
-    check_output_files(args.plot, args.json)
+    check_output_files(args.json, plot=args.plot, inputs=(args.csv, args.base))
     if not args.huber_delta > 0:
         raise UserError(f"--huber-delta must be positive, not {args.huber_delta}.")
     data, columns = read_csv(
