@@ -133,11 +133,19 @@ def add_uncertainty_flags(parser: argparse.ArgumentParser, n_boot: int = 200) ->
     add_option(parser, "--seed", 0, "bootstrap seed")
 
 
+MAX_BOOTSTRAP = 1_000_000  # past this the intervals' own sampling error (~1/sqrt(n)) is nil
+
+
 def check_uncertainty_flags(args) -> None:
-    if args.bootstrap < 0:
-        raise UserError(f"--bootstrap must be 0 or more, not {args.bootstrap}.")
+    from oneepoch.config import check_seed
+
+    if not 0 <= args.bootstrap <= MAX_BOOTSTRAP:
+        raise UserError(
+            f"--bootstrap must be from 0 to {MAX_BOOTSTRAP:,} replicates, not {args.bootstrap}."
+        )
     if not 0 < args.level < 1:
         raise UserError(f"--level must be between 0 and 1, not {args.level}.")
+    check_seed(args.seed, "--seed")
 
 
 # What matplotlib writes by the name's ending (without LaTeX or raw buffers).

@@ -467,6 +467,10 @@ def _drop_outliers(data: dict, drop_highest: int, drop_above: float | None):
         policy.append(f"drop the {drop_highest} highest-loss rows")
     if drop_above is not None:
         policy.append(f"drop rows with loss above {drop_above:g}")
+    if drop.all():
+        raise UserError(
+            f"the outlier policy ({'; '.join(policy)}) drops all {L.size} rows; drop fewer."
+        )
     record = {
         "policy": "; ".join(policy) or "none",
         "dropped_lines": [int(i) + 2 for i in np.flatnonzero(drop)],

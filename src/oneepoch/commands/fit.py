@@ -7,10 +7,12 @@ load when the command runs, so `oneepoch --help` stays fast.
 
 from __future__ import annotations
 
+import math
 import sys
 
 from oneepoch.cliflags import (
     add_uncertainty_flags,
+    check_positive,
     check_output_files,
     check_uncertainty_flags,
     print_json,
@@ -114,6 +116,9 @@ def run(args) -> int:
         raise UserError(f"--tail-fraction must be between 0 and 1, not {args.tail_fraction}.")
     if not 0 < args.lr_decay_factor < 1:
         raise UserError(f"--lr-decay-factor must be between 0 and 1, not {args.lr_decay_factor}.")
+    if args.min_step is not None and not (math.isfinite(args.min_step) and args.min_step >= 0):
+        raise UserError(f"--min-step must be a step number, 0 or more, not {args.min_step}.")
+    check_positive(target_loss=args.target_loss)
     args.predict_at = _predict_at(args.predict_at)
     if args.predict_at not in (None, "final") and not args.predict_at > 0:
         raise UserError(f"--predict-at must be positive, not {args.predict_at}.")

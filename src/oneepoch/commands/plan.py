@@ -106,7 +106,10 @@ def run(args) -> int:
     else:
         raise UserError("say what data the plan is for: --data DATA_DIR or --unique-tokens U.")
     check_positive(
-        seq_len=args.seq_len, eval_tokens=args.eval_tokens, tokens_per_param=args.tokens_per_param
+        seq_len=args.seq_len,
+        eval_tokens=args.eval_tokens,
+        tokens_per_param=args.tokens_per_param,
+        vocab_size=args.vocab_size,
     )
     settings = Settings(
         seq_len=args.seq_len,

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
 from oneepoch.cliflags import (
     add_uncertainty_flags,
+    check_positive,
     check_output_files,
     check_uncertainty_flags,
     json_text,
@@ -100,8 +102,9 @@ def run_fit(args) -> int:
 
     check_uncertainty_flags(args)
     check_output_files(args.json, plot=args.plot, inputs=(args.csv, args.base))
-    if not args.huber_delta > 0:
-        raise UserError(f"--huber-delta must be positive, not {args.huber_delta}.")
+    check_positive(huber_delta=args.huber_delta)
+    if args.drop_above is not None and not math.isfinite(args.drop_above):
+        raise UserError(f"--drop-above must be a finite loss, not {args.drop_above}.")
     data, columns = read_csv(
         args.csv,
         params_col=args.params_col,

@@ -668,7 +668,9 @@ def _no_documents_message(sources: list[Source], tally: Tally) -> str:
         )
         if tally.total(field)
     ]
-    detail = f" ({', '.join(skipped)})" if skipped else ""
+    example = next((e for found in tally.examples.values() for e in found), None)
+    detail = ", ".join(skipped) + (f"; {example}" if example else "")
+    detail = f" ({detail})" if detail else ""
     names = ", ".join(s.spec for s in sources)
     missing = tally.total("missing_field")
     if missing and missing == tally.total("bad_records"):
