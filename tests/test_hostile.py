@@ -354,6 +354,8 @@ NEW_RUN = [*TRAIN, "--out", "{tmp}/r", "--steps", "5"]
 LINK = r"is a symbolic link, and oneepoch does not write through links inside the folders"
 RESUME = ["train", "--data", "{data}", "--out", "{tmp}/run", "--resume", "--quiet"]
 LAW_PLAN = ["plan", "--unique-tokens", "1M", "--budget", "1e12", "--no-calibrate"]
+SWEEP_DRY_RUN = ["sweep", "--data", "{data}", "--out", "{tmp}/s", "--budget", "1e12", "--dry-run"]
+SWEEP_DRY_RUN += ["--no-calibrate"]
 SCALING_FIT = ["scaling", "fit", "--csv", "{tmp}/s.csv", "--bootstrap", "0"]
 
 # Issue 23: links that would make a command write outside its folders, data lost or mixed
@@ -452,7 +454,7 @@ ISSUE_23 = [
     ),
     Case(
         "plan-calibration-seconds-nan",
-        ["plan", "--unique-tokens", "1M", "--budget", "1e12", "--calibration-seconds", "nan"],
+        [*LAW_PLAN, "--calibration-seconds", "nan"],
         r"--calibration-seconds must be a finite number above 0, not nan",
     ),
     Case(
@@ -540,8 +542,7 @@ ISSUE_23 = [
     ),
     Case(
         "sweep-sizes-1e400",
-        ["sweep", "--data", "{data}", "--out", "{tmp}/s", "--budget", "1e12", "--dry-run"]
-        + ["--sizes", "1e400"],
+        [*SWEEP_DRY_RUN, "--sizes", "1e400"],
         r"'1e400' is too large a parameter count",
     ),
     Case("fit-predict-at-1e400", ["fit", "{run}", "--predict-at", "1e400"], r"too large"),
@@ -605,8 +606,7 @@ ISSUE_23 = [
     ),
     Case(
         "sweep-seq-len-zero",
-        ["sweep", "--data", "{data}", "--out", "{tmp}/s", "--budget", "1e12", "--dry-run"]
-        + ["--seq-len", "0"],
+        [*SWEEP_DRY_RUN, "--seq-len", "0"],
         r"--seq-len must be a finite number above 0, not 0",
     ),
     Case(
@@ -726,7 +726,7 @@ ISSUE_23 = [
     ),
     Case(
         "plan-eval-tokens-zero",
-        ["plan", "--unique-tokens", "1M", "--budget", "1e12", "--eval-tokens", "0"],
+        [*LAW_PLAN, "--eval-tokens", "0"],
         r"--eval-tokens must be a finite number above 0, not 0",
     ),
 ]
@@ -1195,7 +1195,9 @@ def test_resume_cuts_a_metrics_file_cut_mid_line_back_to_its_last_complete_line(
     raw = metrics.read_bytes()
     last_start = raw.rstrip(b"\n").rfind(b"\n") + 1
     metrics.write_bytes(raw[: last_start + 10])  # the step 3 line, cut after 10 bytes
-    res = run_in_process(["train", "--data", str(world.data), "--out", str(run), "--resume"])
+    res = run_in_process(
+        ["train", "--data", str(world.data), "--out", str(run), "--resume", "--quiet"]
+    )
     assert res.returncode == 0, res.stderr
     assert re.fullmatch(
         r"note: .*metrics.jsonl no longer reaches the [\d,]+ bytes its checkpoint recorded "

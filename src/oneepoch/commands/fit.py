@@ -12,8 +12,8 @@ import sys
 
 from oneepoch.cliflags import (
     add_uncertainty_flags,
-    check_positive,
     check_output_files,
+    check_positive,
     check_uncertainty_flags,
     print_json,
 )

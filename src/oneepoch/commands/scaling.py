@@ -9,8 +9,8 @@ from pathlib import Path
 
 from oneepoch.cliflags import (
     add_uncertainty_flags,
-    check_positive,
     check_output_files,
+    check_positive,
     check_uncertainty_flags,
     json_text,
     needs_subcommand,
