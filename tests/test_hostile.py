@@ -245,6 +245,19 @@ def link_in_run(name: str, to_outside: str | None = None):
     return setup
 
 
+def folder_in_run(name: str):
+    """A paused run where ``name`` is a folder (of someone's files)."""
+
+    def setup(world, tmp):
+        path = paused_run(world, tmp) / name
+        if path.exists():
+            path.unlink()
+        path.mkdir()
+        (path / "theirs.txt").write_text("keep me")
+
+    return setup
+
+
 def lock_link_in_data(world, tmp):
     (copy_data(world, tmp) / ".oneepoch.lock").symlink_to(outside_of(tmp) / "sentinel.txt")
 
@@ -708,6 +721,18 @@ ISSUE_23 = [
         isolated=True,
     ),
     # their siblings
+    Case(
+        "resume-with-metrics-jsonl-a-folder",
+        RESUME,
+        r"run/metrics.jsonl is a folder, where oneepoch keeps a file; move it out of the run",
+        folder_in_run("metrics.jsonl"),
+    ),
+    Case(
+        "resume-with-the-lock-file-a-folder",
+        RESUME,
+        r"run/.oneepoch.lock is a folder, where oneepoch keeps its lock file",
+        folder_in_run(".oneepoch.lock"),
+    ),
     Case(
         "prepare-seed-too-large",
         [*PREP, "--source", "{corpus}", "--out", "{tmp}/d", "--seed", "100000000000000000000"],

@@ -98,6 +98,11 @@ def hold(directory: str | Path, what: str) -> Iterator[Path]:
                 f"cannot create {path} (permission denied); {what} needs a directory it may "
                 "write to."
             ) from None
+        except IsADirectoryError:
+            raise UserError(
+                f"{path} is a folder, where oneepoch keeps its lock file; move it out of "
+                f"{directory}, then try again."
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

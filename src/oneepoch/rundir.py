@@ -12,15 +12,27 @@ from oneepoch.atomic import write_atomic
 from oneepoch.errors import UserError
 from oneepoch.safefs import open_file, refuse_links
 
-# What a trainer writes in a run directory; none of them may be a link (oneepoch.safefs).
-RUN_FILES = ("config.toml", "metrics.jsonl", "run.json", "plan.json", "checkpoints")
+# What a trainer writes in a run directory: files, and the folder of checkpoints.
+RUN_FILES = ("config.toml", "metrics.jsonl", "run.json", "plan.json")
 CHECKPOINTS = "checkpoints"
 
 
-def refuse_links_in_run(run_dir: Path) -> None:
-    """Refuse, before anything is written, a run directory where a file or folder the
-    trainer writes (or an entry of checkpoints/) is a symbolic link."""
-    refuse_links(*(run_dir / name for name in RUN_FILES))
+def check_run_dir(run_dir: Path) -> None:
+    """Refuse, before anything is written, a run directory where a name the trainer writes
+    is a symbolic link (writing through it would change whatever it points to), as is an
+    entry of checkpoints/, or is a folder where a file belongs (a file where checkpoints/
+    belongs)."""
+    for name in (*RUN_FILES, CHECKPOINTS):
+        path = run_dir / name
+        refuse_links(path)
+        if path.exists() and path.is_dir() != (name == CHECKPOINTS):
+            kind, keeps = (
+                ("a file", "its checkpoints") if name == CHECKPOINTS else ("a folder", "a file")
+            )
+            raise UserError(
+                f"{path} is {kind}, where oneepoch keeps {keeps}; move it out of the run "
+                "directory, then try again."
+            )
     ckpts = run_dir / CHECKPOINTS
     if ckpts.is_dir():
         refuse_links(*sorted(ckpts.iterdir()))

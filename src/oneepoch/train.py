@@ -42,7 +42,7 @@ from oneepoch.locking import hold
 from oneepoch.model import GPT, check_state
 from oneepoch.prefetch import Prefetcher
 from oneepoch.progress import Progress
-from oneepoch.rundir import MetricsLog, read_json, refuse_links_in_run, write_json
+from oneepoch.rundir import MetricsLog, check_run_dir, read_json, write_json
 from oneepoch.sampler import OnePassSampler, RepeatedSampler, num_windows
 from oneepoch.schedule import Cadence, log_spaced_steps, lr_at
 from oneepoch.slowdown import slowed_now, slowed_summary
@@ -214,7 +214,7 @@ def claim_run_dir(out: Path, stack: contextlib.ExitStack) -> None:
     for folder in reversed(created):  # run last, deepest first
         stack.callback(_remove_if_empty, folder)
     stack.enter_context(hold(out, "train"))
-    refuse_links_in_run(out)  # a link there would have us write wherever it points
+    check_run_dir(out)  # a link there would have us write wherever it points, say
 
 
 def _remove_if_empty(folder: Path) -> None:
