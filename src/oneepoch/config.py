@@ -217,20 +217,20 @@ def validate(cfg: RunConfig) -> None:
     if not 0.0 <= m.dropout < 1.0:
         raise UserError(f"dropout must be in [0, 1), got {m.dropout}.")
     # Settings where 0 or a negative number means nothing (0 is "auto" for the cadences).
-    for setting, value, low in [
-        ("train.eval_tokens", t.eval_tokens, 1),
-        ("train.log_every", t.log_every, 1),
-        ("train.keep_checkpoints", t.keep_checkpoints, 1),
-        ("train.eval_every", t.eval_every, 0),
-        ("train.checkpoint_every", t.checkpoint_every, 0),
-        ("optim.warmup_steps", o.warmup_steps, -1),
-        ("optim.weight_decay", o.weight_decay, 0),
-        ("optim.grad_clip", o.grad_clip, 0),
+    auto = "chosen for the run"
+    for setting, value, low, meaning in [
+        ("train.eval_tokens", t.eval_tokens, 1, ""),
+        ("train.log_every", t.log_every, 1, ""),
+        ("train.keep_checkpoints", t.keep_checkpoints, 1, ""),
+        ("train.eval_every", t.eval_every, 0, f" (0: {auto})"),
+        ("train.checkpoint_every", t.checkpoint_every, 0, f" (0: {auto})"),
+        ("optim.warmup_steps", o.warmup_steps, -1, f" (-1: {auto})"),
+        ("optim.weight_decay", o.weight_decay, 0, ""),
+        ("optim.grad_clip", o.grad_clip, 0, " (0: no clipping)"),
     ]:
         if value < low:
-            auto = {0: " (0: chosen for the run)", -1: " (-1: chosen for the run)"}.get(low, "")
             raise UserError(
-                f"{setting} must be at least {low}{auto}, got {value}; change {_where(setting)}."
+                f"{setting} must be at least {low}{meaning}, got {value}; change {_where(setting)}."
             )
     for setting, value in (("optim.beta1", o.beta1), ("optim.beta2", o.beta2)):
         if not 0.0 <= value < 1.0:
