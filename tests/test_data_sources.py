@@ -7,7 +7,13 @@ import tracemalloc
 import pytest
 
 from oneepoch.data import sources
-from oneepoch.data.sources import Tally, read_text_pieces, resolve_source, split_long
+from oneepoch.data.sources import (
+    HFStreamSource,
+    Tally,
+    read_text_pieces,
+    resolve_source,
+    split_long,
+)
 from oneepoch.errors import UserError
 
 
@@ -184,6 +190,8 @@ def test_hf_stream_uses_load_dataset_streaming(monkeypatch):
         return datasets.Dataset.from_dict({"text": ["x", "y"]}).to_iterable_dataset()
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    # the Hub stands in here, reachable (tests have no network)
+    monkeypatch.setattr(HFStreamSource, "check_reachable", lambda self: None)
     src = resolve_source("hf:someone/corpus:en")
     assert docs(src)[0] == ["x", "y"]
     assert calls == dict(name="someone/corpus", config="en", split="train", streaming=True)

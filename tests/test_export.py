@@ -199,7 +199,8 @@ def test_what_gpt2_cannot_express_is_refused(byte_run):
     from oneepoch import checkpoint
     from oneepoch.config import ModelConfig
     from oneepoch.errors import UserError
-    from oneepoch.export import check_model_config, check_state, hf_state_dict
+    from oneepoch.export import check_model_config, hf_state_dict
+    from oneepoch.model import check_state
 
     state, _ = checkpoint.load(checkpoint.latest(byte_run / "checkpoints"))
     with pytest.raises(UserError, match="no place for"):

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from oneepoch import statecodec
 from oneepoch.atomic import fsync_dir, write_atomic
 from oneepoch.errors import UserError
+from oneepoch.safefs import refuse_links, remove_tree
 
 MODEL, STATE_TENSORS, STATE_JSON = "model.safetensors", "state.safetensors", "state.json"
 FILES = (MODEL, STATE_TENSORS, STATE_JSON)
@@ -78,10 +79,11 @@ def save(ckpt_root: Path, step: int, model_state: dict, train_state: dict, keep:
     the error propagates, a full disk as an OSError with errno ENOSPC (the Rust and C++
     writers underneath report it otherwise).
     """
+    refuse_links(ckpt_root)  # writing and pruning stay inside the run's own folder
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step_{step:08d}"
     tmp = ckpt_root / f".tmp_step_{step:08d}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_tree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
         write_files(tmp, model_state, train_state)
@@ -90,14 +92,13 @@ def save(ckpt_root: Path, step: int, model_state: dict, train_state: dict, keep:
         fsync_dir(tmp)
     except BaseException as exc:
         full = not isinstance(exc, (OSError, KeyboardInterrupt)) and _disk_full(exc, ckpt_root)
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp, ignore_errors=True)
         if full:
             raise OSError(
                 errno.ENOSPC, f"no space left on the device while writing {tmp}"
             ) from None
         raise
-    if final.exists():
-        shutil.rmtree(final)
+    remove_tree(final)  # a link named so goes, not what it points to
     os.replace(tmp, final)
     fsync_dir(ckpt_root)
     write_atomic(ckpt_root / "LATEST", final.name.encode())
@@ -106,7 +107,7 @@ def save(ckpt_root: Path, step: int, model_state: dict, train_state: dict, keep:
     mine = [d for d in sorted(ckpt_root.glob("step_*")) if d.name <= final.name]
     later = [d for d in sorted(ckpt_root.glob("step_*")) if d.name > final.name]
     for old in (mine[:-keep] if keep > 0 else []) + later:
-        shutil.rmtree(old, ignore_errors=True)
+        remove_tree(old, ignore_errors=True)
     return final
 
 

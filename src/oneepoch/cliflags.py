@@ -110,6 +110,16 @@ def needs_subcommand(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
 
+def check_positive(**flags) -> None:
+    """Refuse a flag (given as its dest name) whose value is not a finite number above 0:
+    NaN passes every comparison and inf most."""
+    for name, value in flags.items():
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UserError(
+                f"--{name.replace('_', '-')} must be a finite number above 0, not {value}."
+            )
+
+
 def add_uncertainty_flags(parser: argparse.ArgumentParser, n_boot: int = 200) -> None:
     """--bootstrap, --level and --seed of the commands that report bootstrap intervals."""
     parser.add_argument(
@@ -123,23 +133,51 @@ def add_uncertainty_flags(parser: argparse.ArgumentParser, n_boot: int = 200) ->
     add_option(parser, "--seed", 0, "bootstrap seed")
 
 
+MAX_BOOTSTRAP = 1_000_000  # past this the intervals' own sampling error (~1/sqrt(n)) is nil
+
+
 def check_uncertainty_flags(args) -> None:
-    if args.bootstrap < 0:
-        raise UserError(f"--bootstrap must be 0 or more, not {args.bootstrap}.")
+    from oneepoch.config import check_seed
+
+    if not 0 <= args.bootstrap <= MAX_BOOTSTRAP:
+        raise UserError(
+            f"--bootstrap must be from 0 to {MAX_BOOTSTRAP:,} replicates, not {args.bootstrap}."
+        )
     if not 0 < args.level < 1:
         raise UserError(f"--level must be between 0 and 1, not {args.level}.")
+    check_seed(args.seed, "--seed")
 
 
-def check_output_files(*paths) -> None:
-    """Output files go into existing folders: said before the work, not after it."""
-    for path in paths:
-        if not path or path == "-":
-            continue
-        p = Path(path)
+# What matplotlib writes by the name's ending (without LaTeX or raw buffers).
+IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".svgz", ".eps", ".ps", ".jpg", ".jpeg", ".tif", ".tiff")
+IMAGE_SUFFIXES += (".webp",)
+
+
+def check_output_files(*paths, inputs=(), plot: str | None = None) -> None:
+    """Output files go into existing folders and never over one of the command's
+    ``inputs``; a ``plot`` is named as an image. Said before the work, not after it."""
+    if plot:
+        suffix = Path(plot).suffix.lower()
+        if suffix not in IMAGE_SUFFIXES:
+            ending = f"the ending {suffix}" if suffix else "a name without an ending"
+            raise UserError(
+                f"--plot {plot}: the image format is chosen by the file name's ending, and "
+                f"{ending} names none; end it in .png, .pdf or .svg."
+            )
+    outputs = [Path(p) for p in (*paths, plot) if p and p != "-"]
+    if len({p.resolve() for p in outputs}) < len(outputs):
+        raise UserError("two outputs of this command name the same file; give each its own.")
+    for p in outputs:
         if p.is_dir():
             raise UserError(f"{p} is a folder; give a file name to write to.")
         if not p.parent.is_dir():
             raise UserError(f"the folder of {p} ({p.parent}) does not exist; create it first.")
+        for source in inputs:
+            if source and p.exists() and Path(source).exists() and os.path.samefile(p, source):
+                raise UserError(
+                    f"{p} is also an input of this command, and writing the output there would "
+                    "overwrite it; give the output another name."
+                )
 
 
 def jsonable(obj):

@@ -20,6 +20,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("float32", "bfloat16", "auto")
 DEVICES = ("auto", "cpu", "cuda")
 PARALLEL = ("ddp", "fsdp")
+SEED_LIMIT = 2**32  # seeds are 0 .. 2**32 - 1, which every use of a seed accepts
 
 
 @dataclass
@@ -100,13 +101,15 @@ class RunConfig:
         """Set values from a nested dict, checking section and key names and types."""
         for section, values in raw.items():
             target = getattr(self, section, None)
-            if (
-                target is None
-                or not dataclasses.is_dataclass(target)
-                or not isinstance(values, dict)
-            ):
+            if target is None or not dataclasses.is_dataclass(target):
                 known = ", ".join(f.name for f in dataclasses.fields(self))
                 raise UserError(f"{origin}: unknown section [{section}]; sections are {known}.")
+            if not isinstance(values, dict):
+                raise UserError(
+                    f"{origin}: {section} is {values!r}, not a table of settings; write them "
+                    f"under a [{section}] header, e.g. [{section}] then "
+                    f"{dataclasses.fields(target)[0].name} = ..."
+                )
             fields = {f.name: f for f in dataclasses.fields(target)}
             for key, value in values.items():
                 if key not in fields:
@@ -139,12 +142,16 @@ def _coerce(value: Any, kind: type, name: str, origin: str) -> Any:
 
 def load_toml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"config file {p} is a folder; give the path of a TOML file.")
     if not p.is_file():
         raise UserError(f"config file {p} does not exist.")
     try:
         return tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"config file {p} is not valid TOML ({exc}).") from None
+    except OSError as exc:
+        raise UserError(f"config file {p} cannot be read ({exc.strerror}).") from None
 
 
 # Settings that name a file or folder. In a config file a relative one is relative to the
@@ -209,6 +216,28 @@ def validate(cfg: RunConfig) -> None:
         )
     if not 0.0 <= m.dropout < 1.0:
         raise UserError(f"dropout must be in [0, 1), got {m.dropout}.")
+    # Settings where 0 or a negative number means nothing (0 is "auto" for the cadences).
+    auto = "chosen for the run"
+    for setting, value, low, meaning in [
+        ("train.eval_tokens", t.eval_tokens, 1, ""),
+        ("train.log_every", t.log_every, 1, ""),
+        ("train.keep_checkpoints", t.keep_checkpoints, 1, ""),
+        ("train.eval_every", t.eval_every, 0, f" (0: {auto})"),
+        ("train.checkpoint_every", t.checkpoint_every, 0, f" (0: {auto})"),
+        ("optim.warmup_steps", o.warmup_steps, -1, f" (-1: {auto})"),
+        ("optim.weight_decay", o.weight_decay, 0, ""),
+        ("optim.grad_clip", o.grad_clip, 0, " (0: no clipping)"),
+    ]:
+        if value < low:
+            raise UserError(
+                f"{setting} must be at least {low}{meaning}, got {value}; change {_where(setting)}."
+            )
+    for setting, value in (("optim.beta1", o.beta1), ("optim.beta2", o.beta2)):
+        if not 0.0 <= value < 1.0:
+            raise UserError(
+                f"{setting} must be in [0, 1), got {value}; change it in the --config file."
+            )
+    check_seed(t.seed, f"train.seed ({_where('train.seed')})")
     if o.schedule not in SCHEDULES:
         raise UserError(f"unknown schedule {o.schedule!r}; choose one of {', '.join(SCHEDULES)}.")
     if o.lr <= 0:
@@ -245,6 +274,12 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(
             "epochs > 1 needs a steps or tokens budget (not time_s), so the repeated subset can be sized."
         )
+
+
+def check_seed(seed, name: str) -> None:
+    """A seed is a whole number from 0 to SEED_LIMIT - 1 (``name`` says where it was given)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise UserError(f"{name} must be a whole number from 0 to {SEED_LIMIT - 1}, not {seed}.")
 
 
 def _where(setting: str) -> str:

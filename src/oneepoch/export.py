@@ -102,23 +102,6 @@ def check_model_config(m) -> None:
         )
 
 
-def check_state(model_state: dict, m, ckpt: Path) -> None:
-    """The checkpoint holds exactly the tensors oneepoch's GPT with this config has."""
-    import torch
-
-    from oneepoch.model import GPT
-
-    with torch.device("meta"):
-        want = {k: tuple(v.shape) for k, v in GPT(m).state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in model_state.items()}
-    if got != want:
-        diff = sorted(set(got) ^ set(want)) or sorted(k for k in got if got[k] != want[k])
-        raise UserError(
-            f"checkpoint {ckpt} does not match the run's config.toml model (first difference: "
-            f"{diff[0]}); export the run directory the checkpoint was written in."
-        )
-
-
 def hf_config(m, eot_id: int, dtype: str) -> dict:
     return {
         "architectures": ["GPT2LMHeadModel"],
@@ -299,6 +282,8 @@ def export(run_dir, out, fmt: str = "hf", data_dir: str | None = None) -> dict:
     from oneepoch import checkpoint
     from oneepoch.config import RunConfig, load_toml
     from oneepoch.data.dataset import read_manifest
+    from oneepoch.model import check_state
+    from oneepoch.rundir import check_same_tokenizer
 
     cfg = RunConfig.from_dict(load_toml(run / "config.toml"))
     ckpt = checkpoint.latest(run / "checkpoints")
@@ -314,6 +299,7 @@ def export(run_dir, out, fmt: str = "hf", data_dir: str | None = None) -> dict:
             "with the dataset it was trained on, for its tokenizer."
         )
     manifest = read_manifest(data)
+    check_same_tokenizer(run, data, manifest, cfg.data.path)  # run.json's: before torch
     tok = manifest["tokenizer"]
     if tok["vocab_size"] != m.vocab_size:
         raise UserError(
@@ -322,7 +308,8 @@ def export(run_dir, out, fmt: str = "hf", data_dir: str | None = None) -> dict:
         )
     check_model_config(m)
     model_state, state = checkpoint.load(ckpt)
-    check_state(model_state, m, ckpt)
+    check_same_tokenizer(run, data, manifest, cfg.data.path, state)  # the checkpoint's
+    check_state(model_state, m, ckpt, state)
     tensors = hf_state_dict(model_state)
     dtypes = {str(t.dtype).removeprefix("torch.") for t in tensors.values()}
     if len(dtypes) != 1:

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from oneepoch.errors import UserError
+from oneepoch.safefs import LinkRefused, open_nofollow
 
 LOCK_NAME = ".oneepoch.lock"
 
@@ -33,15 +34,21 @@ def lock_path(directory: str | Path) -> Path:
 def read_holder(directory: str | Path) -> dict:
     """What the lock file says about its (last) holder: pid, what, started; {} if nothing."""
     try:
-        data = json.loads(lock_path(directory).read_text())
+        fd = open_nofollow(lock_path(directory), os.O_RDONLY)
+    except (OSError, LinkRefused):
+        return {}
+    try:
+        data = json.loads(os.read(fd, 4096))
     except (OSError, ValueError):
         return {}
+    finally:
+        os.close(fd)
     return data if isinstance(data, dict) else {}
 
 
 def _same_file(fd: int, path: Path) -> bool:
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
     except FileNotFoundError:
         return False
     own = os.fstat(fd)
@@ -81,13 +88,20 @@ def hold(directory: str | Path, what: str) -> Iterator[Path]:
     path = lock_path(directory)
     while True:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            # Not through a link: a lock file planted as a link to a file elsewhere would
+            # have that file overwritten with our PID and then deleted.
+            fd = open_nofollow(path, os.O_RDWR | os.O_CREAT)
         except FileNotFoundError:
             raise UserError(f"{directory} does not exist; cannot lock it for {what}.") from None
         except PermissionError:
             raise UserError(
                 f"cannot create {path} (permission denied); {what} needs a directory it may "
                 "write to."
+            ) from None
+        except IsADirectoryError:
+            raise UserError(
+                f"{path} is a folder, where oneepoch keeps its lock file; move it out of "
+                f"{directory}, then try again."
             ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

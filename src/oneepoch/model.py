@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from oneepoch.config import ModelConfig
+from oneepoch.errors import UserError
 from oneepoch.head_loss import head_cross_entropy
 
 
@@ -137,3 +138,33 @@ class GPT(nn.Module):
                 nxt = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
             idx = torch.cat([idx, nxt], dim=1)
         return idx
+
+
+SHAPE_FIELDS = ("n_layer", "n_head", "d_model", "seq_len", "vocab_size")
+
+
+def check_state(model_state: dict, m: ModelConfig, ckpt, train_state: dict | None = None) -> None:
+    """Refuse a checkpoint whose model is not the one config ``m`` describes (config.toml
+    edited after training): its tensors' names and shapes differ from GPT(m)'s, or, where
+    the checkpoint's ``train_state`` recorded the run's config, a shape setting differs that
+    the tensors cannot show (n_head)."""
+    config = (train_state or {}).get("config")
+    recorded = config.get("model") if isinstance(config, dict) else None
+    recorded = recorded if isinstance(recorded, dict) else {}
+    changed = [
+        f"{k} {getattr(m, k)} in config.toml, {recorded[k]} in the checkpoint"
+        for k in SHAPE_FIELDS
+        if k in recorded and recorded[k] != getattr(m, k)
+    ]
+    if not changed:
+        with torch.device("meta"):
+            want = {k: tuple(v.shape) for k, v in GPT(m).state_dict().items()}
+        got = {k: tuple(v.shape) for k, v in model_state.items()}
+        diff = sorted(set(got) ^ set(want)) or sorted(k for k in got if got[k] != want[k])
+        changed = [f"first difference: {diff[0]}"] if diff else []
+    if changed:
+        raise UserError(
+            f"checkpoint {ckpt} does not match the model its run's config.toml describes "
+            f"({'; '.join(changed)}): config.toml was changed after training; put back the "
+            "[model] settings the run was trained with."
+        )

@@ -6,7 +6,6 @@ so a mistake is reported at once.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -26,7 +25,7 @@ def _config(run_dir: str | Path) -> RunConfig:
 def _load(run_dir: str | Path):
     """(model, config, training state) of the run's latest checkpoint."""
     from oneepoch import checkpoint
-    from oneepoch.model import GPT
+    from oneepoch.model import GPT, check_state
 
     run = Path(run_dir)
     cfg = _config(run)
@@ -34,6 +33,7 @@ def _load(run_dir: str | Path):
     if ckpt is None:
         raise UserError(f"{run} has no checkpoint yet; train longer or lower --checkpoint-every.")
     model_state, state = checkpoint.load(ckpt)
+    check_state(model_state, cfg.model, ckpt, state)
     model = GPT(cfg.model)
     model.load_state_dict(model_state)
     model.eval()
@@ -45,8 +45,18 @@ def load_model(run_dir: str | Path):
     return model, cfg
 
 
-def check_options(max_new_tokens, temperature, top_k) -> None:
+def check_options(max_new_tokens, temperature, top_k, prompt: str = "", seed: int = 0) -> None:
     """Refuse settings that cannot mean anything, each in one sentence."""
+    from oneepoch.config import check_seed
+
+    check_seed(seed, "--seed")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:  # bytes the shell passed that are not UTF-8
+        raise UserError(
+            f"--prompt is not valid UTF-8 text (an undecodable byte at character {exc.start}); "
+            "give the prompt as UTF-8."
+        ) from None
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
         raise UserError(f"--max-new-tokens {max_new_tokens!r} must be a whole number, e.g. 100.")
     if max_new_tokens < 1:
@@ -67,16 +77,6 @@ def check_options(max_new_tokens, temperature, top_k) -> None:
         raise UserError(f"--top-k {top_k} must be a whole number >= 0 (0: no limit), e.g. 50.")
 
 
-def _run_tokenizer_sha256(run: Path, state: dict) -> str | None:
-    """The hash of the tokenizer the run trained with: from its checkpoint, else run.json."""
-    if state.get("tokenizer_sha256"):
-        return state["tokenizer_sha256"]
-    try:
-        return json.loads((run / "run.json").read_text())["data"]["tokenizer_sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def sample_text(
     run_dir,
     prompt: str,
@@ -95,23 +95,16 @@ def sample_text(
     """
     from oneepoch.data.dataset import read_manifest
     from oneepoch.data.tokenizer import tokenizer_from_manifest
+    from oneepoch.rundir import check_same_tokenizer
 
-    check_options(max_new_tokens, temperature, top_k)
+    check_options(max_new_tokens, temperature, top_k, prompt, seed)
     cfg = _config(run_dir)
     data = Path(data_dir or cfg.data.path)
     manifest = read_manifest(data)
 
-    def check_tokenizer(trained_with: str | None) -> None:
-        if trained_with is not None and manifest["tokenizer"]["sha256"] != trained_with:
-            raise UserError(
-                f"{data} has another tokenizer than the one run {run_dir} was trained with "
-                "(their hashes differ), so its text would come out as garbage; pass --data the "
-                f"dataset the run trained on (it was {cfg.data.path})."
-            )
-
-    check_tokenizer(_run_tokenizer_sha256(Path(run_dir), {}))  # from run.json: no torch yet
+    check_same_tokenizer(run_dir, data, manifest, cfg.data.path)  # run.json's: no torch yet
     model, cfg, state = _load(run_dir)
-    check_tokenizer(_run_tokenizer_sha256(Path(run_dir), state))  # the checkpoint's own
+    check_same_tokenizer(run_dir, data, manifest, cfg.data.path, state)  # the checkpoint's
     if cfg.model.vocab_size and manifest["tokenizer"]["vocab_size"] != cfg.model.vocab_size:
         raise UserError(
             f"{data} has a vocabulary of {manifest['tokenizer']['vocab_size']} but run "

@@ -125,13 +125,29 @@ def live_log(
     `oneepoch tensorboard RUN --logdir LOG_ROOT` writes too. The points after the step a run
     resumes from, which its metrics.jsonl no longer holds, are purged, and tokens/s goes on
     from metrics.jsonl's last line, so the curves are those a conversion would draw."""
-    run, log_dir = Path(run_dir), Path(log_root) / Path(run_dir).resolve().name
-    for folder in (Path(log_root), log_dir):
-        if folder.exists() and not folder.is_dir():
-            raise UserError(f"{folder} is a file; give a folder for the TensorBoard logs.")
+    run = Path(run_dir)
+    log_dir = check_log_dir(log_root, run)
     last = _last_line(run / "metrics.jsonl")
     start = (last.get("tokens", 0.0), last.get("wall_s", 0.0))
     return EventLog(log_dir, flops_per_token, peak_flops, resumed_step + 1, start)
+
+
+def check_log_dir(log_root: str | Path, run_dir: str | Path) -> Path:
+    """LOG_ROOT/<run folder name>, refused (before anything is written) unless both are
+    folders or can be made."""
+    log_dir = Path(log_root) / Path(run_dir).resolve().name
+    for folder in (Path(log_root), log_dir):
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"{folder} is a file; give a folder for the TensorBoard logs.")
+    for parent in Path(log_root).parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(
+                    f"{parent} is a file, so {log_root} cannot be made; give a folder for the "
+                    "TensorBoard logs."
+                )
+            break
+    return log_dir
 
 
 def _last_line(path: Path) -> dict:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from oneepoch import __version__, checkpoint
+from oneepoch.atomic import write_atomic
 from oneepoch.config import RunConfig, load_toml, total_steps, validate
 from oneepoch.data.dataset import Dataset, open_dataset
 from oneepoch.distributed import Ranks, full_state, init_distributed, load_full_state, parallelize
@@ -38,10 +39,10 @@ from oneepoch.errors import UserError
 from oneepoch.flops import Shape, activation_bytes, param_counts, train_flops_per_token
 from oneepoch.hardware import hardware_info, peak_flops, pick_device, pick_dtype
 from oneepoch.locking import hold
-from oneepoch.model import GPT
+from oneepoch.model import GPT, check_state
 from oneepoch.prefetch import Prefetcher
 from oneepoch.progress import Progress
-from oneepoch.rundir import MetricsLog, read_json, write_json
+from oneepoch.rundir import MetricsLog, check_run_dir, read_json, write_json
 from oneepoch.sampler import OnePassSampler, RepeatedSampler, num_windows
 from oneepoch.schedule import Cadence, log_spaced_steps, lr_at
 from oneepoch.slowdown import slowed_now, slowed_summary
@@ -213,6 +214,7 @@ def claim_run_dir(out: Path, stack: contextlib.ExitStack) -> None:
     for folder in reversed(created):  # run last, deepest first
         stack.callback(_remove_if_empty, folder)
     stack.enter_context(hold(out, "train"))
+    check_run_dir(out)  # a link there would have us write wherever it points, say
 
 
 def _remove_if_empty(folder: Path) -> None:
@@ -249,6 +251,11 @@ def setup(
     ranks.from_main(lambda: open_dataset(cfg.data.path, verify_checksums=True).path)
     data = open_dataset(cfg.data.path, verify_checksums=False)
     if m.vocab_size and m.vocab_size != data.vocab_size:
+        if resume and (out / "config.toml").is_file():  # the run's own, not a setting to drop
+            raise UserError(
+                f"{cfg.data.path} has a vocabulary of {data.vocab_size} but the run in {out} "
+                f"was trained with {m.vocab_size}; resume with the dataset the run started on."
+            )
         raise UserError(
             f"the config's vocab_size ({m.vocab_size}) does not match the dataset's tokenizer "
             f"({data.vocab_size}); remove vocab_size from the config or use the matching dataset."
@@ -428,6 +435,7 @@ def restore(run: Run, model, optimizer, meter: LossMeter, resume: bool) -> Resum
                 f"previous good one, {ckpt.name} (step {state['step']}).",
                 file=sys.stderr,
             )
+        check_state(tensors[0], run.cfg.model, ckpt, state)  # config.toml edited since?
         if state["tokenizer_sha256"] != run.data.tokenizer_sha256:
             raise UserError(
                 f"{run.cfg.data.path} was made with a different tokenizer than the run in "
@@ -526,7 +534,7 @@ class RunRecord:
         self.metrics = self.events = None
         if ranks.is_main:
             run.out.mkdir(parents=True, exist_ok=True)
-            (run.out / "config.toml").write_text(cfg.to_toml())
+            write_atomic(run.out / "config.toml", cfg.to_toml().encode())
             self.metrics = MetricsLog(run.out / "metrics.jsonl", truncate_to=metrics_bytes)
             write_json(self.path, self.info)
             if cfg.log.tensorboard:  # a view of metrics.jsonl, which stays the record
@@ -685,6 +693,11 @@ def train(
     changed; what was resolved is in run.json's "resolved". Under torchrun every rank calls
     this; rank 0 alone reads and writes ``out``.
     """
+    if until_step is not None and until_step < 1:
+        raise UserError(
+            f"--until-step {until_step} would pause the run before its first step; give a "
+            "step of 1 or more."
+        )
     with contextlib.ExitStack() as stack:
         run = setup(cfg, Path(out), resume, overrides or {}, stack)
         if resume and (done := run.ranks.from_main(lambda: completed_info(run))) is not None:

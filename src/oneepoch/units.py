@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from oneepoch.errors import UserError
@@ -13,11 +14,20 @@ _DURATION = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 8
 def parse_count(text: str | int | float, what: str = "count") -> int:
     """'2000000', '2M', '2e6', '2_000_000' -> 2000000."""
     if isinstance(text, (int, float)):
-        return int(text)
-    match = re.fullmatch(r"\s*([0-9_]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmbgt]?)\s*", text.lower())
-    if not match:
-        raise UserError(f"cannot read {text!r} as a {what}; write e.g. 2000000, 2M or 2e6.")
-    return int(round(float(match.group(1).replace("_", "")) * _SUFFIX[match.group(2)]))
+        value = float(text)
+    else:
+        number = r"\s*(-?)([0-9_]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmbgt]?)\s*"
+        match = re.fullmatch(number, text.lower())
+        if not match:
+            raise UserError(f"cannot read {text!r} as a {what}; write e.g. 2000000, 2M or 2e6.")
+        if match.group(1):
+            raise UserError(f"a {what} cannot be negative ({text!r}); write e.g. 2M or 2e6.")
+        value = float(match.group(2).replace("_", "")) * _SUFFIX[match.group(3)]
+    if math.isnan(value):
+        raise UserError(f"{text!r} is not a number; give the {what} as e.g. 2M or 2e6.")
+    if value >= 2**63:  # inf too
+        raise UserError(f"{text!r} is too large a {what}; write e.g. 2M or 2e9.")
+    return int(round(value))
 
 
 def parse_duration(text: str | int | float) -> float:

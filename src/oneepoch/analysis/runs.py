@@ -26,6 +26,7 @@ class Run:
     evals: dict[str, np.ndarray]  # eval lines only (adds "val_loss"), sorted by step
     info: dict = field(default_factory=dict)  # run.json, {} when absent
     config: dict = field(default_factory=dict)  # config.toml, {} when absent
+    dropped_evals: int = 0  # evaluations left out: val_loss NaN, null, infinite or <= 0
 
     @property
     def name(self) -> str:
@@ -150,20 +151,29 @@ def load_run(path: str | Path) -> Run:
 
     # A resumed run appends: when a step appears twice, the later line is the one that holds.
     lines = _columns(_last_per_step(records), COLUMNS)
-    eval_records = [r for r in records if _number(r.get("val_loss")) is not None]
-    diverged = [r for r in records if "val_loss" in r and _number(r.get("val_loss")) is None]
-    if diverged and not eval_records:
+    evaluations = _last_per_step([r for r in records if "val_loss" in r])
+    losses = np.array([_number(r["val_loss"], math.nan) for r in evaluations], dtype=float)
+    if evaluations and np.isnan(losses).all():
         raise UserError(
-            f"every validation loss in {metrics} is NaN or missing ({len(diverged)} "
+            f"every validation loss in {metrics} is NaN or missing ({len(evaluations)} "
             "evaluations): the run diverged; train it again with a lower learning rate."
         )
-    evals = _columns(_last_per_step(eval_records), COLUMNS + ("val_loss",))
-    good = (evals["val_loss"] > 0) & np.isfinite(evals["val_loss"])
-    evals = {k: v[good] for k, v in evals.items()}
+    # A cross-entropy is finite and positive: anything else is a diverged step or damage.
+    good = np.isfinite(losses) & (losses > 0)
+    if evaluations and not good.any():
+        raise UserError(
+            f"no validation loss in {metrics} is a positive finite number (of "
+            f"{len(evaluations)} evaluations, {int(np.isnan(losses).sum())} NaN or missing, "
+            f"{int(np.isinf(losses).sum())} infinite, {int((losses <= 0).sum())} zero or "
+            "negative), so there is no curve to fit; the file is damaged or was not written by "
+            "`oneepoch train`."
+        )
+    evals = _columns([r for r, ok in zip(evaluations, good) if ok], COLUMNS + ("val_loss",))
     if not np.isfinite(lines["tokens"]).any():
         raise UserError(f"{metrics} has no `tokens` values; it does not follow docs/formats.md.")
     info = _read_json(path / "run.json")
-    return Run(path, lines, evals, info=info, config=_read_toml(path / "config.toml"))
+    config = _read_toml(path / "config.toml")
+    return Run(path, lines, evals, info, config, dropped_evals=int((~good).sum()))
 
 
 def eval_curve(run: Run, x: str = "tokens") -> dict[str, np.ndarray]:

@@ -467,6 +467,10 @@ def _drop_outliers(data: dict, drop_highest: int, drop_above: float | None):
         policy.append(f"drop the {drop_highest} highest-loss rows")
     if drop_above is not None:
         policy.append(f"drop rows with loss above {drop_above:g}")
+    if drop.all():
+        raise UserError(
+            f"the outlier policy ({'; '.join(policy)}) drops all {L.size} rows; drop fewer."
+        )
     record = {
         "policy": "; ".join(policy) or "none",
         "dropped_lines": [int(i) + 2 for i in np.flatnonzero(drop)],
@@ -593,14 +597,23 @@ def compute_optimal(
 def load_law(path: str | Path) -> ScalingLaw:
     """Read a law written by ``oneepoch scaling fit --json``."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give the law file `oneepoch scaling fit` wrote.")
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path} does not exist; write it with `oneepoch scaling fit`.") from None
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise UserError(
             f"{path} is not valid JSON; rewrite it with `oneepoch scaling fit`."
         ) from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path} ({exc.strerror}).") from None
+    if not isinstance(obj, dict):
+        raise UserError(
+            f"{path} holds a JSON {type(obj).__name__.replace('NoneType', 'null')}, not a law; "
+            "give the file `oneepoch scaling fit --json` wrote."
+        )
     form = obj.get("form", "chinchilla")
     if form not in FORMS:
         raise UserError(
@@ -614,6 +627,15 @@ def load_law(path: str | Path) -> ScalingLaw:
             f"{path} lacks the values of {', '.join(names)}; rewrite it with "
             "`oneepoch scaling fit`."
         ) from None
+    # What the law's form means: a finite floor E >= 0, terms A/N^alpha and B/D^beta that
+    # fall with N and D (A, B, alpha, beta > 0), positive repetition constants.
+    bad = [k for k, v in params.items() if not math.isfinite(v) or v < 0 or (k != "E" and v == 0)]
+    if bad:
+        shown = ", ".join(f"{k} = {params[k]:g}" for k in bad)
+        raise UserError(
+            f"{path} holds {shown}, which no scaling law has (E must be a finite number >= 0, "
+            "the others positive); rewrite it with `oneepoch scaling fit`."
+        )
     return ScalingLaw(form, params)
 
 

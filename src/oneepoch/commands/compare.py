@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from oneepoch.cliflags import add_uncertainty_flags, check_uncertainty_flags, print_json
+from oneepoch.cliflags import (
+    add_uncertainty_flags,
+    check_positive,
+    check_uncertainty_flags,
+    print_json,
+)
 from oneepoch.commands.fit import _fmt, _fmt_value
 from oneepoch.errors import UserError
 
@@ -26,8 +31,7 @@ def run(args) -> int:
     from oneepoch.analysis.runs import load_run
 
     check_uncertainty_flags(args)
-    if args.target_loss is not None and not args.target_loss > 0:
-        raise UserError(f"--target-loss must be a positive loss, not {args.target_loss}.")
+    check_positive(target_loss=args.target_loss)
     a, b = load_run(args.run_a), load_run(args.run_b)
     for run in (a, b):
         if run.evals["val_loss"].size == 0:

@@ -7,32 +7,28 @@ load when the command runs, so `oneepoch --help` stays fast.
 
 from __future__ import annotations
 
-import argparse
+import math
+import sys
 
 from oneepoch.cliflags import (
     add_uncertainty_flags,
     check_output_files,
+    check_positive,
     check_uncertainty_flags,
     print_json,
 )
 from oneepoch.errors import UserError
 
 
-def _amount(text: str) -> float:
-    """A count such as 2000000, 2e6 or 2M (for argparse)."""
+def _predict_at(text: str | None) -> float | str | None:
+    """--predict-at: a count (2e6, 2M) or ``final``, the run's own final tokens (or steps)."""
     from oneepoch.units import parse_count
 
-    try:
-        return float(parse_count(text))
-    except UserError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _predict_at(text: str) -> float | str:
-    """--predict-at: a count (2e6, 2M) or ``final``, the run's own final tokens (or steps)."""
+    if text is None:
+        return None
     if text.strip().lower() == "final":
         return "final"
-    return _amount(text)
+    return float(parse_count(text, "--predict-at value"))
 
 
 HELP = "fit learning-curve laws to runs, with intervals and extrapolation"
@@ -58,7 +54,6 @@ def add_arguments(p) -> None:
     )
     p.add_argument(
         "--predict-at",
-        type=_predict_at,
         metavar="T",
         help="predict the loss at T (in --x units; 2e6 or 2M both work), or at `final`, the "
         "run's final tokens (steps with --x steps); with the error against the observed loss "
@@ -121,13 +116,23 @@ def run(args) -> int:
         raise UserError(f"--tail-fraction must be between 0 and 1, not {args.tail_fraction}.")
     if not 0 < args.lr_decay_factor < 1:
         raise UserError(f"--lr-decay-factor must be between 0 and 1, not {args.lr_decay_factor}.")
+    if args.min_step is not None and not (math.isfinite(args.min_step) and args.min_step >= 0):
+        raise UserError(f"--min-step must be a step number, 0 or more, not {args.min_step}.")
+    check_positive(target_loss=args.target_loss)
+    args.predict_at = _predict_at(args.predict_at)
     if args.predict_at not in (None, "final") and not args.predict_at > 0:
         raise UserError(f"--predict-at must be positive, not {args.predict_at}.")
 
-    check_output_files(args.plot, None if args.json in (None, True, False) else args.json)
+    check_output_files(plot=args.plot)
     results, extend_to = [], None
     for i, path in enumerate(args.runs):
         run = load_run(path)
+        if run.dropped_evals:
+            print(
+                f"note: {run.dropped_evals} evaluations of {path} are left out: their val_loss "
+                "is NaN, missing, infinite, zero or negative, which no cross-entropy is.",
+                file=sys.stderr,
+            )
         at = _final_x(run, args.x) if args.predict_at == "final" else args.predict_at
         if at is not None:
             extend_to = max(extend_to or 0.0, at)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from oneepoch.cliflags import add_config_flags, add_option, print_json
+from oneepoch.cliflags import add_config_flags, add_option, check_positive, print_json
 from oneepoch.errors import UserError
 from oneepoch.plan.calibrate import MAX_CALIBRATION_S, MEASURE_SECONDS
 from oneepoch.plan.rules import TOKENS_PER_PARAM
@@ -68,8 +68,7 @@ def add_arguments(p) -> None:
 def make_calibration(args):
     from oneepoch.plan.calibrate import Calibration
 
-    if args.calibration_seconds <= 0:
-        raise UserError("--calibration-seconds must be positive.")
+    check_positive(calibration_seconds=args.calibration_seconds)
     return Calibration(
         args.device,
         args.dtype,
@@ -106,8 +105,12 @@ def run(args) -> int:
         )
     else:
         raise UserError("say what data the plan is for: --data DATA_DIR or --unique-tokens U.")
-    if args.seq_len < 1:
-        raise UserError(f"--seq-len must be at least 1, got {args.seq_len}.")
+    check_positive(
+        seq_len=args.seq_len,
+        eval_tokens=args.eval_tokens,
+        tokens_per_param=args.tokens_per_param,
+        vocab_size=args.vocab_size,
+    )
     settings = Settings(
         seq_len=args.seq_len,
         tokens_per_param=args.tokens_per_param,
@@ -240,6 +243,7 @@ def check_seconds(s: float) -> str:
 def run_check(args) -> int:
     from oneepoch.plan.check import check_run
 
+    check_positive(calibration_seconds=args.calibration_seconds)
     result = check_run(
         args.check,
         args.plan,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from oneepoch.cliflags import emit, print_json
@@ -78,6 +79,14 @@ def _say(message: str) -> None:
 def run(args) -> int:
     from oneepoch.data.inspect import format_summary, summarize
     from oneepoch.data.prepare import prepare
+    from oneepoch.errors import UserError
+
+    sample_mb = args.tokenizer_sample_mb
+    if not math.isfinite(sample_mb) or sample_mb <= 0:
+        raise UserError(
+            f"--tokenizer-sample-mb must be a positive number of MiB, not {sample_mb:g}; "
+            f"the default is {DEFAULT_SAMPLE_CHARS / 2**20:g}."
+        )
 
     manifest = prepare(
         args.source,
@@ -91,7 +100,7 @@ def run(args) -> int:
         workers=args.workers,
         shard_tokens=args.shard_tokens,
         max_doc_chars=args.max_doc_chars,
-        tokenizer_sample_chars=int(args.tokenizer_sample_mb * 2**20),
+        tokenizer_sample_chars=int(sample_mb * 2**20),
         progress=None if args.quiet else _say,
     )
     if args.json:

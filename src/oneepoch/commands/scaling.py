@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
 from oneepoch.cliflags import (
     add_uncertainty_flags,
     check_output_files,
+    check_positive,
     check_uncertainty_flags,
     json_text,
     needs_subcommand,
@@ -99,9 +101,10 @@ def run_fit(args) -> int:
     from oneepoch.analysis.scaling import fit_scaling, load_law, read_csv
 
     check_uncertainty_flags(args)
-    check_output_files(args.plot, args.json)
-    if not args.huber_delta > 0:
-        raise UserError(f"--huber-delta must be positive, not {args.huber_delta}.")
+    check_output_files(args.json, plot=args.plot, inputs=(args.csv, args.base))
+    check_positive(huber_delta=args.huber_delta)
+    if args.drop_above is not None and not math.isfinite(args.drop_above):
+        raise UserError(f"--drop-above must be a finite loss, not {args.drop_above}.")
     data, columns = read_csv(
         args.csv,
         params_col=args.params_col,

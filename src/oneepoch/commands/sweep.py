@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from oneepoch.cliflags import add_config_flags, print_json
+from oneepoch.cliflags import add_config_flags, check_positive, print_json
 from oneepoch.commands.scaling import add_sweep_csv_flags, write_sweep_csv
 from oneepoch.errors import UserError
 
@@ -61,6 +61,7 @@ def run(args) -> int:
     from oneepoch.plan.sweep import build_grid
     from oneepoch.units import parse_count
 
+    check_positive(seq_len=args.seq_len, eval_tokens=args.eval_tokens)
     budgets = [parse_budget(b) for b in _split(args.budget)]
     sizes = (
         [parse_count(x, "parameter count") for x in _split([args.sizes])] if args.sizes else None

@@ -23,7 +23,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from oneepoch.tensorboard import write_events
+    from oneepoch.tensorboard import check_log_dir, write_events
 
     names = [Path(r).resolve().name for r in args.runs]
     if len(set(names)) != len(names):
@@ -31,7 +31,8 @@ def run(args) -> int:
             "two runs have the same folder name, so their logs would mix; convert them one "
             "at a time into different --logdir folders."
         )
-    results = [write_events(r, Path(args.logdir) / n) for r, n in zip(args.runs, names)]
+    log_dirs = [check_log_dir(args.logdir, r) for r in args.runs]  # before any is written
+    results = [write_events(r, d) for r, d in zip(args.runs, log_dirs)]
     if args.json:
         return print_json(results)
     for r in results:

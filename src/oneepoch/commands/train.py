@@ -96,9 +96,10 @@ def run(args) -> int:
         cfg.update(load_config_file(args.config), args.config)
     cfg.update(overrides, "command line")
     if cfg.log.tensorboard:  # said now, not after the model is built (on every rank)
-        from oneepoch.tensorboard import require_tensorboard
+        from oneepoch.tensorboard import check_log_dir, require_tensorboard
 
         require_tensorboard()
+        check_log_dir(cfg.log.tensorboard, args.out)  # before the run directory is made
     if is_main and args.config:
         record_plan(args.config, args.out, args.resume)  # for `oneepoch plan --check RUN`
     try:
@@ -138,14 +139,14 @@ def record_plan(config: str, out: str, resume: bool = False) -> None:
     from. Only into a new run directory or one already holding this run; nothing when the
     config is no plan or the run already has one."""
     import json
-    import shutil
     from pathlib import Path
 
     from oneepoch.plan.planfile import PLAN_FORMAT, sidecar_path
+    from oneepoch.safefs import open_file
 
     side, run = sidecar_path(config), Path(out)
     target = run / "plan.json"
-    if not side.is_file() or target.exists():
+    if not side.is_file() or os.path.lexists(target):
         return
     try:
         if json.loads(side.read_text()).get("format") != PLAN_FORMAT:
@@ -157,7 +158,8 @@ def record_plan(config: str, out: str, resume: bool = False) -> None:
     if not (run / "config.toml").exists() and run.is_dir() and any(run.iterdir()):
         return  # a folder holding something else: leave it alone
     run.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(side, target)
+    with open_file(target, "xb") as f:  # never through a link planted under that name
+        f.write(side.read_bytes())
 
 
 def interrupted_exit(exc, is_main: bool = True, how: str | None = None) -> int:

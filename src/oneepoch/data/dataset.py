@@ -11,6 +11,7 @@ import numpy as np
 
 from oneepoch.data.shards import file_sha256, open_tokens, payload_sha256, read_header
 from oneepoch.errors import UserError
+from oneepoch.safefs import inside, is_plain_name
 
 MANIFEST = "manifest.json"
 
@@ -136,8 +137,8 @@ def _manifest_problem(m: dict) -> str | None:
         return f"end-of-text id {tok['eot_id']} is outside the vocabulary of {tok['vocab_size']}"
     if not isinstance(tok.get("sha256"), str):
         return "the tokenizer has no sha256"
-    if not isinstance(tok.get("file"), (str, type(None))):
-        return f"tokenizer file is {tok.get('file')!r}, not a file name"
+    if tok.get("file") is not None and not is_plain_name(tok["file"]):
+        return f"tokenizer file is {tok.get('file')!r}, not a file name inside the folder"
     if m.get("dtype") not in ("uint16", "uint32"):
         return f"dtype is {m.get('dtype')!r}, not uint16 or uint32"
     splits = m.get("splits")
@@ -153,8 +154,7 @@ def _manifest_problem(m: dict) -> str | None:
         for shard in info["shards"]:
             if not (
                 isinstance(shard, dict)
-                and isinstance(shard.get("file"), str)
-                and "/" not in shard["file"]
+                and is_plain_name(shard.get("file"))
                 and _is_count(shard.get("tokens"))
                 and isinstance(shard.get("sha256"), str)
             ):
@@ -166,7 +166,7 @@ def checked_tokenizer_file(data_dir: Path, info: dict) -> Path | None:
     """The dataset's tokenizer file (None for bytes), refused unless it made the shards."""
     if not info.get("file"):
         return None
-    path = Path(data_dir) / info["file"]
+    path = inside(data_dir, info["file"], "tokenizer file")
     if not path.is_file():
         raise UserError(f"tokenizer file {path} is missing; run `oneepoch prepare` again.")
     if file_sha256(path) != info["sha256"]:
@@ -192,7 +192,7 @@ def open_dataset(data_dir: str | Path, verify_checksums: bool = True) -> Dataset
         info = manifest["splits"][name]
         arrays = []
         for entry in info["shards"]:
-            shard_path = path / entry["file"]
+            shard_path = inside(path, entry["file"], "shard")
             _, count = read_header(shard_path)
             if count != entry["tokens"]:
                 raise UserError(

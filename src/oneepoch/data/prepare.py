@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from oneepoch import __version__
-from oneepoch.atomic import fsync_dir
+from oneepoch.atomic import fsync_dir, write_atomic
+from oneepoch.config import check_seed
 from oneepoch.data.dataset import MANIFEST
 from oneepoch.data.defaults import (
     DEFAULT_MAX_DOC_CHARS,
@@ -46,10 +47,10 @@ from oneepoch.data.defaults import (
 from oneepoch.data.shards import ShardWriter, dtype_for_vocab, open_tokens
 from oneepoch.data.sources import Source, Tally, resolve_source, split_long
 from oneepoch.data.tokenizer import (
-    MIN_BPE_VOCAB,
     BytesTokenizer,
     HFTokenizer,
     Tokenizer,
+    check_bpe_vocab,
     load_tokenizer_file,
     train_bpe,
 )
@@ -63,7 +64,7 @@ CHECK_CHARS = 2 << 20  # text on which a BPE's tiktoken and tokenizers encodings
 MARKER = ".oneepoch-prepare"  # present while a prepare owns the directory
 _OWNED = re.compile(
     r"^(?:(?:train|val)_\d{5,}\.bin(?:\.tmp)?|tokenizer\.json|tokenizer\.tiktoken"
-    r"|manifest\.json(?:\.tmp)?)$"
+    r"|manifest\.json(?:\.tmp)?|\.manifest\.json\.tmp)$"
 )
 
 
@@ -260,16 +261,6 @@ def _disk_full(exc: OSError, out: Path) -> UserError | None:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _doc_hashes(out: Path, shards: list[dict], eot_id: int, chunk: int = 1 << 24):
@@ -518,13 +509,19 @@ def prepare(
     fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
     if not 0 < fraction < 1:
         raise UserError(f"--val-fraction {fraction} must be between 0 and 1 (e.g. 0.01).")
-    if shard_tokens < 1 or max_doc_chars < 1:
-        raise UserError("shard size and document piece size must be positive.")
-    if tokenizer == "bpe" and vocab_size < MIN_BPE_VOCAB:
-        raise UserError(
-            f"--vocab-size {vocab_size} is too small for a byte-level BPE; use at least "
-            f"{MIN_BPE_VOCAB} (or --tokenizer bytes)."
-        )
+    for flag, value in (("--max-doc-chars", max_doc_chars), ("--shard-tokens", shard_tokens)):
+        if value < 1:
+            raise UserError(f"{flag} must be at least 1, not {value}.")
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be at least 1, not {workers}.")
+    check_seed(seed, "--seed")
+    if tokenizer == "bpe":
+        if tokenizer_sample_chars < 1:
+            raise UserError(
+                "--tokenizer-sample-mb leaves no text to train the tokenizer on; give a "
+                f"positive size in MiB (default {DEFAULT_SAMPLE_CHARS / 2**20:g})."
+            )
+        check_bpe_vocab(vocab_size)  # before any work: a vocabulary too large aborts natively
     srcs = _check_sources(sources, out, text_field)
     tok = _resolve_tokenizer(tokenizer, workers)  # before claiming: it may live in `out`
 
@@ -634,7 +631,7 @@ def _build(out, srcs, tok, vocab_size, sample_chars, workers, options, started, 
     manifest = _manifest(
         tok_info, dtype, splits, srcs, tally, written, overlap, sample_chars, options
     )
-    _write_json_atomic(out / MANIFEST, manifest)
+    write_atomic(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest
 
 
@@ -671,7 +668,9 @@ def _no_documents_message(sources: list[Source], tally: Tally) -> str:
         )
         if tally.total(field)
     ]
-    detail = f" ({', '.join(skipped)})" if skipped else ""
+    example = next((e for found in tally.examples.values() for e in found), None)
+    detail = ", ".join(skipped) + (f"; {example}" if example else "")
+    detail = f" ({detail})" if detail else ""
     names = ", ".join(s.spec for s in sources)
     missing = tally.total("missing_field")
     if missing and missing == tally.total("bad_records"):

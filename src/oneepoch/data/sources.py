@@ -13,9 +13,9 @@ Invalid UTF-8: in text files the bad bytes become U+FFFD and are counted
 from __future__ import annotations
 
 import codecs
-import io
 import json
 import os
+import stat
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,6 +91,79 @@ def split_long(text: str, max_chars: int) -> Iterator[str]:
     yield text[start:] if start else text
 
 
+_KINDS = {
+    stat.S_IFIFO: "a FIFO, which would block until something writes to it",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFDIR: "a folder",
+}
+
+
+def check_readable(path: Path) -> None:
+    """Refuse, in one sentence, a file that cannot be read as a source: a link that leads
+    nowhere (broken, or a loop), anything but a regular file, or one without permission."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if os.path.islink(path):
+            raise UserError(
+                f"{path} is a symbolic link that leads nowhere ({exc.strerror}: broken or a "
+                "loop); remove it or point it at a file."
+            ) from None
+        raise UserError(f"cannot read {path} ({exc.strerror}); fix it or leave it out.") from None
+    if not stat.S_ISREG(mode):
+        kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise UserError(
+            f"{path} is {kind}; sources are read from regular files only, so remove it from "
+            "the folder or pass the files themselves."
+        )
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+    except OSError as exc:
+        raise UserError(
+            f"cannot read {path} ({exc.strerror}); make it readable or leave it out of --source."
+        ) from None
+
+
+class TruncatedZstd(OSError):
+    """A .zst file that ends inside a frame."""
+
+
+def check_zstd_complete(path: Path) -> None:
+    """Raise TruncatedZstd unless every zstd frame in ``path`` is complete: the library's
+    stream reader stops quietly where a cut-short file ends, losing the rest unseen. Walks
+    the frame and block headers (RFC 8878) with seeks; the content is checked as it is read."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+
+        def take(n: int) -> bytes:
+            data = f.read(n)
+            if len(data) < n:
+                raise TruncatedZstd(f"it ends inside a zstd frame, at byte {size:,}")
+            return data
+
+        while f.tell() != size:
+            if f.tell() > size:  # a seek past the end: the last frame's content is cut
+                raise TruncatedZstd(f"it ends inside a zstd frame, at byte {size:,}")
+            magic = int.from_bytes(take(4), "little")
+            if magic & 0xFFFFFFF0 == 0x184D2A50:  # a skippable frame
+                f.seek(int.from_bytes(take(4), "little"), os.SEEK_CUR)
+                continue
+            if magic != 0xFD2FB528:
+                return  # not zstd: the decompressor says so when it reads it
+            fhd = take(1)[0]
+            single = fhd >> 5 & 1
+            fcs = (1 if single else 0, 2, 4, 8)[fhd >> 6]
+            take((0 if single else 1) + (0, 1, 2, 4)[fhd & 3] + fcs)
+            while True:
+                header = int.from_bytes(take(3), "little")
+                f.seek(1 if header >> 1 & 3 == 1 else header >> 3, os.SEEK_CUR)  # RLE: 1 byte
+                if header & 1:
+                    break
+            f.seek(4 if fhd >> 2 & 1 else 0, os.SEEK_CUR)  # the content checksum
+
+
 def looks_binary(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(8192)
@@ -135,8 +208,11 @@ def _open_binary(path: Path):
 
         return gzip.open(path, "rb")
     if name.endswith(".zst"):
+        import io
+
         import zstandard
 
+        check_zstd_complete(path)
         raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True)
         return io.BufferedReader(raw, READ_CHUNK)
     return open(path, "rb")
@@ -167,7 +243,11 @@ def read_jsonl(path: Path, field: str, tally: Tally, key: str) -> Iterator[str]:
                 except json.JSONDecodeError:
                     tally.bad(key, f"{path.name}:{lineno}", "not valid JSON")
                     continue
-                if not isinstance(record, dict) or field not in record:
+                if not isinstance(record, dict):
+                    kind = type(record).__name__.replace("NoneType", "null")
+                    tally.bad(key, f"{path.name}:{lineno}", f"a JSON {kind}, not an object")
+                    continue
+                if field not in record:
                     tally.missing_field(key, f"{path.name}:{lineno}", field, record)
                     continue
                 text = record[field]
@@ -175,6 +255,8 @@ def read_jsonl(path: Path, field: str, tally: Tally, key: str) -> Iterator[str]:
                     tally.bad(key, f"{path.name}:{lineno}", f"{field!r} is not a string")
                     continue
                 yield text
+    except TruncatedZstd as exc:
+        raise UserError(f"{path} is truncated ({exc}); fix or remove it.") from None
     except (OSError, EOFError) as exc:
         raise UserError(
             f"{path} could not be read after line {lineno} (corrupted or truncated: {exc}); "
@@ -293,7 +375,13 @@ class FolderSource(FileSource):
         return f"folder {self.path.resolve()}"
 
     def files(self) -> Iterator[tuple[Path, str | None]]:
-        for dirpath, dirnames, filenames in os.walk(self.path):
+        def unreadable(exc: OSError):
+            raise UserError(
+                f"cannot read folder {exc.filename} ({exc.strerror}); make it readable or move "
+                f"it out of {self.spec}."
+            )
+
+        for dirpath, dirnames, filenames in os.walk(self.path, onerror=unreadable):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
                 if not name.startswith("."):
@@ -304,7 +392,9 @@ class FolderSource(FileSource):
         for path, kind in self.files():
             if kind is None:
                 tally.add(self.spec, "files_ignored")
-            elif kind == "text" and looks_binary(path):
+                continue
+            check_readable(path)
+            if kind == "text" and looks_binary(path):
                 tally.add(self.spec, "binary_files_skipped")
             else:
                 for text in self.read_file(path, kind, tally, max_chars):
@@ -371,9 +461,34 @@ class HFStreamSource(Source):
         config = f", config {self.config}" if self.config else ""
         return f"Hugging Face Hub dataset {self.name}{config}, split train, streamed"
 
+    def check_reachable(self, timeout: float = 10.0) -> None:
+        """Say at once when the Hub cannot be reached: the client would retry for half a
+        minute, printing each retry, before failing the same way."""
+        import socket
+        from urllib.parse import urlsplit
+
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:
+            return  # offline on purpose: the datasets cache answers, or says why not
+        url = urlsplit(constants.ENDPOINT)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            socket.create_connection((url.hostname, port), timeout=timeout).close()
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise UserError(
+                f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} ({reason}), so "
+                f"{self.spec} cannot be streamed; check the network, or pass a folder saved "
+                "with save_to_disk."
+            ) from None
+
     def documents(self, tally: Tally, max_chars: int) -> Iterator[tuple[str, str]]:
+        import logging
+
         import datasets
 
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # no line per retry
         row = 0
         try:
             ds = datasets.load_dataset(self.name, self.config, split="train", streaming=True)
@@ -405,8 +520,12 @@ def resolve_source(spec: str, text_field: str = "text") -> Source:
 
         return BuiltinSource(spec)
     if spec.startswith("hf:"):
-        return HFStreamSource(spec, text_field)
+        source = HFStreamSource(spec, text_field)
+        source.check_reachable()
+        return source
     path = Path(spec).expanduser()
+    if os.path.islink(path) and not path.exists():
+        check_readable(path)  # a broken or looping link: say so
     if not path.exists():
         raise UserError(
             f"source {spec} does not exist; pass a file, a folder, `builtin` or `hf:NAME`."
@@ -415,12 +534,14 @@ def resolve_source(spec: str, text_field: str = "text") -> Source:
         if is_saved_hf_dataset(path):
             return HFDiskSource(spec, path, text_field)
         folder = FolderSource(spec, path, text_field)
-        if not any(kind for _, kind in folder.files()):
+        readable = [check_readable(p) for p, kind in folder.files() if kind]  # refused up front
+        if not readable:
             raise UserError(
                 f"folder {spec} contains no .txt, .md, .jsonl or .parquet files; point "
                 "--source at your text."
             )
         return folder
+    check_readable(path)
     kind = classify(path) or "text"
     if kind == "text" and looks_binary(path):
         raise UserError(

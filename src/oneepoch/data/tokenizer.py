@@ -26,6 +26,11 @@ EOT_CANDIDATES = (EOT, "<|end_of_text|>", "</s>", "<eos>", "[EOS]")
 # The bytes tokenizer has no file; its manifest hash names the scheme so it still pins it.
 BYTES_SHA256 = hashlib.sha256(b"oneepoch-bytes-v1").hexdigest()
 MIN_BPE_VOCAB = 258  # 256 byte symbols + end-of-text + at least one merge
+MAX_VOCAB = 2**32  # shards store ids as uint32 at most (oneepoch.data.shards)
+# What the BPE trainer (HF tokenizers) sets aside per requested token before it starts: a
+# hash table of 33-byte entries sized to a power of two, 44-71 bytes per token as measured
+# at 1e8 and 1e9 tokens; asking for more than the machine has aborts the process.
+BPE_TRAINER_BYTES_PER_TOKEN = 72
 
 
 def _workers(workers: int | None) -> int:
@@ -276,13 +281,34 @@ def _set_rayon_threads(workers: int | None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 
-def train_bpe(texts: Iterable[str | list[str]], vocab_size: int, workers: int | None = None):
-    """Train a GPT-2-style byte-level BPE on ``texts`` (strings or batches of strings)."""
+def check_bpe_vocab(vocab_size: int) -> None:
+    """Refuse a BPE vocabulary too small to merge anything, larger than the shards' ids can
+    hold, or larger than the trainer can set memory aside for (it would abort natively)."""
     if vocab_size < MIN_BPE_VOCAB:
         raise UserError(
             f"--vocab-size {vocab_size} is too small for a byte-level BPE; use at least "
             f"{MIN_BPE_VOCAB} (or --tokenizer bytes)."
         )
+    if vocab_size > MAX_VOCAB:
+        raise UserError(
+            f"--vocab-size {vocab_size:,} is more than the {MAX_VOCAB:,} token ids a dataset's "
+            "shards can hold (uint32); use a smaller vocabulary (4,096 to 65,536 is usual)."
+        )
+    import psutil
+
+    need, free = vocab_size * BPE_TRAINER_BYTES_PER_TOKEN, psutil.virtual_memory().available
+    if need > free:
+        raise UserError(
+            f"--vocab-size {vocab_size:,} needs about {need / 1e9:,.1f} GB of memory to train "
+            f"the BPE (its trainer sets aside about {BPE_TRAINER_BYTES_PER_TOKEN} bytes per "
+            f"token), more than the {free / 1e9:,.1f} GB free; use a smaller vocabulary "
+            "(4,096 to 65,536 is usual)."
+        )
+
+
+def train_bpe(texts: Iterable[str | list[str]], vocab_size: int, workers: int | None = None):
+    """Train a GPT-2-style byte-level BPE on ``texts`` (strings or batches of strings)."""
+    check_bpe_vocab(vocab_size)
     _set_rayon_threads(workers)
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 

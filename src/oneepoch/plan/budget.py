@@ -35,6 +35,8 @@ def parse_budget(text: str) -> Budget:
     """'3e15' or '3PFLOPs' -> FLOPs; '20min', '8h', '90s' -> seconds; '50M tokens' -> tokens."""
     raw = str(text)
     low = raw.strip().lower()
+    if low.startswith("-"):
+        raise UserError(f"the budget must be positive, got {raw!r}.")
     if m := _TOKENS.fullmatch(low):
         value, kind = float(parse_count(m.group(1) + m.group(2), "token count")), "tokens"
     elif m := _FLOPS.fullmatch(low):
