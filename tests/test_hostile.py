@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gc
 import hashlib
 import io
 import json
@@ -182,6 +183,7 @@ def hold_lock(folder, what: str):
     def stop():
         holder.stdin.close()
         assert holder.wait(timeout=60) == 0
+        holder.stdout.close()
 
     return stop
 
@@ -936,6 +938,7 @@ def run_in_process(args: list[str]) -> SimpleNamespace:
     from oneepoch.cli import main
 
     out, err = io.StringIO(), io.StringIO()
+    gc.collect()  # garbage of earlier cases warns now, not inside this case's stderr
 
     def show(message, category, filename, lineno, file=None, line=None):
         err.write(warnings.formatwarning(message, category, filename, lineno, line))
