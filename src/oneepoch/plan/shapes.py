@@ -23,6 +23,7 @@ from oneepoch.flops import Shape, param_counts, train_flops_per_token
 
 COUNT_KINDS = ("total", "non_embedding")
 MIN_D_MODEL = 32
+FINE_STEP = 8  # d_model steps below 256 (see the module docstring)
 ASPECT_MIN, ASPECT_MAX = 24, 128
 LADDER_ASPECT = 64
 MAX_LAYERS = 128
@@ -31,17 +32,20 @@ NEAR_EQUAL = 1.15  # shapes within 15% of the target count compete on speed
 
 def d_model_grid() -> list[int]:
     return (
-        list(range(MIN_D_MODEL, 256, 32))
-        + list(range(256, 1024, 64))
+        list(range(MIN_D_MODEL, 256, FINE_STEP))
+        + list(range(256, 512, 32))
+        + list(range(512, 1024, 64))
         + list(range(1024, 4096, 128))
         + list(range(4096, 8192 + 1, 256))
     )
 
 
 def head_count(d_model: int) -> int:
-    """Heads of 64 dimensions (GPT-2) when d_model is a multiple of 64 from 128 up, else of 32."""
-    head_dim = 64 if d_model >= 128 and d_model % 64 == 0 else 32
-    return max(1, d_model // head_dim)
+    """Heads of 64 dimensions (GPT-2) when d_model is a multiple of 64 from 128 up; else the
+    most heads of at least 32 dimensions that divide d_model (32 for its multiples)."""
+    if d_model >= 128 and d_model % 64 == 0:
+        return d_model // 64
+    return next(n for n in range(max(1, d_model // 32), 0, -1) if d_model % n == 0)
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,7 @@ def all_candidates(seq_len: int, vocab_size: int) -> tuple[Candidate, ...]:
     out = []
     for d in d_model_grid():
         lo = max(1, math.ceil(d / ASPECT_MAX))
-        hi = min(MAX_LAYERS, d // ASPECT_MIN)
+        hi = min(MAX_LAYERS, int(d // ASPECT_MIN))
         out += [make_candidate(n, d, seq_len, vocab_size) for n in range(lo, max(lo, hi) + 1)]
     return tuple(out)
 
