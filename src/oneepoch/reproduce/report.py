@@ -156,7 +156,7 @@ def _dropout_cost(exp2: dict) -> str:
     """'dropout 0.1 costs 27% per step here' for each rate measured, or ''."""
     parts = []
     for p, s in exp2["summary"].items():
-        cost = s.get("step_cost") or {}
+        cost = s.get("throughput_cost_per_step") or {}
         if cost.get("n"):
             parts.append(f"dropout {p} costs {_compact(cost, '{:.0%}')} per step")
     return "; ".join(parts)
@@ -245,7 +245,7 @@ def _exp2_blocks(exp2: dict, figs: dict, step_cost: str = "") -> list[tuple]:
                 _spread(s["gap"], "{:+.4f}"),
                 _spread(s["step_speedup"]),
                 _spread(s["wall_clock_speedup"]),
-                _spread(s.get("step_cost") or {}, "{:.0%}"),
+                _spread(s.get("throughput_cost_per_step") or {}, "{:.0%}"),
             ]
         )
     bounds = []

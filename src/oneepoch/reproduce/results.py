@@ -114,7 +114,7 @@ def _seed_results(seed: int, plan: dict, runs: dict) -> dict:
             "slowdown": _comparison(r, zero, _final(zero)),
             # dropout's own cost per step here (the runs trained interleaved): 1 - its
             # median tokens/s over dropout 0's
-            "step_cost": 1 - rate / zero_rate if rate and zero_rate else None,
+            "throughput_cost_per_step": 1 - rate / zero_rate if rate and zero_rate else None,
         }
     exp2_zero = {"final_loss": _final(zero)}
     exp3 = {
@@ -300,7 +300,9 @@ def _summaries(plan: dict, per_seed: list[dict]) -> dict:
         "summary": {
             p: {
                 "gap": spread([s["exp2"]["dropout"][p]["gap"] for s in per_seed]),
-                "step_cost": spread([s["exp2"]["dropout"][p]["step_cost"] for s in per_seed]),
+                "throughput_cost_per_step": spread(
+                    [s["exp2"]["dropout"][p]["throughput_cost_per_step"] for s in per_seed]
+                ),
                 **{
                     name: spread([s["exp2"]["dropout"][p]["slowdown"][name] for s in per_seed])
                     for name in _SPEEDUP_NAMES

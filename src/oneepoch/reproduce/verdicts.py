@@ -30,15 +30,15 @@ PAPER = {
 # Overfitting: a validation curve "turns up" when its last loss is this far above its best.
 TURN_UP = 0.005
 # The power law: it "holds" where the fitted L = E + A t^-alpha is within HOLDS_WITHIN of
-# every evaluation; the claim "over a wide range" is judged on curves whose fitted range
-# (after the warm-up's effect) spans at least WIDE_DECADES of tokens.
+# every evaluation; the claim "over a wide range" is judged on experiment 3's run, whose
+# fitted range (from where the warm-up's effect ends) must span WIDE_DECADES of tokens.
 HOLDS_WITHIN = 0.02
 WIDE_DECADES = 1.0
 MISSES_BEYOND = 0.05  # a power law off by more than this nowhere holds for long
-# The forecast from the first FORECAST_FRACTION of a run: supports when the median |error|
-# is within FORECAST_SUPPORTS and at least FORECAST_COVERAGE of the observed losses lie in
-# their 90% intervals; contradicts when the median |error| exceeds FORECAST_CONTRADICTS or
-# no observed loss lies in its interval.
+# The forecast from the first FORECAST_FRACTION of a run: supports when the median absolute
+# error is within FORECAST_SUPPORTS and at least FORECAST_COVERAGE of the observed losses lie
+# in their 90% intervals (with 90% intervals, 3 of 4 or more); contradicts when the median
+# absolute error exceeds FORECAST_CONTRADICTS or no observed loss lies in its interval.
 FORECAST_FRACTION = 0.3
 FORECAST_SUPPORTS = 0.02
 FORECAST_CONTRADICTS = 0.05
@@ -396,7 +396,7 @@ FORECAST_RULE = (
 
 def judge_forecast(forecasts: list[dict]) -> tuple[str, dict]:
     """The forecast rule on forecasts {error, covered, value, ci_low, ci_high}: the verdict,
-    and the facts it rests on (bias, median |error|, coverage, median interval width)."""
+    and the facts it rests on (bias, median absolute error, coverage, median interval width)."""
     if not forecasts:
         return UNDECIDED, {"n": 0}
     errors = [f["error"] for f in forecasts]
