@@ -1,10 +1,18 @@
 """Parameter targets become model shapes (n_layer, n_head, d_model).
 
-Candidates: d_model a multiple of 32 up to 256 (then of 64, 128 and 256 as models grow),
-heads of 64 dimensions where d_model allows (else 32), and an aspect ratio d_model / n_layer between
-24 and 128. Kaplan et al. (2020, fig. 5) found loss within a few percent over a wide range of
-aspect ratios at fixed non-embedding parameters, so among shapes of near-equal size the
-planner is free to pick the one that runs fastest here (see ``planner``).
+Candidates: d_model a multiple of 8 up to 256 (then of 32, 64, 128 and 256 as models grow),
+heads of 64 dimensions where d_model allows (else the most of at least 32 that divide it), and
+an aspect ratio d_model / n_layer between 24 and 128. Kaplan et al. (2020, fig. 5) found loss
+within a few percent over a wide range of aspect ratios at fixed non-embedding parameters, so
+among shapes of near-equal size the planner is free to pick the one that runs fastest here
+(see ``planner``).
+
+Why steps of 8 below 256: at a fixed compute a shape's tokens per parameter goes as about
+1/N^2, so a ratio rule held within 10% needs neighbours within ~10% in N. With a small
+vocabulary's embedding most of a small model, d_model in steps of 32 left them 1.2-1.4x
+apart (1x2x64: 320k parameters, then 370k and 518k at vocabulary 4096); steps of 8, with the
+layers the aspect bounds allow, leave them at most 1.15x apart from 0.25M up, 1.09x from
+0.6M (docs/planning.md).
 
 For allocation, the rules need training FLOPs per token as a smooth function of a parameter
 count. ``FlopsCurve`` gives it by interpolating, in log-log, along a ladder of shapes of
