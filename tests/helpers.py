@@ -16,6 +16,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from oneepoch.plan.planner import UniformRate
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 # Trainer flags for a model small enough to train in seconds in a test.
 TINY = [
@@ -149,29 +151,9 @@ def make_corpus(folder, n=40, seed=0):
     return folder
 
 
-class FixedThroughput:
+class FixedThroughput(UniformRate):
     """Stands in for plan.calibrate.Calibration: a constant FLOP/s, nothing measured (and no
     torch imported: the no-torch test uses it too)."""
 
-    allow_measure = False
-    dtype = "float32"
     device = SimpleNamespace(type="cpu")
     machine = "test"
-    max_activation_bytes = None
-
-    def __init__(self, flops_per_s: float = 1e10):
-        self.flops_per_s = flops_per_s
-
-    def has(self, shape, batch):
-        return True
-
-    def rate(self, shape, batch):
-        from oneepoch.flops import train_flops_per_token
-
-        return self.model_rate(train_flops_per_token(shape), 0, batch, shape.seq_len)
-
-    def model_rate(self, flops_per_token, total_params, batch, seq_len):
-        from oneepoch.plan.calibrate import Rate
-
-        tps = self.flops_per_s / flops_per_token
-        return Rate(batch * seq_len / tps, tps, 3 * tps, 0.01, "measured")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -255,6 +256,22 @@ def test_a_measuring_process_that_does_not_answer_is_an_error_that_says_what_to_
     assert err.startswith("error: calibration: the measuring process did not answer (was it")
     assert str(cache) in err and "run the command again, or pass --no-calibrate" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_cpu_sized_plan_keeps_both_ratio_rules_within_ten_percent(capsys, cache):
+    """4e13 FLOPs on an 80M-token corpus: with d_model in steps of 32 the nearest shapes to
+    Chinchilla's N gave 16 and 24.4 tokens per parameter, and the plan said it could not
+    keep 20."""
+    code, out, err = run(
+        capsys, "plan", "--budget", "4e13", "--unique-tokens", "80M", "--no-calibrate", "--json"
+    )
+    assert code == 0, err
+    rules = json.loads(out)["rules"]
+    for name, ratio in (("komatsuzaki", 5.0), ("chinchilla", 20.0)):
+        achieved = rules[name]["tokens_per_param"]
+        assert rules[name]["target_tokens_per_param"] == ratio
+        assert abs(math.log(achieved / ratio)) <= math.log(1.1), (name, achieved)
+        assert not any(n.startswith("cannot keep") for n in rules[name]["notes"])
 
 
 def test_plan_without_data_is_a_valid_config(capsys, cache, tmp_path):

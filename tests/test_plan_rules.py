@@ -169,9 +169,25 @@ def test_unknown_rule():
 # -- shapes ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("d, heads", [(32, 1), (64, 2), (96, 3), (128, 2), (160, 5), (256, 4)])
+@pytest.mark.parametrize(
+    "d, heads",
+    [(32, 1), (40, 1), (64, 2), (72, 2), (96, 3), (104, 2), (120, 3), (128, 2), (160, 5), (256, 4)],
+)
 def test_head_size(d, heads):
     assert head_count(d) == heads
+
+
+def test_the_grid_is_fine_enough_to_keep_a_ratio_at_small_sizes():
+    """At a fixed compute a shape's tokens per parameter goes as ~1/N^2 (the output head's
+    FLOPs grow with N), so keeping a ratio within 10% needs shapes within ~10% of each
+    other in N. Above the few smallest models (d_model 32-56, one layer, where the
+    embedding is all there is) the grid has them, for small and large vocabularies."""
+    for seq, vocab in ((128, 4096), (256, 4096), (128, 8192), (1024, 50257)):
+        counts = sorted({c.total for c in all_candidates(seq, vocab)})
+        start = make_candidate(1, 64, seq, vocab).total
+        gaps = [b / a for a, b in zip(counts, counts[1:]) if a >= start and b <= 3e7]
+        assert max(gaps) <= 1.15, (seq, vocab, max(gaps))
+        assert sorted(gaps)[int(0.95 * len(gaps))] <= 1.1
 
 
 def test_near_equal_shapes_are_sane():
@@ -182,7 +198,7 @@ def test_near_equal_shapes_are_sane():
     assert closeness == sorted(closeness) and max(closeness) <= math.log(1.15)
     for c in shapes:
         s = c.shape
-        assert s.d_model % s.n_head == 0 and s.d_model // s.n_head in (32, 64)
+        assert s.d_model % s.n_head == 0 and 32 <= s.d_model // s.n_head <= 64
         assert ASPECT_MIN <= s.d_model / s.n_layer <= ASPECT_MAX
         assert c.non_embedding == param_counts(s)["non_embedding"]
         assert c.flops_per_token == train_flops_per_token(s)

@@ -88,12 +88,17 @@ def test_results_are_complete_and_internally_consistent(job):
                 assert c[name] == pytest.approx(a / b, rel=1e-12), (name, c)
         for side in ("run_a", "run_b"):
             assert (Path(c[side]) / "metrics.jsonl").is_file()
+    plan = json.loads((job / "job.json").read_text())["plan"]
     for name, run in res["runs"].items():  # every referenced run exists and is complete
         assert run["status"] == "completed", name
         assert (job / run["dir"] / "metrics.jsonl").is_file()
         info = json.loads((job / run["dir"] / "run.json").read_text())
-        assert info["final"]["step"] == run["steps"]
-    plan = json.loads((job / "job.json").read_text())["plan"]
+        spec = plan["runs"][name.split("/", 1)[1]]
+        assert run["steps"] == spec["steps"]
+        if spec["prefix_of"]:  # read from a longer run's first steps
+            assert run["read_from"] == spec["prefix_of"] and info["final"]["step"] > run["steps"]
+        else:
+            assert info["final"]["step"] == run["steps"]
     assert {f"seed0/{k}" for k in plan["runs"]} == set(res["runs"])
     # Shared runs are trained once: exp1's one-epoch run is exp2's dropout-0 run and the
     # baseline at the full budget.
@@ -127,6 +132,70 @@ def test_interleaved_runs_log_what_one_uninterrupted_run_logs(job, bpe_dataset, 
     assert strip(read_metrics(src)) == strip(read_metrics(alone))
 
 
+def test_a_run_read_from_a_longer_one_is_what_training_it_alone_gives(job, bpe_dataset, tmp_path):
+    """Experiment 1's one-epoch run is read from the first steps of experiment 3's longer
+    run: with a constant learning rate after the warm-up, training it alone must log the
+    same steps and losses."""
+    plan = json.loads((job / "job.json").read_text())["plan"]
+    short = plan["runs"][plan["exp2"]["0"]]
+    assert short["prefix_of"] == plan["exp3"]["power_law"][0]
+    src = job / "runs" / "seed0" / short["prefix_of"]
+    alone = tmp_path / "alone"
+    res = run_cli(
+        "train", "--config", str(src / "config.toml"), "--data", str(bpe_dataset),
+        "--out", str(alone), "--steps", str(short["steps"]), "--quiet",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+
+    def strip(lines):
+        return [{k: v for k, v in line.items() if k != "wall_s"} for line in lines]
+
+    longer = [x for x in read_metrics(src) if x["step"] <= short["steps"]]
+    assert strip(read_metrics(alone)) == strip(longer)
+
+
+def test_the_report_writes_its_claims_in_sentences_and_each_rule_run_s_ratio(job):
+    md = (job / "report.md").read_text()
+    table = md.split("## The paper's claims")[1].split("###")[0]
+    assert "_overfits" not in table and "{" not in table  # no raw keys or dicts
+    assert "ours, in steps" in table
+    res = results(job)
+    for b in res["experiments"]["exp4"]:
+        for name, r in b["rules"].items():
+            assert f"{r['tokens_per_param']:.2f} (rule: {r['target_tokens_per_param']:g})" in md
+            claim = next(
+                (
+                    c
+                    for c in res["claims"]
+                    if c.get("fraction") == b["fraction"] and name in c["claim"]
+                ),
+                None,
+            )
+            if claim and abs(r["tokens_per_param"] / r["target_tokens_per_param"] - 1) > 0.1:
+                assert claim["verdict"] == "cannot decide"
+                assert claim["why"][0].startswith(f"ran {r['tokens_per_param']:.3g} tokens per")
+
+
+def test_plan_prints_every_run_and_trains_nothing(bpe_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("ONEEPOCH_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "o"
+    args = ["reproduce", "--preset", "micro", "--data", str(bpe_dataset), "--out", str(out)]
+    res = run_cli(*args, "--plan")
+    assert res.returncode == 0, res.stderr
+    assert not out.exists()
+    from oneepoch.reproduce.experiments import plan_job
+    from oneepoch.reproduce.presets import PRESETS
+
+    manifest = json.loads((bpe_dataset / "manifest.json").read_text())
+    plan = plan_job(PRESETS["micro"], manifest["splits"]["train"]["tokens"], 1024)
+    lines = res.stdout.splitlines()
+    for key, spec in plan["runs"].items():
+        row = next(line for line in lines if line.split()[0] == key)
+        assert f"{spec['steps']:,}" in row.split()
+        assert ("first steps of" in row) == bool(spec["prefix_of"])
+    assert any(line.startswith("total: ") for line in lines)
+
+
 def without_clock(obj):
     """results.json without what depends on the clock (wall-clock, throughput, verdicts)."""
     clocky = ("wall", "throughput", "tokens_per_s", "notes", "steady", "machine", "claims")
@@ -142,7 +211,8 @@ def test_kill_and_rerun_resumes_without_retraining_and_matches(job, bpe_dataset,
     args = ["reproduce", "--preset", "micro", "--data", str(bpe_dataset), "--out", str(out)]
     proc = launch(args)
     plan = json.loads((job / "job.json").read_text())["plan"]
-    first, later = list(plan["runs"])[0], list(plan["runs"])[-1]
+    trained = [k for k, v in plan["runs"].items() if not v["prefix_of"]]
+    first, later = trained[0], trained[-1]
     # Runs finish in the last round: wait for the first to complete, then kill mid-job.
     deadline = time.time() + 600
     done = out / "runs" / "seed0" / first / "run.json"
@@ -165,7 +235,7 @@ def test_kill_and_rerun_resumes_without_retraining_and_matches(job, bpe_dataset,
     assert "already complete" in res.stderr
     metrics = out / "runs" / "seed0" / first / "metrics.jsonl"
     assert metrics.read_bytes() == kept and metrics.stat().st_mtime_ns == stamp
-    for key in plan["runs"]:
+    for key in trained:
         a = [
             {k: v for k, v in x.items() if k != "wall_s"}
             for x in read_metrics(job / "runs" / "seed0" / key)

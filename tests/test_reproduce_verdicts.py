@@ -8,7 +8,14 @@ import pytest
 
 from oneepoch.analysis.compare import throughput_check
 from oneepoch.analysis.runs import load_run
-from oneepoch.reproduce.verdicts import CONTRADICTS, SUPPORTS, UNDECIDED, judge_range, spread
+from oneepoch.reproduce.verdicts import (
+    CONTRADICTS,
+    SUPPORTS,
+    UNDECIDED,
+    judge_forecast,
+    judge_range,
+    spread,
+)
 
 
 def comp(speedup, extrapolated=False, steady=True, at_median=None):
@@ -53,7 +60,7 @@ def test_spread_over_seeds():
     assert "no spread" in spread([2.0])["note"]
 
 
-def write_run(path, rates, seconds_each=2.0, shape=(2, 2, 128)):
+def write_run(path, rates, seconds_each=2.0, shape=(2, 2, 128), dropout=0.0):
     """A run directory whose throughput is ``rates`` tokens/s in consecutive stretches."""
     path.mkdir(parents=True)
     lines, tokens, wall, step = [], 0.0, 0.0, 0
@@ -68,6 +75,7 @@ def write_run(path, rates, seconds_each=2.0, shape=(2, 2, 128)):
     n, h, d = shape
     (path / "config.toml").write_text(
         f"[model]\nn_layer = {n}\nn_head = {h}\nd_model = {d}\nseq_len = 128\n"
+        f"dropout = {dropout}\n"
         "[train]\nbatch_size = 16\n"
     )
     return load_run(path)
@@ -87,5 +95,107 @@ def test_throughput_check_compares_same_shape_runs(tmp_path):
     b = write_run(tmp_path / "b", [9000] * 20)  # steady, but 1.7x slower than its twin
     c = write_run(tmp_path / "c", [9000] * 20, shape=(1, 1, 32))  # another shape: no match
     check = throughput_check({"A": a, "B": b})
-    assert any("same shape" in n for n in check["notes"])
+    assert any("same configuration" in n for n in check["notes"])
     assert throughput_check({"A": a, "C": c})["steady"]
+
+
+def test_runs_that_differ_only_in_their_step_cost_raise_no_note(tmp_path):
+    """Dropout costs a CPU a quarter of its step: a steady dropout run is not 'slowed by
+    load' because a dropout-free run of the same shape is faster."""
+    plain = write_run(tmp_path / "a", [20600] * 20)
+    dropout = write_run(tmp_path / "b", [15300] * 20, dropout=0.1)
+    check = throughput_check({"A": plain, "B": dropout})
+    assert check["steady"] and not check["notes"], check["notes"]
+
+
+def test_a_run_slowed_mid_way_is_named_even_beside_a_run_of_another_cost(tmp_path):
+    plain = write_run(tmp_path / "a", [20600] * 20)
+    slowed = write_run(tmp_path / "b", [15300] * 8 + [5000] * 4 + [15300] * 8, dropout=0.1)
+    check = throughput_check({"A": plain, "B": slowed})
+    assert not check["steady"]
+    assert [n for n in check["notes"] if "run B" in n and "median throughput" in n]
+    assert not any("run A" in n for n in check["notes"])
+
+
+# -- the forecast verdict ---------------------------------------------------------------
+
+
+def forecast(error, half_width=0.06, observed=5.0):
+    value = observed * (1 + error)
+    low, high = value * (1 - half_width), value * (1 + half_width)
+    return {
+        "error": error,
+        "value": value,
+        "ci_low": low,
+        "ci_high": high,
+        "observed": observed,
+        "covered": low <= observed <= high,
+    }
+
+
+def test_a_biased_forecast_does_not_support_the_claim_however_wide_its_intervals():
+    """The README's run: -1.6%, -2.8% and -4.4%, every one inside a +-6% interval."""
+    verdict, facts = judge_forecast([forecast(-0.016), forecast(-0.028), forecast(-0.044)])
+    assert facts["covered"] == 3
+    assert verdict != SUPPORTS
+    assert facts["bias"] == pytest.approx(-0.028)
+    assert facts["median_width"] == pytest.approx(0.12, rel=1e-9)
+
+
+def test_forecast_verdicts_follow_their_stated_bounds():
+    accurate = [forecast(e, 0.02) for e in (-0.004, 0.006, -0.01)]
+    assert judge_forecast(accurate)[0] == SUPPORTS
+    far = [forecast(e, 0.2) for e in (-0.06, -0.08, -0.07)]  # covered, but 7% off
+    assert judge_forecast(far)[0] == CONTRADICTS
+    overconfident = [forecast(e, 0.001) for e in (-0.01, 0.012, -0.015)]  # none covered
+    assert judge_forecast(overconfident)[0] == CONTRADICTS
+    assert judge_forecast([])[0] == UNDECIDED
+
+
+def test_the_forecast_rule_is_written_from_its_constants():
+    from oneepoch.reproduce import verdicts
+
+    for value in (verdicts.FORECAST_SUPPORTS, verdicts.FORECAST_CONTRADICTS):
+        assert f"{value:.0%}" in verdicts.FORECAST_RULE
+    assert f"{verdicts.FORECAST_COVERAGE:.0%}" in verdicts.FORECAST_RULE
+
+
+# -- a rule's claim on a run that did not have the rule's proportion ----------------------
+
+
+def test_a_rule_run_off_its_ratio_cannot_decide_the_rule_s_claim():
+    from oneepoch.reproduce.verdicts import _judge_rule
+
+    kept = {"tokens_per_param": 5.3, "target_tokens_per_param": 5.0}
+    off = {"tokens_per_param": 2.4, "target_tokens_per_param": 5.0}
+    speedup = [comp(0.5) | {"step_speedup": 1.4}]
+    assert _judge_rule(speedup, kept, (1.0, 2.7))["verdict"] == CONTRADICTS
+    out = _judge_rule(speedup, off, (1.0, 2.7))
+    assert out["verdict"] == UNDECIDED
+    assert out["why"][0] == "ran 2.4 tokens per parameter, the rule asks 5"
+    assert not any("paper's range" in w for w in out["why"])
+    assert out["steps"]["median"] == 1.4  # the step speedup travels with the claim
+
+
+# -- the power law: judged on experiment 3's run, only when it spans the range -----------
+
+
+def holds(decades, fitted, residual=0.01):
+    return {
+        "judged": True,
+        "holds": {"decades": decades, "fitted_decades": fitted, "max_abs_residual": residual},
+    }
+
+
+def test_the_power_law_is_judged_only_on_a_run_that_spans_a_decade():
+    from oneepoch.reproduce.verdicts import _power_law
+
+    short = {"per_seed": [{"run": holds(0.6, 0.6)}]}
+    out = _power_law(short)
+    assert out["verdict"] == UNDECIDED and "0.60 decades" in out["why"][0]
+    assert _power_law({"per_seed": [{"run": holds(1.25, 1.3)}]})["verdict"] == SUPPORTS
+    bent = {"per_seed": [{"run": holds(0.3, 1.3, residual=0.08)}]}
+    assert _power_law(bent)["verdict"] == CONTRADICTS
+    # a curve that is not experiment 3's is shown, not judged
+    other = {"per_seed": [{"run": holds(1.25, 1.3), "short": holds(0.4, 0.6) | {"judged": False}}]}
+    assert _power_law(other)["verdict"] == SUPPORTS

@@ -8,10 +8,12 @@ interval, and flagged.
 
 Wall-clock is the paper's metric, and load elsewhere on the machine can slow one run for
 a while (tenfold, on a shared 2-core CPU). So every comparison also checks the runs'
-throughput (``throughput_check``): a run that spent more than a few percent of its
-training time far from its own median tokens/s, or two runs of the same shape whose
-medians differ, are named in a note, and the wall-clock speedup is given again at each
-run's median throughput.
+throughput (``throughput_check``), each run against its own quiet speed: a run that spent
+more than a few percent of its training time far from its own median tokens/s, or two runs
+of the same configuration (everything that sets a step's cost: shape, batch, dtype,
+dropout, compilation) whose medians differ, are named in a note, and the wall-clock
+speedup is given again at each run's median throughput. Runs that differ in configuration
+are never held to each other's speed: dropout alone costs a CPU a quarter of its step.
 """
 
 from __future__ import annotations
@@ -178,7 +180,7 @@ def throughput_profile(run: Run) -> dict | None:
         "max_tokens_per_s": float(rates.max()),
         "share_off_median": float(spans[off].sum() / spans.sum()),
         "steady": bool(spans[off].sum() <= STEADY_SHARE * spans.sum()),
-        "shape": _shape_key(run),
+        "configuration": speed_configuration(run),
     }
 
 
@@ -195,16 +197,16 @@ def throughput_check(runs: dict[str, Run]) -> dict:
                 f"({prof['min_tokens_per_s']:,.0f}-{prof['max_tokens_per_s']:,.0f} tokens/s): "
                 "the machine's load may have bent its wall-clock."
             )
-    labels = [k for k, p in profiles.items() if p is not None and p["shape"] is not None]
+    labels = [k for k, p in profiles.items() if p is not None and p["configuration"] is not None]
     for i, a in enumerate(labels):
         for b in labels[i + 1 :]:
             pa, pb = profiles[a], profiles[b]
-            if pa["shape"] != pb["shape"]:
-                continue
+            if pa["configuration"] != pb["configuration"]:
+                continue  # a step of another configuration has its own speed
             ratio = pa["median_tokens_per_s"] / pb["median_tokens_per_s"]
             if abs(ratio - 1) > RATE_TOLERANCE and abs(1 / ratio - 1) > RATE_TOLERANCE:
                 notes.append(
-                    f"runs {a} and {b} have the same shape but their median throughputs differ "
+                    f"runs {a} and {b} have the same configuration but their median throughputs differ "
                     f"{max(ratio, 1 / ratio):.2f}x ({pa['median_tokens_per_s']:,.0f} vs "
                     f"{pb['median_tokens_per_s']:,.0f} tokens/s): the machine's load may have "
                     "bent the wall-clock comparison."
@@ -230,13 +232,22 @@ def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
     return float(values[order][np.searchsorted(cum, cum[-1] / 2)])
 
 
-def _shape_key(run: Run) -> tuple | None:
-    """What sets a run's throughput: model shape, batch, dtype (dropout costs little)."""
+def speed_configuration(run: Run) -> tuple | None:
+    """What sets the cost of a run's step: model shape, dropout, batch and its split, dtype
+    and compilation. Two runs equal in all of these should run equally fast on one machine;
+    runs that differ in any (dropout costs a CPU 25-30% of its step) have their own speeds."""
     m, t = run.config.get("model", {}), run.config.get("train", {})
     if not m:
         return None
-    keys = ("n_layer", "n_head", "d_model", "seq_len")
-    return (*(m.get(k) for k in keys), t.get("batch_size"), run.info.get("dtype", t.get("dtype")))
+    model = ("n_layer", "n_head", "d_model", "seq_len")
+    return (
+        *(m.get(k) for k in model),
+        float(m.get("dropout") or 0.0),
+        t.get("batch_size"),
+        t.get("grad_accum", 1),
+        run.info.get("dtype", t.get("dtype")),
+        bool(run.info.get("compile", t.get("compile", False))),
+    )
 
 
 def _best_loss(run: Run) -> float:

@@ -44,8 +44,10 @@ def run(args) -> int:
         "reproduce", "--preset", args.preset, "--data", args.data, "--out", args.out,
         "--seeds", args.seeds,
     )  # fmt: skip
+    from oneepoch.reproduce.job import trained_dir
+
     print("\n== a sample from the one-epoch model (seed 0)")
-    _cli("sample", str(Path(args.out) / "runs" / "seed0" / "one-epoch"), "--prompt", "The king",
-         "--max-new-tokens", "60")  # fmt: skip
+    one = trained_dir(Path(args.out), 0, "one-epoch")  # experiment 3 may have trained it longer
+    _cli("sample", str(one), "--prompt", "The king", "--max-new-tokens", "60")
     print(f"\nopen {Path(args.out) / 'report.html'} in a browser for the report")
     return 0

@@ -51,6 +51,13 @@ def add_arguments(p) -> None:
         help="train the runs one after another instead of interleaved (wall-clock then depends "
         "on the load at each run's time)",
     )
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="print every run of the job (shape, parameters, tokens, tokens per parameter, "
+        "steps, and the time this machine's measured throughput predicts) and exit without "
+        "training",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.add_argument("--json", action="store_true", help="print results.json at the end")
 
@@ -79,8 +86,10 @@ def run(args) -> int:
             f"--law {args.law} does not exist; pass a file from `oneepoch scaling fit --json`."
         )
     rules = (*preset.rules, f"fitted:{Path(args.law).resolve()}") if args.law else None
-    job = open_job(out, preset, data, args.seeds, epochs, rules)
+    job = open_job(out, preset, data, args.seeds, epochs, rules, write=not args.plan)
     job["sequential"] = args.sequential
+    if args.plan:
+        return print_job(job, preset, data, args.json)
     runs = len(job["plan"]["runs"]) * args.seeds
     say = (lambda *_: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     say(
@@ -106,6 +115,70 @@ def run(args) -> int:
 
     print("\n".join(claim_lines(results["claims"])))
     print(f"report: {paths['html']} (and {paths['md'].name}, {paths['results'].name})")
+    return 0
+
+
+def print_job(job: dict, preset, data: Path, as_json: bool) -> int:
+    """``--plan``: every run with what it costs here, then the totals; nothing is trained."""
+    from oneepoch.plan.budget import format_seconds
+    from oneepoch.plan.calibrate import Calibration
+    from oneepoch.reproduce.estimate import job_rows
+
+    calib = Calibration()
+    try:
+        rows = job_rows(job, preset, calib)
+    finally:
+        calib.close()
+    seeds = job["seeds"]
+    per_seed = sum(r["seconds"] for r in rows if r["seconds"] is not None)
+    if as_json:
+        return print_json({"runs": rows, "seeds": seeds, "seconds_per_seed": per_seed})
+    trained = [r for r in rows if r["read_from"] is None]
+    print(
+        f"reproduce --preset {preset.name} on {data}: {len(trained)} runs to train per seed x "
+        f"{seeds} seed{'s' if seeds > 1 else ''}"
+        + (
+            f" ({len(rows) - len(trained)} more read from longer runs' first steps)"
+            if len(rows) > len(trained)
+            else ""
+        )
+        + f"; {calib.device.type} {calib.dtype}"
+    )
+    header = (
+        "run",
+        "shape",
+        "params",
+        "steps",
+        "batch",
+        "tokens",
+        "tok/param",
+        "epochs",
+        "dropout",
+        "est. time",
+    )
+    table = [header]
+    for r in rows:
+        time = (
+            format_seconds(r["seconds"])
+            if r["seconds"] is not None
+            else f"(first steps of {r['read_from']})"
+        )
+        table.append(
+            (r["run"], r["shape"], f"{r['params']:,}", f"{r['steps']:,}", str(r["batch"]),
+             f"{r['tokens']:,}", f"{r['tokens_per_param']:.2f}", f"{r['epochs']:g}",
+             f"{r['dropout']:g}", time)
+        )  # fmt: skip
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    measured = sum(r.get("source") == "measured" for r in trained)
+    print(
+        f"total: {format_seconds(per_seed * seeds)} ({format_seconds(per_seed)} a seed, "
+        "evaluations, checkpoints and resumes included), from this machine's throughput "
+        f"({measured} of {len(trained)} shapes measured, the rest interpolated; cached in "
+        f"{calib.path}). Dropout's own cost per step (a quarter of a CPU step, little on a "
+        "GPU) is not in it, nor fitting and the report (under a minute)."
+    )
     return 0
 
 

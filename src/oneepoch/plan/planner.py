@@ -19,7 +19,7 @@ from oneepoch.config import ModelConfig, TrainConfig
 from oneepoch.errors import UserError
 from oneepoch.flops import Shape, activation_bytes, train_flops_per_token
 from oneepoch.plan.budget import Budget, format_seconds
-from oneepoch.plan.calibrate import Calibration
+from oneepoch.plan.calibrate import Calibration, Rate
 from oneepoch.plan.estimate import Estimate, estimate_run
 from oneepoch.plan.heuristics import (
     MIN_BATCH,
@@ -97,6 +97,34 @@ def corpus_from_data(path: str | Path) -> Corpus:
     return Corpus(train, vocab, int(val) if val is not None else None, str(path), size)
 
 
+class UniformRate:
+    """Stands in for a Calibration: every shape at the same FLOP/s, nothing measured.
+
+    Plans made with it rank shapes by their rule alone (a ratio rule's band by nearness to
+    its ratio, see ``Planner._by_ratio``), identically on every machine: `oneepoch
+    reproduce` plans its rules' runs so, since a job's runs may not change between the
+    invocations that train it. Its times are not this machine's.
+    """
+
+    allow_measure = False
+    max_activation_bytes = None
+    dtype = "float32"
+    machine = "uniform"
+
+    def __init__(self, flops_per_s: float = 1e10):
+        self.flops_per_s = flops_per_s
+
+    def has(self, shape: Shape, batch: int) -> bool:
+        return True
+
+    def rate(self, shape: Shape, batch: int) -> Rate:
+        return self.model_rate(train_flops_per_token(shape), 0, batch, shape.seq_len)
+
+    def model_rate(self, flops_per_token, total_params, batch, seq_len) -> Rate:
+        tokens_per_s = self.flops_per_s / flops_per_token
+        return Rate(batch * seq_len / tokens_per_s, tokens_per_s, 3 * tokens_per_s, 0.01, "uniform")
+
+
 @dataclass
 class Settings:
     """What the planner holds fixed (dtype and device live in the calibration)."""
@@ -105,6 +133,7 @@ class Settings:
     tokens_per_param: float = TOKENS_PER_PARAM
     eval_tokens: int = TrainConfig.eval_tokens
     fitted_count: str = "non_embedding"
+    batch_size: int | None = None  # sequences per step held fixed (reproduce); else the heuristic's
 
 
 @dataclass
@@ -198,6 +227,10 @@ class Planner:
             windows = min(windows, max(1, num_windows(corpus.val_tokens, self.T)))
         self.val_windows = windows
 
+    def batch_for(self, tokens: float) -> int:
+        """Sequences per step of a run of ``tokens`` tokens: the fixed batch, or the heuristic's."""
+        return self.settings.batch_size or batch_size(tokens, self.T)
+
     # -- one rule ------------------------------------------------------------------------
 
     def plan(self, rule, budget: Budget) -> RulePlan:
@@ -223,7 +256,7 @@ class Planner:
         alloc = rule.allocate(flops, self.ctx)
         tokens = min(alloc.tokens, alloc.max_tokens or alloc.tokens)
         fpt = self.curve(alloc.params, alloc.count)
-        b = batch_size(tokens, self.T)
+        b = self.batch_for(tokens)
         steps = max(1, int(tokens // (b * self.T)))
         rate = self.calib.model_rate(fpt, alloc.params, b, self.T)
         est = estimate_run(self.T, b, steps, rate, self.val_windows, self.corpus.data_bytes)
@@ -281,7 +314,7 @@ class Planner:
             wanted = rule.r * cand.count(alloc.count)
             if alloc.max_tokens is not None:
                 wanted = min(wanted, alloc.max_tokens)
-            batch = batch_size(wanted, self.T)
+            batch = self.batch_for(wanted)
             tokens = self._tokens_for_time(cand.shape, batch, budget.value)
         elif budget.kind == "flops":
             tokens = flops / cand.flops_per_token
@@ -307,7 +340,7 @@ class Planner:
         tried = []
         for c in pool:
             tokens, batch = self._tokens_on(c, rule, alloc, flops, budget)
-            b = batch or batch_size(tokens, self.T)
+            b = batch or self.batch_for(tokens)
             planned = int(tokens // (b * self.T)) * b * self.T  # what finish() will plan
             ratio = max(planned, 1) / c.count(kind)
             tried.append((abs(math.log(ratio / r)), ratio, c, tokens, batch))
@@ -342,7 +375,7 @@ class Planner:
             if below is not None and above is not None:
                 lo_n, hi_n = sorted((below[2].count(kind), above[2].count(kind)))
                 between = [
-                    (t[2].shape, t[4] or batch_size(t[3], self.T))
+                    (t[2].shape, t[4] or self.batch_for(t[3]))
                     for t in tried
                     if lo_n < t[2].count(kind) < hi_n
                 ]
@@ -352,12 +385,12 @@ class Planner:
     def _flops_per_s(self, tried: tuple) -> float:
         """Achieved FLOP/s, in units of 1e9, of a (miss, ratio, candidate, tokens, batch)."""
         c, tokens, batch = tried[2], tried[3], tried[4]
-        rate = self.calib.rate(c.shape, batch or batch_size(tokens, self.T))
+        rate = self.calib.rate(c.shape, batch or self.batch_for(tokens))
         return rate.tokens_per_s * c.flops_per_token / 1e9
 
     def _ranked(self, alloc: Allocation) -> list[Candidate]:
         """Shapes near the rule's target, fastest (measured tokens/s) first."""
-        batch = batch_size(alloc.tokens, self.T)
+        batch = self.batch_for(alloc.tokens)
         return sorted(
             near_equal(alloc.params, alloc.count, self.T, self.V),
             key=lambda c: -self.calib.rate(c.shape, batch).tokens_per_s,
@@ -375,7 +408,7 @@ class Planner:
         """
         best, seen = None, set()
         for _ in range(6):
-            ranked, batch = self._ranked(alloc), batch_size(alloc.tokens, self.T)
+            ranked, batch = self._ranked(alloc), self.batch_for(alloc.tokens)
             shape = ranked[0].shape
             tokens = self._tokens_for_time(shape, batch, seconds)
             if alloc.max_tokens is not None:
@@ -412,7 +445,7 @@ class Planner:
         """Batch (the heuristic's unless given), steps, epochs, LR, cost and time of ``plan``
         training its candidate shape on ``tokens`` tokens."""
         cand, T = plan.candidate, self.T
-        b = batch or batch_size(tokens, T)
+        b = batch or self.batch_for(tokens)
         steps = int(tokens // (b * T))
         windows = self.corpus.windows(T)
         plan.batch_size, plan.steps = b, steps

@@ -1,10 +1,18 @@
 """Parameter targets become model shapes (n_layer, n_head, d_model).
 
-Candidates: d_model a multiple of 32 up to 256 (then of 64, 128 and 256 as models grow),
-heads of 64 dimensions where d_model allows (else 32), and an aspect ratio d_model / n_layer between
-24 and 128. Kaplan et al. (2020, fig. 5) found loss within a few percent over a wide range of
-aspect ratios at fixed non-embedding parameters, so among shapes of near-equal size the
-planner is free to pick the one that runs fastest here (see ``planner``).
+Candidates: d_model a multiple of 8 up to 256 (then of 32, 64, 128 and 256 as models grow),
+heads of 64 dimensions where d_model allows (else the most of at least 32 that divide it), and
+an aspect ratio d_model / n_layer between 24 and 128. Kaplan et al. (2020, fig. 5) found loss
+within a few percent over a wide range of aspect ratios at fixed non-embedding parameters, so
+among shapes of near-equal size the planner is free to pick the one that runs fastest here
+(see ``planner``).
+
+Why steps of 8 below 256: at a fixed compute a shape's tokens per parameter goes as about
+1/N^2, so a ratio rule held within 10% needs neighbours within ~10% in N. With a small
+vocabulary's embedding most of a small model, d_model in steps of 32 left them 1.2-1.4x
+apart (1x2x64: 320k parameters, then 370k and 518k at vocabulary 4096); steps of 8, with the
+layers the aspect bounds allow, leave them at most 1.15x apart from 0.25M up, 1.09x from
+0.6M (docs/planning.md).
 
 For allocation, the rules need training FLOPs per token as a smooth function of a parameter
 count. ``FlopsCurve`` gives it by interpolating, in log-log, along a ladder of shapes of
@@ -23,6 +31,7 @@ from oneepoch.flops import Shape, param_counts, train_flops_per_token
 
 COUNT_KINDS = ("total", "non_embedding")
 MIN_D_MODEL = 32
+FINE_STEP = 8  # d_model steps below 256 (see the module docstring)
 ASPECT_MIN, ASPECT_MAX = 24, 128
 LADDER_ASPECT = 64
 MAX_LAYERS = 128
@@ -31,17 +40,20 @@ NEAR_EQUAL = 1.15  # shapes within 15% of the target count compete on speed
 
 def d_model_grid() -> list[int]:
     return (
-        list(range(MIN_D_MODEL, 256, 32))
-        + list(range(256, 1024, 64))
+        list(range(MIN_D_MODEL, 256, FINE_STEP))
+        + list(range(256, 512, 32))
+        + list(range(512, 1024, 64))
         + list(range(1024, 4096, 128))
         + list(range(4096, 8192 + 1, 256))
     )
 
 
 def head_count(d_model: int) -> int:
-    """Heads of 64 dimensions (GPT-2) when d_model is a multiple of 64 from 128 up, else of 32."""
-    head_dim = 64 if d_model >= 128 and d_model % 64 == 0 else 32
-    return max(1, d_model // head_dim)
+    """Heads of 64 dimensions (GPT-2) when d_model is a multiple of 64 from 128 up; else the
+    most heads of at least 32 dimensions that divide d_model (32 for its multiples)."""
+    if d_model >= 128 and d_model % 64 == 0:
+        return d_model // 64
+    return next(n for n in range(max(1, d_model // 32), 0, -1) if d_model % n == 0)
 
 
 @dataclass(frozen=True)
@@ -70,7 +82,7 @@ def all_candidates(seq_len: int, vocab_size: int) -> tuple[Candidate, ...]:
     out = []
     for d in d_model_grid():
         lo = max(1, math.ceil(d / ASPECT_MAX))
-        hi = min(MAX_LAYERS, d // ASPECT_MIN)
+        hi = min(MAX_LAYERS, int(d // ASPECT_MIN))
         out += [make_candidate(n, d, seq_len, vocab_size) for n in range(lo, max(lo, hi) + 1)]
     return tuple(out)
 

@@ -20,7 +20,7 @@ from oneepoch.data.dataset import dataset_fingerprint, read_manifest
 from oneepoch.errors import UserError
 from oneepoch.flops import train_flops_per_token
 from oneepoch.plan.budget import format_seconds
-from oneepoch.reproduce.experiments import RunSpec, plan_job
+from oneepoch.reproduce.experiments import RunSpec, plan_job, trained
 from oneepoch.reproduce.presets import Preset
 
 JOB_FORMAT = "oneepoch-reproduce"
@@ -28,8 +28,11 @@ JOB_FORMAT = "oneepoch-reproduce"
 FIXED = ("preset", "data_fingerprint", "epochs")
 
 
-def open_job(out: Path, preset: Preset, data: Path, seeds: int, epochs, rules=None) -> dict:
-    """The job's plan, from OUT/job.json when it exists (its fixed settings must match)."""
+def open_job(
+    out: Path, preset: Preset, data: Path, seeds: int, epochs, rules=None, write: bool = True
+) -> dict:
+    """The job's plan, checked against OUT/job.json when it exists (its fixed settings must
+    match); written there unless ``write`` is False (``--plan`` only shows it)."""
     from oneepoch.plan.planner import corpus_from_data
 
     corpus = corpus_from_data(data)
@@ -64,13 +67,20 @@ def open_job(out: Path, preset: Preset, data: Path, seeds: int, epochs, rules=No
     spec["plan"] = plan_job(
         preset, corpus.train_tokens, corpus.vocab_size, spec["epochs"], rules or preset.rules
     )
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, (json.dumps(spec, indent=1) + "\n").encode())
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, (json.dumps(spec, indent=1) + "\n").encode())
     return spec
 
 
 def run_dir(out: Path, seed: int, key: str) -> Path:
     return out / "runs" / f"seed{seed}" / key
+
+
+def trained_dir(out: Path, seed: int, key: str) -> Path:
+    """The folder run ``key`` is read from: its own, or the longer run's it begins."""
+    plan = json.loads((out / "job.json").read_text())["plan"]
+    return run_dir(out, seed, plan["runs"][key].get("prefix_of") or key)
 
 
 def run_config(preset: Preset, data: Path, spec: RunSpec, seed: int) -> dict:
@@ -88,9 +98,13 @@ def run_config(preset: Preset, data: Path, spec: RunSpec, seed: int) -> dict:
             "dropout": spec.dropout,
         },
         "data": {"path": str(data.resolve()), "epochs": spec.epochs},
-        "optim": {"lr": preset.lr, "schedule": "constant", "warmup_steps": preset.warmup_steps},
+        "optim": {
+            "lr": preset.lr,
+            "schedule": "constant",
+            "warmup_steps": _unless(spec.warmup_steps, preset.warmup_steps),
+        },
         "train": {
-            "batch_size": preset.batch_size,
+            "batch_size": _unless(spec.batch_size, preset.batch_size),
             "steps": spec.steps,
             "seed": seed,
             "eval_every": preset.eval_every,
@@ -98,6 +112,14 @@ def run_config(preset: Preset, data: Path, spec: RunSpec, seed: int) -> dict:
             "log_every": preset.log_every,
         },
     }
+
+
+def _unless(value, default):
+    return default if value is None else value
+
+
+def tokens_per_step(preset: Preset, spec: RunSpec) -> int:
+    return _unless(spec.batch_size, preset.batch_size) * preset.seq_len
 
 
 def run_state(path: Path) -> tuple[str, int]:
@@ -115,7 +137,7 @@ def train_job(job: dict, out: Path, preset: Preset, data: Path, *, sequential: b
     from oneepoch.config import RunConfig
     from oneepoch.train import train
 
-    runs = {k: RunSpec(**v) for k, v in job["plan"]["runs"].items()}
+    runs = trained(job["plan"])  # the others are read from these runs' first steps
     vocab = job["plan"]["corpus"]["vocab_size"]
     work = [(seed, spec) for seed in range(job["seeds"]) for spec in runs.values()]
     progress = JobProgress(work, preset, vocab, enabled=show)
@@ -161,7 +183,7 @@ class JobProgress:
         self.preset = preset
         self.flops = {
             (seed, s.key): train_flops_per_token(s.shape(preset.seq_len, vocab))
-            * preset.tokens_per_step
+            * tokens_per_step(preset, s)
             for seed, s in work
         }
         self.total_steps = {(seed, s.key): s.steps for seed, s in work}

@@ -5,11 +5,14 @@ Log axes get plain-number tick labels, so the region where runs end can be read 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from oneepoch.analysis.runs import Run, load_run
+from oneepoch.analysis.runs import Run
+
+Loader = Callable[[str], Run]  # a run of the job (seed 0) by its key
 
 DPI = 110
 
@@ -46,14 +49,14 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def exp1_curves(out: Path, exp1: list[dict], seed: int, path: Path) -> Path:
+def exp1_curves(load: Loader, exp1: list[dict], seed: int, path: Path) -> Path:
     """Train and validation loss of the one-epoch and multi-epoch runs, per E."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(exp1), figsize=(6.2 * len(exp1), 4.4), squeeze=False)
     styles = {"one_epoch": "C0", "repeated": "C3", "regularized": "C1"}
     for ax, x in zip(axes[0], exp1):
         for role, color in styles.items():
-            run = load_run(out / "runs" / f"seed{seed}" / x["runs"][role])
+            run = load(x["runs"][role])
             _train_and_val(ax, run, color, f"{_role_label(role, x)}: validation")
             ev = run.evals
             if role != "one_epoch":
@@ -79,7 +82,7 @@ def exp1_curves(out: Path, exp1: list[dict], seed: int, path: Path) -> Path:
         ax.set_xlabel("step")
         ax.set_ylabel("loss (nats/token)")
         ax.set_yscale("log")
-        ax.set_ylim(*_loss_limits(out, seed, x["runs"].values()))
+        ax.set_ylim(*_loss_limits(load, x["runs"].values()))
         _plain_log_ticks(ax)
         ax.grid(True, which="both", alpha=0.3)
         ax.set_title(f"Experiment 1: one epoch vs {x['epochs']:g} epochs (seed {seed})")
@@ -103,12 +106,12 @@ def _role_label(role: str, x: dict) -> str:
     return f"{x['epochs']:g} epochs + dropout"
 
 
-def _loss_limits(out: Path, seed: int, keys, from_share: float = 0.0) -> tuple[float, float]:
+def _loss_limits(load: Loader, keys, from_share: float = 0.0) -> tuple[float, float]:
     """Frame where the runs differ: the first evaluations sit at the unigram plateau, and
     with ``from_share`` only the last part of each run sets the top."""
     vals = []
     for key in keys:
-        run = load_run(out / "runs" / f"seed{seed}" / key)
+        run = load(key)
         late = run.evals["step"] >= from_share * run.evals["step"].max()
         vals.append(run.evals["val_loss"][late])
         tl = run.lines["train_loss"]
@@ -118,24 +121,18 @@ def _loss_limits(out: Path, seed: int, keys, from_share: float = 0.0) -> tuple[f
     return float(v.min()) * 0.97, float(np.quantile(v, 0.97)) * 1.03
 
 
-def exp2_curves(out: Path, exp2_runs: dict, seed: int, path: Path) -> Path:
+def exp2_curves(load: Loader, exp2_runs: dict, seed: int, path: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.4))
     for i, (p, key) in enumerate(exp2_runs.items()):
-        run = load_run(out / "runs" / f"seed{seed}" / key)
+        run = load(key)
         final = run.evals["val_loss"][-1]
         _train_and_val(ax, run, f"C{i}", f"dropout {p}: validation (final {final:.3f})")
     ax.plot([], [], color="gray", ls="--", lw=0.8, label="training loss (dashed)")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_ylim(*_loss_limits(out, seed, exp2_runs.values(), from_share=0.1))
-    ax.set_xlim(
-        left=0.08
-        * max(
-            load_run(out / "runs" / f"seed{seed}" / k).evals["step"].max()
-            for k in exp2_runs.values()
-        )
-    )
+    ax.set_ylim(*_loss_limits(load, exp2_runs.values(), from_share=0.1))
+    ax.set_xlim(left=0.08 * max(load(k).evals["step"].max() for k in exp2_runs.values()))
     _plain_log_ticks(ax)
     _plain_log_ticks(ax, "x")
     ax.set_xlabel("step")
@@ -156,7 +153,7 @@ def exp3_fit(run: Run, path: Path, use_first: float) -> Path:
     return path
 
 
-def exp4_time_to_loss(out: Path, exp4: list[dict], seed: int, path: Path) -> Path:
+def exp4_time_to_loss(load: Loader, exp4: list[dict], seed: int, path: Path) -> Path:
     """Validation loss against training wall-clock for every size at every budget."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(exp4), figsize=(5.6 * len(exp4), 4.4), squeeze=False)
@@ -168,7 +165,7 @@ def exp4_time_to_loss(out: Path, exp4: list[dict], seed: int, path: Path) -> Pat
             seen.setdefault(key, []).append(name)
         target = b["per_seed"][seed]["baseline_final_loss"]
         for i, (key, names) in enumerate(seen.items()):
-            run = load_run(out / "runs" / f"seed{seed}" / key)
+            run = load(key)
             ev = run.evals
             m = run.config.get("model", {})
             label = f"{' = '.join(names)}: {m.get('n_layer')}x{m.get('n_head')}x{m.get('d_model')}"
@@ -178,7 +175,7 @@ def exp4_time_to_loss(out: Path, exp4: list[dict], seed: int, path: Path) -> Pat
         ax.axhline(target, color="k", lw=0.8, ls=":", label=f"baseline's final loss {target:.3f}")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        lo = min(load_run(out / "runs" / f"seed{seed}" / k).evals["val_loss"].min() for k in seen)
+        lo = min(load(k).evals["val_loss"].min() for k in seen)
         ax.set_ylim(lo * 0.97, target * 1.25)
         _plain_log_ticks(ax)
         _plain_log_ticks(ax, "x")
@@ -204,7 +201,7 @@ def speedups(claims: list[dict], exp1: list[dict], path: Path) -> Path:
     fig, axes = plt.subplots(
         1,
         2 if several_e else 1,
-        figsize=(13 if several_e else 9, 0.55 * len(rows) + 1.8),
+        figsize=(13 if several_e else 9, 0.55 * len(rows) + 2.2),
         squeeze=False,
     )
     ax = axes[0][0]
@@ -230,10 +227,10 @@ def speedups(claims: list[dict], exp1: list[dict], path: Path) -> Path:
     ax.set_xlabel("wall-clock speedup (x)")
     ax.add_patch(plt.Rectangle((0, 0), 0, 0, color="C2", alpha=0.25, label="paper's range"))
     ax.scatter([], [], color="C0", s=18, label="our seeds (bar: median)")
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_xlim(
-        0, max([3.5] + [v * 1.35 for c in rows for v in c["measured"]["values"] if v is not None])
-    )
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+    highs = [c["paper"][1] * 1.05 for c in rows if c.get("paper")]
+    values = [v * 1.35 for c in rows for v in c["measured"]["values"] if v is not None]
+    ax.set_xlim(0, max([3.5, *highs, *values]))
     ax.grid(True, axis="x", alpha=0.3)
     ax.set_title("Speedups against the paper's ranges")
     if several_e:
@@ -270,5 +267,5 @@ def speedups(claims: list[dict], exp1: list[dict], path: Path) -> Path:
 
 
 def _short(claim: dict) -> str:
-    text = claim["claim"]
-    return f"exp {claim['experiment']}: " + (text if len(text) < 60 else text[:57] + "...")
+    """The claim's short label (each claim has one), never cut mid-word."""
+    return f"exp {claim['experiment']}: {claim.get('label') or claim['claim']}"

@@ -14,6 +14,7 @@ Torch-free: the analysis side reads presets to describe a job.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from oneepoch.errors import UserError
@@ -41,11 +42,30 @@ class Preset:
     eval_every: int = 25
     eval_tokens: int = 16384
     log_every: int = 5
+    # Experiment 3's run: one epoch of the baseline model, long enough that its fit (from
+    # twice the warm-up, where the warm-up's effect ends) spans the decades the claim
+    # needs; batch and warm-up None: the preset's (then experiment 1's one-epoch run is its
+    # beginning and costs nothing more).
+    power_law_steps: int = 0
+    power_law_batch: int | None = None
+    power_law_warmup: int | None = None
     why: str = ""
 
     @property
     def tokens_per_step(self) -> int:
         return self.batch_size * self.seq_len
+
+    @property
+    def power_law_tokens_per_step(self) -> int:
+        return (self.power_law_batch or self.batch_size) * self.seq_len
+
+    @property
+    def power_law_decades(self) -> float:
+        """Decades of tokens from twice the warm-up to the end of experiment 3's run."""
+        warmup = self.warmup_steps if self.power_law_warmup is None else self.power_law_warmup
+        if not self.power_law_steps or warmup <= 0:
+            return 0.0
+        return math.log10(self.power_law_steps / (2 * warmup))
 
     @property
     def tokens(self) -> int:
@@ -70,6 +90,7 @@ PRESETS = {
         segments=3,
         eval_every=20,
         eval_tokens=4096,
+        power_law_steps=480,
         why="far too small to show the paper's effects reliably; it exercises every step of "
         "the job (interleaving, resume, fits, report) in CI time",
     ),
@@ -83,13 +104,15 @@ PRESETS = {
         batch_size=16,
         steps=500,
         lr=2e-3,
-        warmup_steps=50,
+        warmup_steps=20,
         segments=5,
         eval_every=25,
         eval_tokens=16384,
+        power_law_steps=1000,
         why="0.94M parameters (0.40M non-embedding) against 1.0M tokens: ten epochs over "
         "102k tokens overfit within a few epochs, and one epoch over 1.0M tokens passes the "
-        "multi-epoch runs' best losses well before its last step",
+        "multi-epoch runs' best losses well before its last step; experiment 3 continues "
+        "the one-epoch run to 1,000 steps, 1.3 decades of tokens after twice its warm-up",
     ),
     "small": Preset(
         name="small",
@@ -108,8 +131,13 @@ PRESETS = {
         eval_every=100,
         eval_tokens=65536,
         log_every=10,
+        power_law_steps=8000,
+        power_law_batch=16,
+        power_law_warmup=30,
         why="10.6M non-embedding parameters against 49M tokens, the paper's regime of a "
-        "model too large for its data when repeated; needs a corpus of at least 50M tokens",
+        "model too large for its data when repeated; needs a corpus of at least 50M tokens; "
+        "experiment 3's run takes batches of 16 after a 30-step warm-up, so that 8,000 steps "
+        "(33M tokens) span 2.1 decades after twice its warm-up",
     ),
 }
 

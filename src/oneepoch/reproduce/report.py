@@ -11,7 +11,7 @@ from pathlib import Path
 
 from oneepoch.atomic import write_atomic
 from oneepoch.reproduce import plots
-from oneepoch.reproduce.results import FORECAST_FRACTION
+from oneepoch.reproduce.verdicts import FORECAST_FRACTION, ratio_miss
 
 PAPER_REF = "Komatsuzaki, One Epoch Is All You Need, arXiv:1906.06669 (2019)"
 
@@ -26,20 +26,24 @@ def write_report(out: Path, results: dict, job: dict) -> dict[str, Path]:
 
 
 def _figures(out: Path, results: dict, job: dict) -> dict[str, Path]:
-    from oneepoch.analysis.runs import load_run
+    from oneepoch.reproduce.results import load_job_run
 
     fig_dir = out / "figures"
     fig_dir.mkdir(exist_ok=True)
     exps, plan = results["experiments"], job["plan"]
+
+    def load(key: str):
+        return load_job_run(out, plan, 0, key)
+
     figs = {
-        "exp1": plots.exp1_curves(out, exps["exp1"], 0, fig_dir / "exp1_curves.png"),
-        "exp2": plots.exp2_curves(out, plan["exp2"], 0, fig_dir / "exp2_dropout.png"),
-        "exp4": plots.exp4_time_to_loss(out, exps["exp4"], 0, fig_dir / "exp4_time_to_loss.png"),
+        "exp1": plots.exp1_curves(load, exps["exp1"], 0, fig_dir / "exp1_curves.png"),
+        "exp2": plots.exp2_curves(load, plan["exp2"], 0, fig_dir / "exp2_dropout.png"),
+        "exp4": plots.exp4_time_to_loss(load, exps["exp4"], 0, fig_dir / "exp4_time_to_loss.png"),
         "speedups": plots.speedups(results["claims"], exps["exp1"], fig_dir / "speedups.png"),
     }
-    one = load_run(out / "runs" / "seed0" / plan["exp2"]["0"])
+    long_run = load((plan["exp3"]["power_law"] or [plan["exp2"]["0"]])[0])
     try:
-        figs["exp3"] = plots.exp3_fit(one, fig_dir / "exp3_power_law.png", FORECAST_FRACTION)
+        figs["exp3"] = plots.exp3_fit(long_run, fig_dir / "exp3_power_law.png", FORECAST_FRACTION)
     except Exception as exc:  # noqa: BLE001 - a figure that cannot be drawn is said, not fatal
         figs["exp3_error"] = str(exc)
     return figs
@@ -67,7 +71,11 @@ def _blocks(results: dict, job: dict, figs: dict) -> list[tuple]:
             f"{(peak.get('value') or 0) / 1e9:,.0f} GFLOP/s, {peak.get('source', 'unknown source')}).",
         ),
         ("h2", "The paper's claims against our measurements"),
-        ("table", ["exp", "claim", "paper", "ours", "verdict"], [_claim_row(c) for c in claims]),
+        (
+            "table",
+            ["exp", "claim", "paper", "ours", "ours, in steps", "verdict"],
+            [_claim_row(c) for c in claims],
+        ),
         ("img", figs["speedups"], "Wall-clock speedups: our seeds against the paper's ranges."),
         ("h3", "How each verdict is decided"),
         ("list", _rules(claims)),
@@ -95,7 +103,10 @@ def _blocks(results: dict, job: dict, figs: dict) -> list[tuple]:
                 else "The runs trained one after another (--sequential): load on the machine can "
                 "have favoured some of them."
             )
-            + " Each comparison checks the runs' throughput and says so below when load may have bent it.",
+            + " Each comparison checks every run's throughput against its own quiet speed and "
+            "says so below when load may have bent it. Runs that agree with a longer run in "
+            "everything but their length are read from its first steps (the learning rate is "
+            "constant after the warm-up, so the shorter run would compute exactly those).",
         ),
         (
             "table",
@@ -115,11 +126,12 @@ def _blocks(results: dict, job: dict, figs: dict) -> list[tuple]:
             _run_rows(results),
         ),
     ]
-    b += _exp1_blocks(exps["exp1"], figs)
-    b += _exp2_blocks(exps["exp2"], figs)
+    step_cost = _dropout_cost(exps["exp2"])
+    b += _exp1_blocks(exps["exp1"], figs, step_cost)
+    b += _exp2_blocks(exps["exp2"], figs, step_cost)
     b += _exp3_blocks(exps["exp3"], figs)
     b += _exp4_blocks(exps["exp4"], figs, preset)
-    b += _exp5_blocks(exps["exp5"])
+    b += _exp5_blocks(exps["exp5"], step_cost)
     notes = _throughput_notes(exps)
     b += [
         ("h2", "Throughput checks"),
@@ -127,7 +139,7 @@ def _blocks(results: dict, job: dict, figs: dict) -> list[tuple]:
             "list",
             notes
             or [
-                "Every compared run kept within 25% of its median throughput, and runs of the same shape agreed: the wall-clock comparisons were not bent by load."
+                "Every compared run kept within 25% of its median throughput, and runs of the same configuration agreed: the wall-clock comparisons were not bent by load."
             ],
         ),
     ]
@@ -140,7 +152,27 @@ def _blocks(results: dict, job: dict, figs: dict) -> list[tuple]:
     return b
 
 
-def _exp1_blocks(exp1: list[dict], figs: dict) -> list[tuple]:
+def _dropout_cost(exp2: dict) -> str:
+    """'dropout 0.1 costs 27% per step here' for each rate measured, or ''."""
+    parts = []
+    for p, s in exp2["summary"].items():
+        cost = s.get("throughput_cost_per_step") or {}
+        if cost.get("n"):
+            parts.append(f"dropout {p} costs {_compact(cost, '{:.0%}')} per step")
+    return "; ".join(parts)
+
+
+def _gpu_remark(step_cost: str) -> str:
+    if not step_cost:
+        return ""
+    return (
+        f" On this machine {step_cost} (experiment 2), so a wall-clock speedup against a "
+        "dropout baseline includes that cost; the paper measured on GPUs, where dropout's "
+        "per-step cost is small. The step speedup beside it is free of it."
+    )
+
+
+def _exp1_blocks(exp1: list[dict], figs: dict, step_cost: str = "") -> list[tuple]:
     rows = []
     for x in exp1:
         for r in x["per_seed"]:
@@ -178,7 +210,8 @@ def _exp1_blocks(exp1: list[dict], figs: dict) -> list[tuple]:
         ("h2", "Experiment 1: one epoch against many"),
         (
             "p",
-            "Same model, same iterations: (a) one epoch over T unique tokens; (b) E epochs over T/E tokens, dropout 0; (c) the same with dropout, the regularised multi-epoch practice the paper replaces. Speedup: the cost of (b) or (c) to reach its best validation loss over the cost of (a) to reach the same loss.",
+            "Same model, same iterations: (a) one epoch over T unique tokens; (b) E epochs over T/E tokens, dropout 0; (c) the same with dropout, the regularised multi-epoch practice the paper replaces. Speedup: the cost of (b) or (c) to reach its best validation loss over the cost of (a) to reach the same loss."
+            + _gpu_remark(step_cost),
         ),
         (
             "img",
@@ -203,7 +236,7 @@ def _exp1_blocks(exp1: list[dict], figs: dict) -> list[tuple]:
     ]
 
 
-def _exp2_blocks(exp2: dict, figs: dict) -> list[tuple]:
+def _exp2_blocks(exp2: dict, figs: dict, step_cost: str = "") -> list[tuple]:
     rows = []
     for p, s in exp2["summary"].items():
         rows.append(
@@ -212,6 +245,7 @@ def _exp2_blocks(exp2: dict, figs: dict) -> list[tuple]:
                 _spread(s["gap"], "{:+.4f}"),
                 _spread(s["step_speedup"]),
                 _spread(s["wall_clock_speedup"]),
+                _spread(s.get("throughput_cost_per_step") or {}, "{:.0%}"),
             ]
         )
     bounds = []
@@ -230,10 +264,20 @@ def _exp2_blocks(exp2: dict, figs: dict) -> list[tuple]:
         ("h2", "Experiment 2: regularisation under one epoch"),
         (
             "p",
-            "One epoch each at dropout 0, and the dropout rates below. Loss gap: final validation loss minus dropout 0's. Slowdown: the cost of the dropout run to reach dropout 0's final loss over dropout 0's cost.",
+            "One epoch each at dropout 0, and the dropout rates below. Loss gap: final validation loss minus dropout 0's. Slowdown: the cost of the dropout run to reach dropout 0's final loss over dropout 0's cost. Cost per step: 1 - the dropout run's median tokens/s over dropout 0's (the runs trained interleaved, so load fell on both): what dropout itself costs a step on this machine, apart from what it does to the loss."
+            + (
+                f" Here {step_cost}; the paper measured on GPUs, where dropout's per-step cost "
+                "is small, so the slowdown in steps is the one to compare with it."
+                if step_cost
+                else ""
+            ),
         ),
         ("img", figs["exp2"], "Validation (solid) and training (dashed) loss by dropout rate."),
-        ("table", ["dropout", "loss gap", "slowdown (steps)", "slowdown (wall-clock)"], rows),
+        (
+            "table",
+            ["dropout", "loss gap", "slowdown (steps)", "slowdown (wall-clock)", "cost per step"],
+            rows,
+        ),
         *([("list", bounds)] if bounds else []),
     ]
 
@@ -241,14 +285,19 @@ def _exp2_blocks(exp2: dict, figs: dict) -> list[tuple]:
 def _exp3_blocks(exp3: dict, figs: dict) -> list[tuple]:
     rows = []
     for seed, runs in enumerate(exp3["per_seed"]):
-        for r in runs.values():
-            name = Path(r["run"]).name
+        for key, r in runs.items():
+            name = f"{key} ({r.get('steps', '?')} steps)" + (" (judged)" if r.get("judged") else "")
             if "error" in r:
                 rows.append([str(seed), name, r["error"], "", "", ""])
                 continue
             p = (r.get("forms", {}).get("power") or {}).get("params") or {}
             h = r.get("holds") or {}
             f = r.get("forecast") or {}
+            width = (
+                f" width {(f['ci_high'] - f['ci_low']) / f['value']:.1%}"
+                if f.get("value") and f.get("ci_low") is not None and f.get("ci_high") is not None
+                else ""
+            )
             rows.append(
                 [
                     str(seed),
@@ -257,20 +306,23 @@ def _exp3_blocks(exp3: dict, figs: dict) -> list[tuple]:
                     f"{h.get('decades', 0):.2f} of {h.get('fitted_decades', 0):.2f} (max residual {h.get('max_abs_residual', 0):.1%})"
                     if h
                     else "",
-                    f"{f['value']:.4f} [{_n(f.get('ci_low'))}, {_n(f.get('ci_high'))}]"
+                    f"{f['value']:.4f} [{_n(f.get('ci_low'))}, {_n(f.get('ci_high'))}]{width}"
                     if f.get("value")
                     else f.get("error", ""),
-                    f"{f['observed']:.4f} ({f['error']:+.2%})"
+                    f"{f['observed']:.4f} ({f['error']:+.2%}"
+                    + (", inside" if f.get("covered") else ", outside")
+                    + ")"
                     if f.get("observed") and f.get("error") is not None
                     else "",
                 ]
             )
+    long_runs = ", ".join(exp3.get("power_law") or []) or "none"
     fig = (
         [
             (
                 "img",
                 figs["exp3"],
-                f"The one-epoch run (seed 0): forms fitted to its first {FORECAST_FRACTION:.0%} (filled points), extended to its end.",
+                f"Experiment 3's run (seed 0): forms fitted to its first {FORECAST_FRACTION:.0%} (filled points), extended to its end.",
             )
         ]
         if "exp3" in figs
@@ -280,7 +332,7 @@ def _exp3_blocks(exp3: dict, figs: dict) -> list[tuple]:
         ("h2", "Experiment 3: the power law"),
         (
             "p",
-            f"Each one-epoch curve of experiments 1-2 fitted with L = E + A t^-alpha (t = tokens) and the other forms of `oneepoch fit`, with 90% bootstrap intervals; the power law holds over the widest stretch of evaluations within 2% of it. The forecast uses only the first {FORECAST_FRACTION:.0%} of the run.",
+            f"Experiment 3's own run ({long_runs}) is one epoch of the baseline model, long enough that the range fitted after the warm-up's effect (from twice the warm-up) spans the decades of tokens the claim is about; it is judged. The other one-epoch curves of experiments 1-2 are fitted too, for the forecast and for comparison. Each is fitted with L = E + A t^-alpha (t = tokens) and the other forms of `oneepoch fit`, with 90% bootstrap intervals; the power law holds over the widest stretch of evaluations within 2% of it. The forecast uses only the first {FORECAST_FRACTION:.0%} of each run; its interval width is relative to the forecast.",
         ),
         *fig,
         (
@@ -290,16 +342,32 @@ def _exp3_blocks(exp3: dict, figs: dict) -> list[tuple]:
                 "run",
                 "power law: E, A, alpha [90%]",
                 "holds over (decades of tokens)",
-                "forecast of final loss",
-                "observed",
+                "forecast of final loss [90%]",
+                "observed (error)",
             ],
             rows,
         ),
     ]
 
 
+def _rule_cells(r: dict) -> list[str]:
+    """Shape, parameters, and the rule's tokens per parameter against the run's."""
+    m = r["params"]
+    asked = r.get("target_tokens_per_param")
+    ratio = f"{r['tokens_per_param']:.2f}" + (f" (rule: {asked:g})" if asked else "")
+    if r.get("data_limited"):
+        ratio += " (data-limited)"
+    if r.get("epochs", 1) > 1:
+        ratio += f" ({r['epochs']:.2f} epochs)"
+    return [
+        Path(r["run"]).name.split("-")[1],
+        f"{m['total']:,} ({m['non_embedding']:,}); rule {r['target_params']:,.0f}",
+        ratio,
+    ]
+
+
 def _exp4_blocks(exp4: list[dict], figs: dict, preset: dict) -> list[tuple]:
-    rows = []
+    rows, misses = [], []
     for b in exp4:
         rows.append(
             [
@@ -316,26 +384,30 @@ def _exp4_blocks(exp4: list[dict], figs: dict, preset: dict) -> list[tuple]:
         )
         for name, r in b["rules"].items():
             s = b["summary"][name]
-            m = r["params"]
             rows.append(
                 [
                     f"{b['fraction']:g}",
                     name,
-                    Path(r["run"]).name.split("-")[1],
-                    f"{m['total']:,} ({m['non_embedding']:,}); rule {r['target_params']:,.0f}",
-                    f"{r['tokens_per_param']:.1f}"
-                    + (" (data-limited)" if r["data_limited"] else ""),
+                    *_rule_cells(r),
                     "",
                     _spread(s["wall_clock_speedup"]),
                     _spread(s["step_speedup"]),
                     _spread(s["flop_speedup"]),
                 ]
             )
+            miss = ratio_miss(r)
+            if miss:
+                why = [n for n in r.get("notes") or [] if n.startswith("cannot keep")]
+                misses.append(
+                    f"{name} at {b['fraction']:g}x the compute: cannot decide: {miss}"
+                    + (f"; the planner: {why[0]}" if why else "")
+                    + "."
+                )
     return [
         ("h2", "Experiment 4: size and iterations for the budget"),
         (
             "p",
-            "At each compute budget (a fraction of experiment 1's), the baseline model trained one epoch for as many steps as the budget pays for, against the sizes the allocation rules choose at the same compute, one epoch each. The baseline is experiment 1's model: the size a practitioner would train for many epochs on this data; at one epoch it sees about one token per parameter, far from both rules' ratios, the situation the paper's adjustment addresses. Speedup: the baseline's wall-clock to its final loss over the rule's run's wall-clock to the same loss (below 1: the rule's run is slower, or never got there). The FLOP speedup beside it is what the rules optimise; where it exceeds the wall-clock speedup, the smaller model ran at a lower share of the machine's peak (small matmuls, the output head and per-step overheads weigh more).",
+            "At each compute budget (a fraction of experiment 1's), the baseline model trained one epoch for as many steps as the budget pays for, against the sizes the allocation rules choose at the same compute, one epoch each. Each rule's run is the one `oneepoch plan` makes for that compute (the shape and steps that keep a ratio rule's tokens per parameter, with the preset's batch and context; among shapes within 10% of the ratio, the nearest to it), its steps rounded to the evaluation cadence; the table gives the rule's ratio beside the run's. The baseline is experiment 1's model: the size a practitioner would train for many epochs on this data; at one epoch it sees about one token per parameter, far from both rules' ratios, the situation the paper's adjustment addresses. Speedup: the baseline's wall-clock to its final loss over the rule's run's wall-clock to the same loss (below 1: the rule's run is slower, or never got there). The FLOP speedup beside it is what the rules optimise; where it exceeds the wall-clock speedup, the smaller model ran at a lower share of the machine's peak (small matmuls, the output head and per-step overheads weigh more).",
         ),
         (
             "img",
@@ -357,13 +429,15 @@ def _exp4_blocks(exp4: list[dict], figs: dict, preset: dict) -> list[tuple]:
             ],
             rows,
         ),
+        *([("list", misses)] if misses else []),
     ]
 
 
-def _exp5_blocks(exp5: dict) -> list[tuple]:
+def _exp5_blocks(exp5: dict, step_cost: str = "") -> list[tuple]:
     rows = [
         [
             name,
+            _rule_cells(exp5["rules"][name])[2],
             _spread(s["wall_clock_speedup"]),
             _spread(s["step_speedup"]),
             _spread(s["flop_speedup"]),
@@ -374,9 +448,14 @@ def _exp5_blocks(exp5: dict) -> list[tuple]:
         ("h2", "Experiment 5: both together"),
         (
             "p",
-            f"The regularised {exp5['epochs']:g}-epoch run of experiment 1 against one epoch at each rule's size for the same compute: the cost of the former to reach its best loss over the latter's.",
+            f"The regularised {exp5['epochs']:g}-epoch run of experiment 1 against one epoch at each rule's size for the same compute: the cost of the former to reach its best loss over the latter's."
+            + _gpu_remark(step_cost),
         ),
-        ("table", ["size rule", "wall-clock speedup", "step speedup", "FLOP speedup"], rows),
+        (
+            "table",
+            ["size rule", "tokens/param", "wall-clock speedup", "step speedup", "FLOP speedup"],
+            rows,
+        ),
     ]
 
 
@@ -410,8 +489,11 @@ def claim_lines(claims: list[dict]) -> list[str]:
     """The claims table as plain text lines, for the terminal."""
     lines = []
     for c in claims:
-        exp, claim, paper, ours, verdict = _claim_row(c)
-        lines.append(f"[{verdict.strip('*'):>13}] exp {exp}: {claim} | paper {paper} | ours {ours}")
+        exp, claim, paper, ours, steps, verdict = _claim_row(c)
+        steps = f" ({_compact(c['steps'])} in steps)" if steps else ""
+        lines.append(
+            f"[{verdict.strip('*'):>13}] exp {exp}: {claim} | paper {paper} | ours {ours}{steps}"
+        )
     return lines
 
 
@@ -423,27 +505,31 @@ def _rules(claims: list[dict]) -> list[str]:
     items = []
     for rule, cs in by_rule.items():
         exps = ", ".join(dict.fromkeys(str(c["experiment"]) for c in cs))
-        names = f"Experiment {exps}, {cs[0]['claim']}" if len(cs) == 1 else f"Experiments {exps}"
+        several = "s" if "," in exps else ""
+        names = (
+            f"Experiment {exps}, {cs[0]['claim']}"
+            if len(cs) == 1
+            else f"Experiment{several} {exps}"
+        )
         why = sorted({w for c in cs for w in c.get("why", [])})
         items.append(f"**{names}.** {rule}" + (f" Here: {'; '.join(why)}." if why else ""))
     return items
 
 
 def _claim_row(c: dict) -> list[str]:
+    """exp, claim, paper, ours (a sentence, or the speedup's spread), ours in steps, verdict."""
     m = c["measured"]
-    if isinstance(m, dict) and "values" in m:
-        if m.get("unit") == "relative error":  # per curve, not a speedup per seed
-            ours = _spread(m, "{:+.2%}", over="curves")
-        elif m.get("unit"):
-            ours = f"{_spread(m, '{:.2f}', over='curves')} ({m['unit']})"
-        else:
-            ours = _spread(m) + (" at median throughput" if c.get("basis") == "median" else "")
-    elif isinstance(m, dict):
-        ours = "; ".join(f"{k}: {_short_value(v)}" for k, v in m.items())
+    if c.get("ours"):
+        ours = c["ours"]
+    elif isinstance(m, dict) and "values" in m:
+        ours = _spread(m) + (" at median throughput" if c.get("basis") == "median" else "")
     else:
         ours = str(m)
+    if c["verdict"] == "cannot decide" and c.get("why") and c.get("steps") is not None:
+        ours += f" ({c['why'][0]})"  # a speedup that decides nothing says why beside it
+    steps = _spread(c["steps"]) if c.get("steps") else ""
     paper = f"{c['paper'][0]:g}-{c['paper'][1]:g}x" if c.get("paper") else "(qualitative)"
-    return [str(c["experiment"]), c["claim"], paper, ours, f"**{c['verdict']}**"]
+    return [str(c["experiment"]), c["claim"], paper, ours, steps, f"**{c['verdict']}**"]
 
 
 def _short_value(v) -> str:
@@ -463,6 +549,15 @@ def _spread(s: dict, fmt: str = "{:.2f}x", over: str = "seeds") -> str:
     if s["n"] == 1:
         return fmt.format(s["median"]) + f" (one {over[:-1]})"
     return f"{fmt.format(s['median'])} [{fmt.format(s['min'])}, {fmt.format(s['max'])}] over {s['n']} {over}"
+
+
+def _compact(s: dict, fmt: str = "{:.2f}x") -> str:
+    """median [min, max] over seeds, or the one value; for sentences."""
+    if not s or s.get("n", 0) == 0:
+        return "n/a"
+    if s["n"] == 1:
+        return fmt.format(s["median"])
+    return f"{fmt.format(s['median'])} [{fmt.format(s['min'])}, {fmt.format(s['max'])}]"
 
 
 def _x(v) -> str:
@@ -494,6 +589,8 @@ def _hardware(hw: dict) -> str:
 def _run_rows(results: dict) -> list[list[str]]:
     rows = []
     for name, r in results["runs"].items():
+        if r.get("read_from"):
+            name += f" (the first {r['steps']:,} steps of {r['read_from']})"
         m = r.get("model") or {}
         p = r.get("params") or {}
         prof = r.get("throughput") or {}

@@ -18,21 +18,16 @@ from oneepoch.analysis.runs import Run, load_run
 from oneepoch.atomic import write_atomic
 from oneepoch.errors import UserError
 from oneepoch.reproduce import verdicts
+from oneepoch.reproduce.experiments import RunSpec
+from oneepoch.reproduce.verdicts import FORECAST_FRACTION, HOLDS_WITHIN, TURN_UP
 
-# A validation curve "turns up" (overfits) when its last loss is this far above its best.
-TURN_UP = 0.005
-# The power law "holds" where the fitted power form is within this of every evaluation.
-HOLDS_WITHIN = 0.02
-FORECAST_FRACTION = 0.3
 N_BOOT = 100
 
 
 def compute_results(out: Path, job: dict) -> dict:
     plan, seeds = job["plan"], range(job["seeds"])
     runs = {
-        (seed, key): load_run(out / "runs" / f"seed{seed}" / key)
-        for seed in seeds
-        for key in plan["runs"]
+        (seed, key): load_job_run(out, plan, seed, key) for seed in seeds for key in plan["runs"]
     }
     per_seed = [_seed_results(seed, plan, runs) for seed in seeds]
     exps = _summaries(plan, per_seed)
@@ -55,10 +50,35 @@ def compute_results(out: Path, job: dict) -> dict:
             "interleaved": not job.get("sequential", False),
             "segments": 1 if job.get("sequential") else job["preset_settings"]["segments"],
         },
-        "runs": {f"seed{s}/{k}": _run_summary(out, r) for (s, k), r in runs.items()},
+        "runs": {
+            f"seed{s}/{k}": _run_summary(out, r) | _prefix_note(plan, k)
+            for (s, k), r in runs.items()
+        },
         "experiments": exps,
         "claims": claims,
     }
+
+
+def load_job_run(out: Path, plan: dict, seed: int, key: str) -> Run:
+    """A run of the job: its folder, or for a run read from a longer one's beginning, that
+    run's metrics up to its last step (and its config with that many steps)."""
+    spec = RunSpec(**plan["runs"][key])
+    run = load_run(out / "runs" / f"seed{seed}" / (spec.prefix_of or key))
+    return prefix(run, spec.steps) if spec.prefix_of else run
+
+
+def prefix(run: Run, steps: int) -> Run:
+    """``run`` as if it had stopped after ``steps`` steps."""
+    lines = {k: v[run.lines["step"] <= steps] for k, v in run.lines.items()}
+    evals = {k: v[run.evals["step"] <= steps] for k, v in run.evals.items()}
+    config = {**run.config, "train": {**run.config.get("train", {}), "steps": steps}}
+    info = {k: v for k, v in run.info.items() if k != "final"}
+    return Run(run.path, lines, evals, info=info, config=config)
+
+
+def _prefix_note(plan: dict, key: str) -> dict:
+    source = plan["runs"][key].get("prefix_of")
+    return {"read_from": source} if source else {}
 
 
 def _seed_results(seed: int, plan: dict, runs: dict) -> dict:
@@ -80,19 +100,27 @@ def _seed_results(seed: int, plan: dict, runs: dict) -> dict:
             }
         )
     zero = run(plan["exp2"]["0"])
+    zero_rate = (throughput_profile(zero) or {}).get("median_tokens_per_s")
     exp2 = {}
     for p, key in plan["exp2"].items():
         if p == "0":
             continue
         r = run(key)
+        rate = (throughput_profile(r) or {}).get("median_tokens_per_s")
         exp2[p] = {
             "final_loss": _final(r),
             "gap": _final(r) - _final(zero),
             # cost of the dropout run to reach dropout 0's final loss / dropout 0's cost
             "slowdown": _comparison(r, zero, _final(zero)),
+            # dropout's own cost per step here (the runs trained interleaved): 1 - its
+            # median tokens/s over dropout 0's
+            "throughput_cost_per_step": 1 - rate / zero_rate if rate and zero_rate else None,
         }
     exp2_zero = {"final_loss": _final(zero)}
-    exp3 = {key: _power_law(run(key)) for key in plan["exp2"].values()}
+    exp3 = {
+        key: _power_law(run(key)) | {"judged": key in plan["exp3"]["power_law"]}
+        for key in (*plan["exp3"]["power_law"], *plan["exp3"]["curves"])
+    }
     exp4 = []
     for b in plan["exp4"]:
         base = run(b["baseline"])
@@ -190,7 +218,7 @@ def _power_law(run: Run) -> dict:
     first FORECAST_FRACTION next to the observed final loss."""
     from oneepoch.analysis.runfit import fit_run
 
-    out: dict = {"run": str(run.path)}
+    out: dict = {"run": str(run.path), "steps": int(run.lines["step"][-1])}
     try:
         full = fit_run(run, n_boot=N_BOOT)
     except UserError as exc:
@@ -221,6 +249,7 @@ def _power_law(run: Run) -> dict:
             and fc.get("ci_high") is not None
             and fc["ci_low"] <= observed <= fc["ci_high"]
         ),
+        "warnings": fc.get("warnings", []),
     }
     return out
 
@@ -271,6 +300,9 @@ def _summaries(plan: dict, per_seed: list[dict]) -> dict:
         "summary": {
             p: {
                 "gap": spread([s["exp2"]["dropout"][p]["gap"] for s in per_seed]),
+                "throughput_cost_per_step": spread(
+                    [s["exp2"]["dropout"][p]["throughput_cost_per_step"] for s in per_seed]
+                ),
                 **{
                     name: spread([s["exp2"]["dropout"][p]["slowdown"][name] for s in per_seed])
                     for name in _SPEEDUP_NAMES
@@ -279,7 +311,7 @@ def _summaries(plan: dict, per_seed: list[dict]) -> dict:
             for p in per_seed[0]["exp2"]["dropout"]
         },
     }
-    exp3 = {"per_seed": [s["exp3"] for s in per_seed]}
+    exp3 = {**plan["exp3"], "per_seed": [s["exp3"] for s in per_seed]}
     exp4 = []
     for i, b in enumerate(plan["exp4"]):
         rows = [s["exp4"][i] for s in per_seed]

@@ -2,12 +2,21 @@
 
 Verdicts are "supports", "contradicts" or "cannot decide". Every rule compares the claim
 with the measurement over all seeds (their min-max), so one lucky seed decides nothing; with
-a single seed the rule is the same but the report says that no spread is available.
+a single seed the rule is the same but the report says that no spread is available. Each
+rule's thresholds are constants below, and the rule's text is written from them, so the
+report states the rule that was applied.
+
+A verdict tests what it names: a claim about a rule's tokens per parameter is judged only on
+a run that had them (within ``RATIO_TOLERANCE``), a claim about a power law over a wide
+range only on curves that span that range.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
+
+from oneepoch.plan.planner import RATIO_TOLERANCE
 
 SUPPORTS, CONTRADICTS, UNDECIDED = "supports", "contradicts", "cannot decide"
 
@@ -18,12 +27,35 @@ PAPER = {
     "combined": (3.3, 5.1),
 }
 
+# Overfitting: a validation curve "turns up" when its last loss is this far above its best.
+TURN_UP = 0.005
+# The power law: it "holds" where the fitted L = E + A t^-alpha is within HOLDS_WITHIN of
+# every evaluation; the claim "over a wide range" is judged on experiment 3's run, whose
+# fitted range (from where the warm-up's effect ends) must span WIDE_DECADES of tokens.
+HOLDS_WITHIN = 0.02
+WIDE_DECADES = 1.0
+MISSES_BEYOND = 0.05  # a power law off by more than this nowhere holds for long
+# The forecast from the first FORECAST_FRACTION of a run: supports when the median absolute
+# error is within FORECAST_SUPPORTS and at least FORECAST_COVERAGE of the observed losses lie
+# in their 90% intervals (with 90% intervals, 3 of 4 or more); contradicts when the median
+# absolute error exceeds FORECAST_CONTRADICTS or no observed loss lies in its interval.
+FORECAST_FRACTION = 0.3
+FORECAST_SUPPORTS = 0.02
+FORECAST_CONTRADICTS = 0.05
+FORECAST_COVERAGE = 0.75
+
 RANGE_RULE = (
     "supports when the min-max over seeds of our wall-clock speedup overlaps the paper's "
     "range; contradicts when every seed lies outside it on the same side; cannot decide when "
     "a seed's comparison is missing or rests on an extrapolated cost. Where the machine's "
     "load bent a comparison (see its throughput note) the speedup at each run's median "
-    "throughput is judged instead, and the verdict says so."
+    "throughput is judged instead, and the verdict says so. The step speedup beside it is "
+    "what the runs' per-step costs cannot bend."
+)
+RATIO_RULE = (
+    f"A claim about a rule's size and iterations is judged only on a run whose tokens per "
+    f"parameter are within {RATIO_TOLERANCE - 1:.0%} of the rule's; otherwise cannot decide, "
+    "saying what the run had. " + RANGE_RULE[0].upper() + RANGE_RULE[1:]
 )
 
 
@@ -68,7 +100,23 @@ def judge_range(comparisons: list[dict], paper: tuple[float, float]) -> dict:
     if verdict == CONTRADICTS:
         why.append("above the paper's range" if stats["min"] > hi else "below the paper's range")
     basis = "median" if used_median else "wall-clock"
-    return {"verdict": verdict, "measured": stats, "paper": list(paper), "why": why, "basis": basis}
+    return {
+        "verdict": verdict,
+        "measured": stats,
+        "steps": spread([c.get("step_speedup") for c in comparisons]),
+        "paper": list(paper),
+        "why": why,
+        "basis": basis,
+    }
+
+
+def ratio_miss(rule_run: dict) -> str | None:
+    """Why a rule's run does not test the rule, or None when its tokens per parameter are
+    within RATIO_TOLERANCE of the rule's."""
+    asked, ran = rule_run.get("target_tokens_per_param"), rule_run.get("tokens_per_param")
+    if not asked or not ran or abs(math.log(ran / asked)) <= math.log(RATIO_TOLERANCE):
+        return None
+    return f"ran {ran:.3g} tokens per parameter, the rule asks {asked:g}"
 
 
 def judge(exps: dict, job: dict) -> list[dict]:
@@ -83,6 +131,7 @@ def judge(exps: dict, job: dict) -> list[dict]:
                 "experiment": 1,
                 "claim": f"one epoch reaches the {e:g}-epoch run's ({label}) best test loss "
                 + ("1.9-3.3x sooner in wall-clock" if paper else "sooner in wall-clock"),
+                "label": f"1 epoch vs {e:g} epochs, {label}",
                 "rule": RANGE_RULE if paper else _FASTER_RULE,
             }
             entry.update(judge_range(comps, paper) if paper else _judge_faster(comps))
@@ -94,28 +143,48 @@ def judge(exps: dict, job: dict) -> list[dict]:
     claims.append(_power_law(exps["exp3"]))
     claims.append(_forecast(exps["exp3"]))
     for b in exps["exp4"]:
-        comps = [r["rules"]["komatsuzaki"] for r in b["per_seed"] if "komatsuzaki" in r["rules"]]
-        if not comps:
+        if "komatsuzaki" not in b["rules"]:
             continue
         entry = {
             "experiment": 4,
-            "claim": f"at {b['fraction']:g}x experiment 1's compute, the size and iterations of "
-            "the paper's heuristic (komatsuzaki) reach the baseline's final loss 1-2.7x sooner",
-            "rule": RANGE_RULE,
+            "claim": f"at {_fraction(b['fraction'])} experiment 1's compute, the size and "
+            "iterations of the paper's heuristic (komatsuzaki) reach the baseline's final loss "
+            "1-2.7x sooner",
+            "label": f"komatsuzaki size at {_fraction(b['fraction'])} compute",
+            "fraction": b["fraction"],
+            "rule": RATIO_RULE,
         }
-        entry.update(judge_range(comps, PAPER["size_adjustment"]))
+        comps = [r["rules"]["komatsuzaki"] for r in b["per_seed"]]
+        entry.update(_judge_rule(comps, b["rules"]["komatsuzaki"], PAPER["size_adjustment"]))
         claims.append(entry)
-    comps = [s["komatsuzaki"] for s in exps["exp5"]["per_seed"] if "komatsuzaki" in s]
-    if comps:
+    e5 = exps["exp5"]
+    if "komatsuzaki" in e5["adjusted"]:
         entry = {
             "experiment": 5,
             "claim": f"one epoch at the adjusted size reaches the regularized "
-            f"{exps['exp5']['epochs']:g}-epoch baseline's best loss 3.3-5.1x sooner",
-            "rule": RANGE_RULE,
+            f"{e5['epochs']:g}-epoch baseline's best loss 3.3-5.1x sooner",
+            "label": f"komatsuzaki size vs {e5['epochs']:g} epochs + dropout",
+            "rule": RATIO_RULE,
         }
-        entry.update(judge_range(comps, PAPER["combined"]))
+        comps = [s["komatsuzaki"] for s in e5["per_seed"]]
+        entry.update(_judge_rule(comps, e5["rules"]["komatsuzaki"], PAPER["combined"]))
         claims.append(entry)
     return claims
+
+
+def _judge_rule(comps: list[dict], rule_run: dict, paper: tuple[float, float]) -> dict:
+    """A speedup claim about a rule's run: judged on the speedup only when the run had the
+    rule's tokens per parameter."""
+    out = judge_range(comps, paper)
+    miss = ratio_miss(rule_run)
+    if miss:
+        out["verdict"] = UNDECIDED
+        out["why"] = [miss] + [w for w in out["why"] if "paper's range" not in w]
+    return out
+
+
+def _fraction(f: float) -> str:
+    return "1x" if f == 1 else f"1/{1 / f:g}" if (1 / f).is_integer() else f"{f:g}x"
 
 
 _FASTER_RULE = (
@@ -135,7 +204,8 @@ def _judge_faster(comps: list[dict]) -> dict:
         verdict = CONTRADICTS
     else:
         verdict = UNDECIDED
-    return {"verdict": verdict, "measured": stats, "paper": None, "why": []}
+    steps = spread([c.get("step_speedup") for c in comps])
+    return {"verdict": verdict, "measured": stats, "steps": steps, "paper": None, "why": []}
 
 
 def _larger_e(exp1: list[dict]) -> dict:
@@ -152,13 +222,18 @@ def _larger_e(exp1: list[dict]) -> dict:
         verdict = CONTRADICTS
     else:
         verdict = UNDECIDED
+    ours = "; ".join(
+        f"{'n/a' if m is None else f'{m:.2f}x'} against {e:g} epochs" for e, m in medians
+    )
     return {
         "experiment": 1,
         "claim": "the speedup is larger for more epochs",
+        "label": "speedup grows with epochs",
         "rule": "supports when the median speedup over the regularized baseline rises with E "
         "at every step, contradicts when it falls at every step, else cannot decide.",
         "verdict": verdict,
         "measured": {f"{e:g}": m for e, m in medians},
+        "ours": f"median wall-clock speedup {ours}",
         "paper": None,
         "why": [],
     }
@@ -176,15 +251,26 @@ def _no_overfitting(exp1: list[dict]) -> dict:
     return {
         "experiment": 1,
         "claim": "under one-epoch training there is no overfitting",
-        "rule": "a curve overfits when its last validation loss is more than 0.5% above its "
-        "best. Supports when no seed's one-epoch curve overfits while some multi-epoch curve "
-        "does (so the test can see overfitting); contradicts when every seed's one-epoch curve "
-        "overfits; else cannot decide.",
+        "label": "no overfitting under one epoch",
+        "rule": f"a curve overfits when its last validation loss is more than {TURN_UP:.1%} "
+        "above its best. Supports when no seed's one-epoch curve overfits while some "
+        "multi-epoch curve does (so the test can see overfitting); contradicts when every "
+        "seed's one-epoch curve overfits; else cannot decide.",
         "verdict": verdict,
         "measured": {"one_epoch_overfits": one, "multi_epoch_overfits": many},
+        "ours": f"{_overfitted(one, 'one-epoch')}; {_overfitted(many, 'multi-epoch (dropout 0)')}",
         "paper": None,
         "why": [] if any(many) else ["no multi-epoch run overfitted: the preset is too short"],
     }
+
+
+def _overfitted(flags: list[bool], what: str) -> str:
+    """'the one-epoch curve did not overfit', 'all 3 multi-epoch curves overfitted', ..."""
+    n = sum(bool(f) for f in flags)
+    if len(flags) == 1:
+        return f"the {what} curve {'overfitted' if n else 'did not overfit'}"
+    which = "none" if n == 0 else "all" if n == len(flags) else str(n)
+    return f"{which} of {len(flags)} {what} curves overfitted"
 
 
 def _dropout_slows(exp2: dict) -> dict:
@@ -196,42 +282,74 @@ def _dropout_slows(exp2: dict) -> dict:
         verdict = CONTRADICTS
     else:
         verdict = UNDECIDED
+    parts = []
+    for p, s in exp2["summary"].items():
+        g = s["gap"]
+        span = f" [{g['min']:+.3f}, {g['max']:+.3f}]" if g["n"] > 1 else ""
+        parts.append(f"dropout {p}: final loss {g['median']:+.3f}{span} nats against dropout 0")
     return {
         "experiment": 2,
         "claim": "under one epoch, dropout only slows training down",
+        "label": "dropout slows one epoch",
         "rule": "supports when every dropout run of every seed ends with a higher validation loss "
         "than the dropout-0 run; contradicts when some dropout rate ends lower in every seed; "
         "else cannot decide.",
         "verdict": verdict,
         "measured": {p: exp2["summary"][p]["gap"] for p in gaps},
+        "ours": "; ".join(parts),
         "paper": None,
         "why": [],
     }
 
 
 def _power_law(exp3: dict) -> dict:
-    holds = [run["holds"] for seed in exp3["per_seed"] for run in seed.values() if "holds" in run]
+    judged = [run for seed in exp3["per_seed"] for run in seed.values() if run.get("judged")]
+    holds = [run["holds"] for run in judged if "holds" in run]
     decades = [h["decades"] for h in holds]
-    if not holds:
+    short = [h["fitted_decades"] for h in holds if h["fitted_decades"] < WIDE_DECADES]
+    why = []
+    if not holds or len(holds) < len(judged):
         verdict = UNDECIDED
-    elif min(decades) >= 1.0:
+        why.append("experiment 3 has no run, or its power law could not be fitted")
+    elif short:
+        verdict = UNDECIDED
+        why.append(
+            f"experiment 3's run spans only {min(short):.2f} decades of tokens after its "
+            f"warm-up, less than the {WIDE_DECADES:g} the claim needs"
+        )
+    elif min(decades) >= WIDE_DECADES:
         verdict = SUPPORTS
-    elif max(h["max_abs_residual"] for h in holds) > 0.05 and max(decades) < 0.5:
+    elif max(h["max_abs_residual"] for h in holds) > MISSES_BEYOND and max(decades) < 0.5:
         verdict = CONTRADICTS
     else:
         verdict = UNDECIDED
+    stats = spread(decades)
+    spans = spread([h["fitted_decades"] for h in holds])
+    ours = (
+        f"holds over {_values(stats, '{:.2f}')} of {_values(spans, '{:.2f}')} decades of "
+        f"tokens fitted (largest miss {max(h['max_abs_residual'] for h in holds):.1%}), on "
+        f"{len(holds)} curve{'s' if len(holds) != 1 else ''}"
+        if holds
+        else "no curve"
+    )
     return {
         "experiment": 3,
         "claim": "test loss over iterations follows a power law over a wide range",
-        "rule": "the power law L = E + A t^-alpha is fitted to each one-epoch curve; it holds "
-        "over the widest stretch of evaluations within 2% of it. Supports when that stretch "
-        "spans at least one decade of tokens on every curve; contradicts when the fit misses "
-        "by more than 5% and holds over less than half a decade on every curve; else cannot "
-        "decide (a run too short to span a decade after its warm-up cannot show it).",
+        "label": "power law over a decade",
+        "rule": "the power law L = E + A t^-alpha is fitted to experiment 3's run (one epoch, "
+        "long enough to span the range the claim is about) from where the warm-up's effect "
+        f"ends (twice the warm-up) to its end; it holds over the widest stretch of "
+        f"evaluations within {HOLDS_WITHIN:.0%} of it. Supports when that stretch spans at "
+        f"least {WIDE_DECADES:g} decade of tokens on every seed's run; contradicts when on "
+        f"every one the law misses by more than {MISSES_BEYOND:.0%} somewhere and holds over "
+        f"less than half a decade; else cannot decide (also when the fitted range is shorter "
+        f"than {WIDE_DECADES:g} decade: such a run cannot show it). The other one-epoch curves "
+        "are fitted and shown, not judged: they are too short.",
         "verdict": verdict,
-        "measured": spread(decades) | {"unit": "decades of tokens"},
+        "measured": stats | {"unit": "decades of tokens"},
+        "ours": ours,
         "paper": None,
-        "why": [],
+        "why": why,
     }
 
 
@@ -242,24 +360,71 @@ def _forecast(exp3: dict) -> dict:
         for run in seed.values()
         if run.get("forecast", {}).get("error") is not None
     ]
-    covered = [f["covered"] for f in fc]
-    if not fc:
-        verdict = UNDECIDED
-    elif all(covered):
-        verdict = SUPPORTS
-    elif not any(covered):
-        verdict = CONTRADICTS
-    else:
-        verdict = UNDECIDED
+    verdict, facts = judge_forecast(fc)
+    ours = (
+        f"median error {facts['bias']:+.1%} (absolute {facts['median_abs_error']:.1%}); "
+        f"{facts['covered']} of {facts['n']} inside their 90% intervals, median width "
+        f"{facts['median_width']:.1%} of the forecast"
+        if fc
+        else "no forecast"
+    )
     return {
         "experiment": 3,
-        "claim": "the power law fitted to the first 30% of a one-epoch run forecasts its final "
-        "loss (oneepoch's use of the claim)",
-        "rule": "supports when every observed final loss lies in its forecast's 90% interval; "
-        "contradicts when none does; else cannot decide.",
+        "claim": f"the power law fitted to the first {FORECAST_FRACTION:.0%} of a one-epoch run "
+        "forecasts its final loss (oneepoch's use of the claim)",
+        "label": f"forecast from {FORECAST_FRACTION:.0%}",
+        "rule": FORECAST_RULE,
         "verdict": verdict,
         "measured": spread([f["error"] for f in fc])
-        | {"unit": "relative error", "covered": covered},
+        | {"unit": "relative error", "covered": [f["covered"] for f in fc], **facts},
+        "ours": ours,
         "paper": None,
         "why": [],
     }
+
+
+FORECAST_RULE = (
+    f"on every one-epoch curve, the forecast of the final loss from the first "
+    f"{FORECAST_FRACTION:.0%} of its evaluations, with its 90% interval. Supports when the "
+    f"median absolute error is at most {FORECAST_SUPPORTS:.0%} and at least {FORECAST_COVERAGE:.0%} "
+    f"of the observed final losses lie in their intervals (accurate and honest about it); "
+    f"contradicts when the median absolute error exceeds {FORECAST_CONTRADICTS:.0%} or no observed "
+    f"loss lies in its interval; else cannot decide. A wide interval alone cannot earn "
+    "supports: the bias (median signed error) and the median interval width are shown."
+)
+
+
+def judge_forecast(forecasts: list[dict]) -> tuple[str, dict]:
+    """The forecast rule on forecasts {error, covered, value, ci_low, ci_high}: the verdict,
+    and the facts it rests on (bias, median absolute error, coverage, median interval width)."""
+    if not forecasts:
+        return UNDECIDED, {"n": 0}
+    errors = [f["error"] for f in forecasts]
+    covered = sum(bool(f["covered"]) for f in forecasts)
+    widths = [
+        (f["ci_high"] - f["ci_low"]) / f["value"]
+        for f in forecasts
+        if f.get("ci_low") is not None and f.get("ci_high") is not None and f.get("value")
+    ]
+    facts = {
+        "n": len(forecasts),
+        "bias": statistics.median(errors),
+        "median_abs_error": statistics.median(abs(e) for e in errors),
+        "covered": covered,
+        "coverage": covered / len(forecasts),
+        "median_width": statistics.median(widths) if widths else float("nan"),
+    }
+    if facts["median_abs_error"] <= FORECAST_SUPPORTS and facts["coverage"] >= FORECAST_COVERAGE:
+        return SUPPORTS, facts
+    if facts["median_abs_error"] > FORECAST_CONTRADICTS or covered == 0:
+        return CONTRADICTS, facts
+    return UNDECIDED, facts
+
+
+def _values(s: dict, fmt: str) -> str:
+    """median [min, max] of a spread, or the one value."""
+    if s["n"] == 0:
+        return "n/a"
+    if s["n"] == 1:
+        return fmt.format(s["median"])
+    return f"{fmt.format(s['median'])} [{fmt.format(s['min'])}, {fmt.format(s['max'])}]"
