@@ -216,11 +216,15 @@ def measure(
     synthetic run's constants) also the oracle's (``oracle``)."""
     from oneepoch.analysis.runfit import fit_run
     from oneepoch.analysis.runs import load_run
+    from oneepoch.errors import UserError
 
     run = load_run(run_dir)
     final = float(run.evals["val_loss"][-1]) if truth is None else truth
     start = time.perf_counter()
-    rf = fit_run(run, use_first=use_first, n_boot=n_boot)
+    try:
+        rf = fit_run(run, use_first=use_first, n_boot=n_boot)
+    except UserError as exc:  # too few evaluations in the first part to fit any form
+        return {"run": str(run_dir), "skipped": str(exc)}
     pred = rf.predict_at(run.final_tokens)
     seconds = time.perf_counter() - start
     forecast = pred["forecast"]
@@ -270,6 +274,7 @@ def train_tiny(out: Path, data: Path, seeds: range) -> list[Path]:
 
 
 def summary(rows: list[dict], oracle: bool = False) -> str:
+    rows = [r for r in rows if "error" in r]  # the others had too few points to forecast
     err = np.array([r["error"] for r in rows])
     nofloor = np.array([r["errors_by_form"].get("power-nofloor", np.nan) for r in rows])
     cover = np.mean([r["covered"] for r in rows])
@@ -346,14 +351,17 @@ def main(argv=None) -> int:
         print(f"{'overall':<18} {summary(rows, args.oracle_true_form)}")
     if real:
         print(f"{'project runs':<18} {summary(real)}")
-        width = np.median([r["width"] for r in real])
+        width = np.median([r["width"] for r in real if "width" in r])
         print(f"{'':<18} median width of the 90% interval {width:.2%} of the final loss")
-        for r in real:
+        for r in (r for r in real if "error" in r):
             print(
                 f"  {r['run']}: {r['error']:+.2%} [interval {r['width']:.2%} wide]"
                 f"{'' if r['covered'] else ' (missed)'}"
             )
-    seconds = [r["seconds"] for r in rows + real]
+    skipped = [r for r in rows + real if "skipped" in r]
+    if skipped:
+        print(f"no forecast for {len(skipped)} runs: too few evaluations in the first part")
+    seconds = [r["seconds"] for r in rows + real if "seconds" in r]
     print(
         "coverage: of the 90% interval; nofloor: median |error| of power-nofloor, the old "
         f"forecast; fit + forecast took {np.median(seconds):.2f} s median, "
