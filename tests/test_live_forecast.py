@@ -10,7 +10,7 @@ import pytest
 
 from helpers import TINY, read_forecasts, read_metrics, run_cli
 
-# 160 steps evaluated every 8: the live forecast re-fits from 20% of the run on.
+# 160 steps evaluated every 8: the live forecast re-fits from 30% of the run on.
 ARGS = ["--steps", "160", "--batch-size", "8", "--eval-every", "8", "--log-every", "4"]
 ARGS += ["--lr", "3e-3", "--warmup-steps", "10", "--schedule", "constant", *TINY]
 
@@ -119,3 +119,46 @@ def test_refits_follow_the_steps_alone_at_most_one_per_share_of_the_run():
     cadence = Cadence(2000)
     regular = list(range(int(MIN_SHARE * 2000), 2000, cadence.eval_every))
     assert [s for s in range(1, 2001) if refits_at(s, 2000, cadence.evaluates)] == regular
+
+
+def test_a_planned_decay_is_left_out_unless_a_companion_run_measures_it(byte_dataset, tmp_path):
+    """Cosine decay: without a companion the forecast says it leaves the decay out; with
+    `--forecast-with RUN` (a run of the same setup whose LR decayed) it is the
+    schedule-aware law fitted jointly with that run."""
+    import numpy as np
+
+    from oneepoch.analysis.synthetic import cosine_lr, write_run
+    from oneepoch.live_forecast import forecast_record
+
+    companion = write_run(
+        tmp_path / "decayed",
+        lambda t, s: 2.4 + 4.0 * np.asarray(s, dtype=float) ** -0.3,
+        total_steps=160,
+        tokens_per_step=8 * 64,
+        eval_every=8,
+        log_every=4,
+        lr=lambda s: cosine_lr(s, 3e-3, 10, 160),
+        warmup_steps=10,
+        noise=0.003,
+    )
+    run = tmp_path / "cosine"
+    args = [a if a != "constant" else "cosine" for a in ARGS]
+    res = run_cli(
+        "train",
+        "--data",
+        str(byte_dataset),
+        "--out",
+        str(run),
+        *args,
+        "--forecast-with",
+        str(companion),
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    records = read_forecasts(run)
+    joint = [r for r in records if r["form"] == "schedule (joint with the companion run)"]
+    assert len(joint) >= len(records) / 2
+    for r in records:  # the first ones may have too few points for the joint law: said so
+        assert r in joint or any("joint fit with" in note for note in r["notes"])
+    alone = forecast_record(run, joint[0]["step"], 160)
+    assert any("leaves out the loss drop of the LR decay" in note for note in alone["notes"])
+    assert alone["forecast"] != joint[0]["forecast"]
