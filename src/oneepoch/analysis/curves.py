@@ -421,10 +421,7 @@ def fit_floor_averaged(
     boot = np.empty((0, theta.size))
     if n_boot > 0:
         pick = rng.choice(floors.size, size=n_boot, p=weights)
-        fitted, jac = model.log_pred_jac(theta[None])
-        leverage = np.einsum("np,pq,nq->n", jac[0], np.linalg.pinv(jac[0].T @ jac[0]), jac[0])
-        resid = (logy - fitted[0]) / np.sqrt(1.0 - np.minimum(leverage, 0.99))
-        resid -= resid.mean()
+        resid = robust.modified_residuals(model, theta, logy)
         resid *= robust.t_over_z(level, max(x.size - best.n_free + 1, 1))
         logy_b = robust.log_pred(model, thetas)[pick] + rng.choice(resid, size=(n_boot, x.size))
         boot = robust.refine_batch(
@@ -442,6 +439,8 @@ def _held_floor(thetas: np.ndarray) -> np.ndarray:
 def floor_weights(objective: np.ndarray, df: int) -> np.ndarray:
     """Likelihood weights of fits with their floors held, from their Huber objectives."""
     ok = np.isfinite(objective)
+    if not ok.any():
+        return np.full(objective.size, 1.0 / objective.size)
     best = objective[ok].min()
     scale = max(2.0 * best / max(df, 1), 1e-12)
     weights = np.where(ok, np.exp(-(np.where(ok, objective, best) - best) / scale), 0.0)

@@ -249,17 +249,23 @@ def bootstrap(
     n = logy.size
     start = np.tile(theta_hat, (n_boot, 1))
     if kind == "residual":
-        fitted, jac = model.log_pred_jac(theta_hat[None])
-        fitted, jac = fitted[0], jac[0]
-        leverage = np.einsum("np,pq,nq->n", jac, np.linalg.pinv(jac.T @ jac), jac)
-        resid = (logy - fitted) / np.sqrt(1.0 - np.minimum(leverage, 0.99))
-        resid -= resid.mean()
-        logy_b = fitted + rng.choice(resid, size=(n_boot, n))
+        fitted = log_pred(model, theta_hat[None])[0]
+        logy_b = fitted + rng.choice(modified_residuals(model, theta_hat, logy), size=(n_boot, n))
         return refine_batch(model, start, logy_b, delta)
     if kind == "pairs":
         counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)
         return refine_batch(model, start, logy, delta, weights=counts)
     raise ValueError(f"unknown bootstrap kind {kind!r}")
+
+
+def modified_residuals(model: Model, theta: np.ndarray, logy: np.ndarray) -> np.ndarray:
+    """Residuals divided by sqrt(1 - leverage) and centred (Davison & Hinkley 1997, alg.
+    6.3): their spread matches the noise rather than the fit's smaller residuals."""
+    fitted, jac = model.log_pred_jac(theta[None])
+    fitted, jac = fitted[0], jac[0]
+    leverage = np.einsum("np,pq,nq->n", jac, np.linalg.pinv(jac.T @ jac), jac)
+    resid = (logy - fitted) / np.sqrt(1.0 - np.minimum(leverage, 0.99))
+    return resid - resid.mean()
 
 
 def quantiles(samples: np.ndarray, probs) -> np.ndarray:
