@@ -216,11 +216,15 @@ def measure(
     synthetic run's constants) also the oracle's (``oracle``)."""
     from oneepoch.analysis.runfit import fit_run
     from oneepoch.analysis.runs import load_run
+    from oneepoch.errors import UserError
 
     run = load_run(run_dir)
     final = float(run.evals["val_loss"][-1]) if truth is None else truth
     start = time.perf_counter()
-    rf = fit_run(run, use_first=use_first, n_boot=n_boot)
+    try:
+        rf = fit_run(run, use_first=use_first, n_boot=n_boot)
+    except UserError as exc:  # too few evaluations in the first part to fit any form
+        return {"run": str(run_dir), "skipped": str(exc)}
     pred = rf.predict_at(run.final_tokens)
     seconds = time.perf_counter() - start
     forecast = pred["forecast"]
@@ -231,6 +235,7 @@ def measure(
         "run": str(run_dir),
         "error": forecast["value"] / final - 1,
         "covered": bool(low <= final <= high),
+        "width": (high - low) / final,
         "weights": forecast["weights"],
         "warnings": forecast["warnings"],
         "errors_by_form": {n: est["value"] / final - 1 for n, est in pred["forms"].items()},
@@ -240,7 +245,36 @@ def measure(
     }
 
 
+def train_tiny(out: Path, data: Path, seeds: range) -> list[Path]:
+    """The one-epoch runs of `oneepoch reproduce --preset tiny` (its experiment 3: the
+    experiment-2 runs, dropout 0, 0.1 and 0.2, constant LR after the warm-up) for ``seeds``,
+    trained uninterrupted into OUT/seedN/KEY with the very settings reproduce gives them
+    (exact resume makes reproduce's segments the same curve); runs already complete are
+    kept. Returns their folders."""
+    from oneepoch.config import RunConfig
+    from oneepoch.plan.planner import corpus_from_data
+    from oneepoch.reproduce.experiments import RunSpec, plan_job
+    from oneepoch.reproduce.job import run_config, run_state
+    from oneepoch.reproduce.presets import get_preset
+    from oneepoch.train import train
+
+    preset = get_preset("tiny")
+    corpus = corpus_from_data(data)
+    plan = plan_job(preset, corpus.train_tokens, corpus.vocab_size)
+    specs = [RunSpec(**plan["runs"][key]) for key in plan["exp2"].values()]
+    paths = []
+    for seed in seeds:
+        for spec in specs:
+            path = out / f"seed{seed}" / spec.key
+            if run_state(path)[0] != "completed":
+                cfg = RunConfig.from_dict(run_config(preset, data, spec, seed), "reproduce")
+                train(cfg, path, resume=path.exists(), show_progress=False)
+            paths.append(path)
+    return paths
+
+
 def summary(rows: list[dict], oracle: bool = False) -> str:
+    rows = [r for r in rows if "error" in r]  # the others had too few points to forecast
     err = np.array([r["error"] for r in rows])
     nofloor = np.array([r["errors_by_form"].get("power-nofloor", np.nan) for r in rows])
     cover = np.mean([r["covered"] for r in rows])
@@ -266,6 +300,17 @@ def main(argv=None) -> int:
     p.add_argument("--bootstrap", type=int, default=200)
     p.add_argument("--json", type=Path, metavar="OUT", help="also write every result here")
     p.add_argument(
+        "--tiny",
+        type=Path,
+        metavar="DIR",
+        help="also train (where not yet complete) and measure the one-epoch runs of "
+        "`reproduce --preset tiny` in DIR (needs torch; run it through cpu.sh)",
+    )
+    p.add_argument("--tiny-seeds", default="0:3", help="their seeds START:END (default 0:3)")
+    p.add_argument(
+        "--data", type=Path, default=Path("data/builtin"), help="their dataset (data/builtin)"
+    )
+    p.add_argument(
         "--oracle-true-form",
         action="store_true",
         help="also fit each synthetic curve's true generating form (what is attainable)",
@@ -281,7 +326,11 @@ def main(argv=None) -> int:
             truth = float(true_loss(curve, [STEPS])[0])
             known = curve if args.oracle_true_form else None
             rows.append({**curve, **measure(run, truth, args.use_first, args.bootstrap, known)})
-    real = [measure(run, None, args.use_first, args.bootstrap) for run in args.runs]
+    runs = list(args.runs)
+    if args.tiny:
+        tiny_first, tiny_last = (int(v) for v in args.tiny_seeds.split(":"))
+        runs += train_tiny(args.tiny, args.data, range(tiny_first, tiny_last))
+    real = [measure(run, None, args.use_first, args.bootstrap) for run in runs]
 
     print(
         f"final loss forecast from the first {args.use_first:.0%}: seeds {first}-{last - 1}, "
@@ -302,9 +351,17 @@ def main(argv=None) -> int:
         print(f"{'overall':<18} {summary(rows, args.oracle_true_form)}")
     if real:
         print(f"{'project runs':<18} {summary(real)}")
-        for r in real:
-            print(f"  {r['run']}: {r['error']:+.2%}{'' if r['covered'] else ' (missed)'}")
-    seconds = [r["seconds"] for r in rows + real]
+        width = np.median([r["width"] for r in real if "width" in r])
+        print(f"{'':<18} median width of the 90% interval {width:.2%} of the final loss")
+        for r in (r for r in real if "error" in r):
+            print(
+                f"  {r['run']}: {r['error']:+.2%} [interval {r['width']:.2%} wide]"
+                f"{'' if r['covered'] else ' (missed)'}"
+            )
+    skipped = [r for r in rows + real if "skipped" in r]
+    if skipped:
+        print(f"no forecast for {len(skipped)} runs: too few evaluations in the first part")
+    seconds = [r["seconds"] for r in rows + real if "seconds" in r]
     print(
         "coverage: of the 90% interval; nofloor: median |error| of power-nofloor, the old "
         f"forecast; fit + forecast took {np.median(seconds):.2f} s median, "

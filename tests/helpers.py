@@ -119,6 +119,16 @@ def launch(args: list[str], nproc: int = 1, **env_extra: str) -> subprocess.Pope
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """The training and evaluation lines of metrics.jsonl (``read_forecasts``: the rest)."""
+    return [x for x in read_records(run_dir) if x.get("kind") != "forecast"]
+
+
+def read_forecasts(run_dir: Path) -> list[dict]:
+    """The live forecast's records, in the order they were written."""
+    return [x for x in read_records(run_dir) if x.get("kind") == "forecast"]
+
+
+def read_records(run_dir: Path) -> list[dict]:
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 

@@ -67,6 +67,8 @@ def test_fit_json_reports_every_form_with_intervals(capsys, cosine_run, tmp_path
         "schedule": ("L0", "A", "alpha", "C"),
         "power-nofloor": ("A", "alpha"),
         "schedule-nofloor": ("A", "alpha", "C"),
+        "power-avgfloor": ("E", "A", "alpha"),
+        "schedule-avgfloor": ("L0", "A", "alpha", "C"),
     }
     assert set(result["forms"]) == set(expected)
     for name, names in expected.items():
@@ -79,10 +81,11 @@ def test_fit_json_reports_every_form_with_intervals(capsys, cosine_run, tmp_path
     assert result["tail_check"]["better"] in expected
     assert set(result["predict_at"]["forms"]) == set(expected)
     # 3e7 tokens is past the run's 1.6e7: an extrapolation, decay inside the fitted range,
-    # so the schedule forms, weighed by their backtests; 5.0 lies inside the fitted losses
+    # so the schedule forms (the floor averaged, the floor-free), weighed by their backtests;
+    # 5.0 lies inside the fitted losses
     forecast = result["predict_at"]["forecast"]
     weights = forecast["weights"]
-    assert set(weights) <= {"schedule", "schedule-nofloor"}
+    assert set(weights) <= {"schedule-avgfloor", "schedule-nofloor"}
     assert sum(weights.values()) == pytest.approx(1.0)
     forms = result["predict_at"]["forms"]
     log_mean = sum(w * math.log(forms[n]["value"]) for n, w in weights.items())

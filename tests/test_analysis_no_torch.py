@@ -32,6 +32,8 @@ SCRIPT = textwrap.dedent(
                   lr=lambda s: cosine_lr(s, 1e-3, 50, 1500), warmup_steps=50)
     b = write_run(out / "b", power_law(2.0, 300.0, 0.3), noise=0.004, total_steps=1500)
     assert fit_run(load_run(a), n_boot=20).fits["power"].params()["alpha"]["value"] > 0
+    from oneepoch.live_forecast import forecast_record  # the live forecast's worker
+    assert forecast_record(a, 600, 1500, target_loss=2.5, n_boot=20)["forecast"] > 2.0
 
     with (out / "s.csv").open("w", newline="") as fh:
         w = csv.writer(fh)

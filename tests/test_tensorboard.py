@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TINY, cli_env, read_metrics, run_cli
+from helpers import TINY, cli_env, read_forecasts, read_metrics, read_records, run_cli
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E402
@@ -19,6 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E4
 )
 
 TAGS = {"loss/train", "loss/val", "lr", "tokens_per_s", "mfu"}
+FORECAST_TAGS = ("forecast/final_loss", "forecast/final_loss_low", "forecast/final_loss_high")
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +40,14 @@ def read_back(log_dir: Path) -> dict[str, list[tuple[float, int, float]]]:
     }
 
 
-def expected(run: Path) -> dict[str, list[tuple[float, int, float]]]:
+def expected(run: Path, forecasts: bool = True) -> dict[str, list[tuple[float, int, float]]]:
     info = json.loads((run / "run.json").read_text())
     peak = info["peak_flops"]["value"] * info["peak_flops"]["devices"]
     want: dict[str, list] = {tag: [] for tag in TAGS}
+    for record in sorted(read_forecasts(run) if forecasts else [], key=lambda r: r["step"]):
+        at = (record["wall_s"], record["step"])
+        for tag, value in zip(FORECAST_TAGS, (record["forecast"], *record["interval"])):
+            want.setdefault(tag, []).append((*at, value))
     prev_tokens = prev_wall = 0.0
     for line in read_metrics(run):
         at = (line["wall_s"], line["step"])
@@ -71,7 +76,8 @@ def test_scalars_equal_the_metrics(run, tmp_path):
 
     result = write_events(run, tmp_path / "logs")
     want = expected(run)
-    assert result["lines"] == len(read_metrics(run))
+    assert result["lines"] == len(read_records(run))
+    assert want["forecast/final_loss"], "the run made no live forecast"
     assert result["scalars"] == {tag: len(p) for tag, p in want.items()}
     assert_scalars_equal(read_back(tmp_path / "logs"), want)
     assert 0 < min(v for _, _, v in want["mfu"]) and max(v for _, _, v in want["mfu"]) < 1
@@ -117,7 +123,7 @@ def test_live_log_with_a_resume_purges_the_truncated_steps(run, tmp_path):
     second.close()
     assert_scalars_equal(
         {k: v for k, v in read_back(tmp_path).items() if k != "loss/train"},
-        {k: v for k, v in expected(run).items() if k != "loss/train"},
+        {k: v for k, v in expected(run, forecasts=False).items() if k != "loss/train"},
     )
     got = read_back(tmp_path)["loss/train"]
     assert [s for _, s, _ in got] == [x["step"] for x in lines]

@@ -58,13 +58,16 @@ SETTING_HELP: dict[str, str] = {
     "log.tensorboard": "while training, also write TensorBoard event files (train/val loss, "
     "lr, tokens/s, MFU) into DIR/<run folder name>, for `tensorboard --logdir DIR`; a resumed "
     "run continues its curves; metrics.jsonl stays the record (default: none)",
+    "forecast.target_loss": "with the live forecast, show when the run is forecast to reach "
+    "this validation loss (step and wall-clock), or that it will not by the end, and warn "
+    "once when it becomes unlikely (default: none)",
 }
 # flag -> (section.key, help), in the order of `oneepoch train --help`.
 CONFIG_FLAGS: dict[str, tuple[str, str]] = {
     "--" + setting.split(".")[1].replace("_", "-"): (setting, text)
     for setting, text in SETTING_HELP.items()
 }
-METAVARS = {"--tensorboard": "DIR"}
+METAVARS = {"--tensorboard": "DIR", "--target-loss": "X"}
 
 
 def config_default(setting: str):

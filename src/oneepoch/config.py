@@ -76,12 +76,23 @@ class LogConfig:
 
 
 @dataclass
+class ForecastConfig:
+    """The live forecast of the final loss while training (oneepoch.live_forecast)."""
+
+    live: bool = True
+    target_loss: float = 0.0  # 0: none; else say when the run will reach this val loss
+    stop_if_unreachable: bool = False  # stop when the forecast says the target is out of reach
+    companion: str = ""  # a run of the same setup whose LR decayed (the annealing term)
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    forecast: ForecastConfig = field(default_factory=ForecastConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -156,7 +167,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 # Settings that name a file or folder. In a config file a relative one is relative to the
 # file's folder (not to where `oneepoch` runs); a run's config.toml records them absolute.
-PATH_SETTINGS = (("data", "path"), ("log", "tensorboard"))
+PATH_SETTINGS = (("data", "path"), ("log", "tensorboard"), ("forecast", "companion"))
 
 
 def absolute_path(path: str, base: str | Path | None = None) -> str:
@@ -270,6 +281,14 @@ def validate(cfg: RunConfig) -> None:
         )
     if cfg.data.epochs < 1:
         raise UserError(f"epochs must be at least 1, got {cfg.data.epochs}.")
+    if cfg.forecast.target_loss < 0:
+        raise UserError(
+            f"target_loss must be a positive loss (or 0 for none), got {cfg.forecast.target_loss}."
+        )
+    if cfg.forecast.stop_if_unreachable and not cfg.forecast.target_loss:
+        raise UserError("--stop-if-unreachable needs a --target-loss to judge by; give one.")
+    if cfg.forecast.stop_if_unreachable and not cfg.forecast.live:
+        raise UserError("--stop-if-unreachable needs the live forecast; drop --no-forecast.")
     if cfg.data.epochs > 1 and t.time_s:
         raise UserError(
             "epochs > 1 needs a steps or tokens budget (not time_s), so the repeated subset can be sized."

@@ -6,7 +6,7 @@ import sys
 import time
 
 
-def _fmt_seconds(s: float | None) -> str:
+def format_clock(s: float | None) -> str:
     if s is None or s != s or s < 0:
         return "?"
     s = int(s)
@@ -23,6 +23,7 @@ class Progress:
         self.log_interval_s = log_interval_s
         self._last_print = 0.0
         self.last_val: float | None = None
+        self.forecast = ""  # the live forecast's part of the line (oneepoch.live_forecast)
 
     def update(
         self,
@@ -51,15 +52,23 @@ class Progress:
         mfu_s = f" mfu {mfu:.1%}" if mfu is not None else ""
         line = (
             f"step {steps} loss {train_loss:.4f}{val} | {tokens_per_s:,.0f} tok/s{mfu_s} "
-            f"| eta {_fmt_seconds(eta_s)}"
+            f"| eta {format_clock(eta_s)}"
         )
-        if note:
-            line += f" | {note}"
+        for part in (self.forecast, note):
+            if part:
+                line += f" | {part}"
         if self.tty:
             self.stream.write("\r\033[K" + line)
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
+
+    def warn(self, text: str) -> None:
+        """A line the user must see even with the display off (--quiet): on stderr."""
+        if self.enabled:
+            self.message(text)
+        else:
+            print(text, file=self.stream, flush=True)
 
     def message(self, text: str) -> None:
         if not self.enabled:

@@ -8,6 +8,14 @@ Scalars, one point per metrics.jsonl line, at its ``step``:
     tokens_per_s    tokens / wall_s since the previous line (training clock, evaluation excluded)
     mfu             tokens_per_s x run.json's flops_per_token / (peak_flops.value x .devices)
 
+and from the live forecast's ``forecast`` records (oneepoch.live_forecast), at the step each
+was made:
+
+    forecast/final_loss        the forecast of the final validation loss
+    forecast/final_loss_low    its 90% interval
+    forecast/final_loss_high
+    forecast/target_step       with --target-loss: the step forecast to reach it
+
 Each event's wall time is the line's ``wall_s``, so TensorBoard's "relative" axis is the
 training wall-clock the paper compares runs by. Written with tensorboard's own event writer
 (no torch); nothing here imports torch. ``EventLog`` is what a trainer would call live, one
@@ -18,8 +26,10 @@ DIR`); ``write_events`` converts a finished (or running) run.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+from oneepoch.analysis.runs import FORECAST_KIND
 from oneepoch.errors import UserError
 
 SUFFIX = ".oneepoch"  # marks the event files written here, so a new conversion replaces them
@@ -73,6 +83,8 @@ class EventLog:
 
     def scalars(self, line: dict) -> dict[str, float]:
         """The scalars of one metrics line (advances the tokens/s reference point)."""
+        if line.get("kind") == FORECAST_KIND:
+            return forecast_scalars(line)
         out = {}
         for tag, key in (("loss/train", "train_loss"), ("loss/val", "val_loss"), ("lr", "lr")):
             if _is_number(line.get(key)):
@@ -112,6 +124,19 @@ class EventLog:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def forecast_scalars(record: dict) -> dict[str, float]:
+    """The scalars of a live forecast record."""
+    interval = record.get("interval") or [None, None]
+    target = record.get("target") or {}
+    values = {
+        "forecast/final_loss": record.get("forecast"),
+        "forecast/final_loss_low": interval[0],
+        "forecast/final_loss_high": interval[1],
+        "forecast/target_step": (target.get("steps") or [None])[0],
+    }
+    return {k: float(v) for k, v in values.items() if _is_number(v) and math.isfinite(v)}
 
 
 def live_log(
@@ -175,13 +200,16 @@ def write_events(run_dir: str | Path, log_dir: str | Path) -> dict:
 
     Replaces the event files an earlier conversion wrote there (and only those). Returns
     {"log_dir", "file", "lines", "scalars": {tag: points}}."""
-    from oneepoch.analysis.runs import _last_per_step, _read_jsonl
+    from oneepoch.analysis.runs import _last_per_step, _read_jsonl, metrics_lines
 
     run, log_dir = Path(run_dir), Path(log_dir)
     metrics = run / "metrics.jsonl"
     if not metrics.is_file():
         raise UserError(f"{metrics} is missing; pass a run directory written by `oneepoch train`.")
-    lines = _last_per_step(_read_jsonl(metrics))  # a resumed run's later line holds
+    records = _read_jsonl(metrics)
+    # a resumed run's later line holds; forecasts are kept apart, a step can have both
+    lines = _last_per_step(metrics_lines(records))
+    forecasts = _last_per_step([r for r in records if r.get("kind") == FORECAST_KIND])
     if not lines:
         raise UserError(f"{metrics} has no metrics lines; train the run before converting it.")
     info = {}
@@ -198,7 +226,7 @@ def write_events(run_dir: str | Path, log_dir: str | Path) -> dict:
     (new,) = set(log_dir.glob(pattern)) - old  # the writer names its file uniquely
     counts: dict[str, int] = {}
     try:
-        for line in lines:
+        for line in lines + forecasts:
             for tag in log.write(line):
                 counts[tag] = counts.get(tag, 0) + 1
         log.close()
@@ -208,4 +236,5 @@ def write_events(run_dir: str | Path, log_dir: str | Path) -> dict:
         raise
     for f in old:
         f.unlink()  # superseded by the new file
-    return {"log_dir": str(log_dir), "file": str(new), "lines": len(lines), "scalars": counts}
+    written = len(lines) + len(forecasts)
+    return {"log_dir": str(log_dir), "file": str(new), "lines": written, "scalars": counts}

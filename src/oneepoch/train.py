@@ -38,6 +38,7 @@ from oneepoch.dtype_probe import quiet_tokens_per_s
 from oneepoch.errors import UserError
 from oneepoch.flops import Shape, activation_bytes, param_counts, train_flops_per_token
 from oneepoch.hardware import hardware_info, peak_flops, pick_device, pick_dtype
+from oneepoch.live_forecast import ForecastPlan, LiveForecast
 from oneepoch.locking import hold
 from oneepoch.model import GPT, check_state
 from oneepoch.prefetch import Prefetcher
@@ -92,7 +93,9 @@ class TrainClock:
 
 # Where the data lives, how ranks share the model and where TensorBoard logs go may change
 # between sessions of a run: checkpoints do not depend on them.
-RESUME_MAY_CHANGE = {"data.path", "train.parallel", "log.tensorboard"}
+RESUME_MAY_CHANGE = {"data.path", "train.parallel", "log.tensorboard"} | {
+    f"forecast.{key}" for key in ("live", "target_loss", "stop_if_unreachable", "companion")
+}
 
 
 def resolve_config(base: RunConfig, out: Path, resume: bool, overrides: dict) -> RunConfig:
@@ -118,7 +121,7 @@ def resolve_config(base: RunConfig, out: Path, resume: bool, overrides: dict) ->
             )
         for key in RESUME_MAY_CHANGE:
             sec, k = key.split(".")
-            if overrides.get(sec, {}).get(k):
+            if k in overrides.get(sec, {}):
                 setattr(getattr(cfg, sec), k, overrides[sec][k])
         return cfg
     if resume and not saved.exists() and not (out / "checkpoints").exists():
@@ -677,6 +680,20 @@ def show(progress: Progress, run: Run, record: RunRecord, line: dict, rate: floa
     )
 
 
+def start_live_forecast(run: Run, record: RunRecord, progress: Progress) -> LiveForecast:
+    """The live forecast of the final loss (oneepoch.live_forecast): rank 0's, unless off."""
+    f = run.cfg.forecast
+    plan = ForecastPlan(
+        run.out,
+        run.steps,
+        run.cfg.train.time_s,
+        f.target_loss or None,
+        f.stop_if_unreachable,
+        f.companion or None,
+    )
+    return LiveForecast(plan, record.write, progress.warn, enabled=f.live and run.ranks.is_main)
+
+
 def train(
     cfg: RunConfig,
     out: str | Path,
@@ -753,9 +770,11 @@ def _train(run: Run, resume: bool, show_progress: bool, until_step: int | None) 
     clock = TrainClock(run.device, start.wall_s)
     batches = Prefetcher(run.batch, run.max_steps, run.device)
     last_step, last_wall, last_val = start.step, start.wall_s, None
-    step, elapsed, status = start.step, start.wall_s, "failed"
+    step, elapsed, status, stopped = start.step, start.wall_s, "failed", False
     is_final = steps is not None and step >= steps
     step_kw = {"device": run.device, "dtype": t.dtype, "grad_clip": run.cfg.optim.grad_clip}
+    live = start_live_forecast(run, record, progress)
+    stop_if_unreachable = run.cfg.forecast.stop_if_unreachable
     try:
         with StopSignals() as stop:
             clock.start()
@@ -782,9 +801,16 @@ def _train(run: Run, resume: bool, show_progress: bool, until_step: int | None) 
                         line.update(kind="eval", val_loss=(last_val := evaluate(model)))
                         progress.last_val = last_val
                     record.write(line)
+                    live.after_line(step, do_eval, run.cadence.evaluates, wall)
+                    progress.forecast = live.progress_note(wall)
                     last_step, last_wall = step, wall
                     show(progress, run, record, line, rate, is_final)
+                if do_eval and stop_if_unreachable and not is_final:
+                    # rank 0's forecast decides for every rank
+                    stopped = ranks.from_main(lambda: live.stop)
+                    pause = pause or stopped
                 if run.cadence.checkpoints(step, is_final or pause) or (signum and not is_final):
+                    live.drain()  # the forecasts made up to here are in the file it keeps
                     save_checkpoint(run, model, optimizer, meter, record, step, clock.elapsed)
                 if is_final or pause:
                     break
@@ -792,11 +818,12 @@ def _train(run: Run, resume: bool, show_progress: bool, until_step: int | None) 
                     raise Interrupted(signum, step, run.out, run.cfg.data.path)
                 clock.start()
             clock.stop()
-        status = "completed" if is_final else "paused"
+        status = "completed" if is_final else "stopped" if stopped else "paused"
     except Interrupted:
         status = "interrupted"
         raise
     finally:
+        live.close(wait=status != "failed")
         progress.close()
         batches.close()
         info = record.finish(status, step, clock.elapsed, last_val)

@@ -27,6 +27,9 @@ _ALPHA = (1e-4, 4.0)
 # The schedule form fits its annealing coefficient C only when the LR fell by at least
 # this fraction of its peak within the fitted range.
 MIN_DECAY_TO_FIT_C = 0.3
+# A floor-averaged fit holds the floor at this many values (``fit_floor_averaged``); the
+# floor is every form's first parameter.
+FLOOR_GRID = 40
 # A form without a floor holds log E (or log L0) at the bottom of the box: E ~ 1e-6 nats.
 _NO_FLOOR = float(np.exp(_LOG_LEVEL[0]))
 
@@ -189,8 +192,15 @@ class CurveFit:
     # log-distance past its last point, measured by backtests (``with_drift``); 0 until set.
     drift: float = 0.0
     drift_draws: np.ndarray | None = None  # one standard normal per bootstrap replicate
+    # A floor-averaged fit (``fit_floor_averaged``): the fits with the floor held at each
+    # value of a grid [K, p] and how much each counts [K]; its prediction is their weighted
+    # geometric mean. None for a plain fit (``theta`` alone).
+    mixture: tuple[np.ndarray, np.ndarray] | None = None
 
     def predict(self, x) -> np.ndarray:
+        if self.mixture is not None:
+            thetas, weights = self.mixture
+            return np.exp(weights @ robust.log_pred(self.form.model(x), thetas))
         return np.exp(robust.log_pred(self.form.model(x), self.theta[None])[0])
 
     def predict_samples(self, x) -> np.ndarray:
@@ -207,6 +217,30 @@ class CurveFit:
         self.drift = float(drift)
         self.drift_draws = rng.standard_normal(len(self.boot))
         return self
+
+    def predict_prefixes(self, counts, x) -> np.ndarray:
+        """Log predictions at ``x`` [len(counts), len(x)] of this fit refitted on the first
+        m points, for each m in ``counts`` (the backtests). A floor-averaged fit averages
+        again over its floors, each weighed by how well it fits those m points."""
+        model = self.form.model(x)
+        if self.mixture is None:
+            return robust.log_pred(model, self.refit_prefixes(counts))
+        thetas = self.mixture[0]
+        counts = np.asarray(counts, dtype=int)
+        out = np.empty((counts.size, np.size(x)))
+        fitted, logy = self.form.model(self.x), np.log(self.loss)
+        for i, m in enumerate(counts):
+            weights = (np.arange(self.x.size) < m).astype(float)
+            refits = robust.refine_batch(
+                fitted, thetas, logy, self.delta, weights=weights, hold=_held_floor(thetas)
+            )
+            objective = robust.objective(fitted, refits, logy, self.delta, weights)
+            out[i] = floor_weights(objective, m - self.n_free) @ robust.log_pred(model, refits)
+        return out
+
+    @property
+    def n_free(self) -> int:
+        return int(np.sum(self.form.bounds[:, 1] > self.form.bounds[:, 0]))
 
     def refit_prefixes(self, counts) -> np.ndarray:
         """Parameters [len(counts), p] refitted on the first m points for each m in
@@ -244,13 +278,19 @@ class CurveFit:
     def params(self) -> dict[str, dict]:
         point = self.form.params(self.theta)
         samples = self.form.params(self.boot)
-        return {k: robust.estimate(point[k][0], samples[k], self.level, self.df) for k in point}
+        df = self.interval_df
+        return {k: robust.estimate(point[k][0], samples[k], self.level, df) for k in point}
 
     @property
     def df(self) -> int:
         """Residual degrees of freedom, for the small-sample widening of intervals."""
-        free = int(np.sum(self.form.bounds[:, 1] > self.form.bounds[:, 0]))
-        return max(self.x.size - free, 1)
+        return max(self.x.size - self.n_free, 1)
+
+    @property
+    def interval_df(self) -> int | None:
+        """The df by which intervals from the replicates are widened; None where the
+        replicates are widened already (a floor-averaged fit's, ``fit_floor_averaged``)."""
+        return None if self.mixture is not None else self.df
 
     def goodness(self) -> dict:
         r = self.residuals
@@ -333,6 +373,78 @@ def fit_curve(
         obj = float(robust.objective(model, theta, logy, delta)[0])
     boot = robust.bootstrap(model, theta, logy, delta, n_boot, rng, kind="residual")
     return CurveFit(form, x, loss, theta, boot, float(delta), obj, level)
+
+
+def fit_floor_averaged(
+    form: PowerForm | ScheduleForm,
+    x: np.ndarray,
+    loss: np.ndarray,
+    *,
+    n_boot: int = 200,
+    level: float = robust.DEFAULT_LEVEL,
+    rng: np.random.Generator | None = None,
+) -> CurveFit:
+    """A floored form with its floor averaged over the values the curve allows.
+
+    From the first part of a run the floor (E, L0) is barely identified: fits with very
+    different floors describe the points about equally well, yet forecast different losses
+    (the fit without a floor too low where the curve saturates, the best fit's floor often
+    at either end of its range). So the floor is held at each of FLOOR_GRID values spread
+    evenly over [0, the lowest loss) (a flat prior), the other parameters are fitted at
+    each, and the forecast is the mean of their log predictions, each weighed by its
+    likelihood exp(-(objective - best) / sigma^2), sigma^2 = 2 best / (n - p) (for the
+    Huber objective near least squares): a floor the points pin down dominates, one they
+    do not is averaged over. Bootstrap replicates: each draws a floor by those weights and
+    refits the rest to the curve's fitted values plus resampled residuals, scaled by
+    t_df / z with df = n minus the parameters fitted at a held floor: the small-sample
+    widening (``robust.estimate``) of the noise, not of the spread over floors, which is
+    the average's own.
+    """
+    rng = np.random.default_rng(0) if rng is None else rng
+    x, loss = np.asarray(x, dtype=float), np.asarray(loss, dtype=float)
+    best = fit_curve(form, x, loss, n_boot=0, level=level)
+    model, logy = form.model(x), np.log(loss)
+    floors = np.log((np.arange(FLOOR_GRID) + 0.5) / FLOOR_GRID * loss.min())
+    # each floor starts from the best of the form's own starting grid with that floor
+    starts = form.starts(x, loss)
+    grid = np.repeat(starts[None], floors.size, axis=0)
+    grid[:, :, 0] = floors[:, None]
+    grid = np.clip(grid, form.bounds[:, 0], form.bounds[:, 1]).reshape(-1, starts.shape[1])
+    start_obj = robust.objective(model, grid, logy, best.delta).reshape(floors.size, -1)
+    first = grid.reshape(floors.size, -1, starts.shape[1])[
+        np.arange(floors.size), np.argmin(start_obj, axis=1)
+    ]
+    thetas = robust.refine_batch(model, first, logy, best.delta, hold=_held_floor(first))
+    objective = robust.objective(model, thetas, logy, best.delta)
+    weights = floor_weights(objective, x.size - best.n_free)
+    theta = thetas[np.argmax(weights)]
+    boot = np.empty((0, theta.size))
+    if n_boot > 0:
+        pick = rng.choice(floors.size, size=n_boot, p=weights)
+        resid = robust.modified_residuals(model, theta, logy)
+        resid *= robust.t_over_z(level, max(x.size - best.n_free + 1, 1))
+        logy_b = robust.log_pred(model, thetas)[pick] + rng.choice(resid, size=(n_boot, x.size))
+        boot = robust.refine_batch(
+            model, thetas[pick], logy_b, best.delta, hold=_held_floor(thetas)
+        )
+    obj = float(robust.objective(model, theta, logy, best.delta)[0])
+    return CurveFit(form, x, loss, theta, boot, best.delta, obj, level, mixture=(thetas, weights))
+
+
+def _held_floor(thetas: np.ndarray) -> np.ndarray:
+    """The mask of the floor, every form's first parameter."""
+    return np.arange(thetas.shape[-1]) == 0
+
+
+def floor_weights(objective: np.ndarray, df: int) -> np.ndarray:
+    """Likelihood weights of fits with their floors held, from their Huber objectives."""
+    ok = np.isfinite(objective)
+    if not ok.any():
+        return np.full(objective.size, 1.0 / objective.size)
+    best = objective[ok].min()
+    scale = max(2.0 * best / max(df, 1), 1e-12)
+    weights = np.where(ok, np.exp(-(np.where(ok, objective, best) - best) / scale), 0.0)
+    return weights / weights.sum()
 
 
 def noise_sigma(values: np.ndarray) -> float:

@@ -55,7 +55,7 @@ def predict_loss(fit: CurveFit, x: float) -> dict:
     """The fitted loss at x (in the fit's units) with its bootstrap interval."""
     point = fit.predict([x])[0]
     samples = fit.predict_samples([x])[:, 0]
-    return robust.estimate(point, samples, fit.level, fit.df)
+    return robust.estimate(point, samples, fit.level, fit.interval_df)
 
 
 def x_to_reach(fit: CurveFit, target: float) -> tuple[np.ndarray, np.ndarray]:

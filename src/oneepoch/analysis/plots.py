@@ -21,6 +21,8 @@ FORM_COLORS = {  # one colour per form, the same in every panel and run
     "schedule": "tab:orange",
     "power-nofloor": "tab:green",
     "schedule-nofloor": "tab:red",
+    "power-avgfloor": "tab:purple",
+    "schedule-avgfloor": "tab:brown",
 }
 
 

@@ -173,15 +173,18 @@ def refine_batch(
     weights: np.ndarray | None = None,
     max_iter: int = 100,
     rtol: float = 1e-10,
+    hold: np.ndarray | None = None,
 ) -> np.ndarray:
     """Minimise the (weighted) Huber objective for B problems at once by Levenberg-Marquardt.
 
     ``logy`` and ``weights`` are [n] (shared) or [B, n] (one row per problem). Each problem
     keeps its own damping; a step is kept only if it lowers that problem's objective, so
-    the result is never worse than the start.
+    the result is never worse than the start. ``hold``: a mask of parameters that stay
+    where each row starts.
     """
     theta = np.array(theta0, dtype=float)
     B, p = theta.shape
+    free = np.ones(p, dtype=bool) if hold is None else ~np.asarray(hold, dtype=bool)
     n = np.shape(logy)[-1]
     logy = np.broadcast_to(logy, (B, n))
     w = np.ones((B, n)) if weights is None else np.broadcast_to(weights, (B, n))
@@ -196,13 +199,14 @@ def refine_batch(
         idx = np.flatnonzero(active)
         if idx.size == 0:
             break
-        J, ww = jac[idx], w[idx]
+        J, ww = jac[idx][..., free], w[idx]
         grad = np.einsum("bnp,bn->bp", J, ww * psi[idx])
         hess = np.einsum("bnp,bn,bnq->bpq", J, ww * irls[idx], J)
         diag = np.diagonal(hess, axis1=1, axis2=2)
         scale = np.maximum(diag, 1e-12 * np.maximum(diag.max(-1, keepdims=True), 1e-300))
-        lhs = hess + damping[idx, None, None] * (scale[:, :, None] * np.eye(p))
-        step = np.linalg.solve(lhs, -grad[..., None])[..., 0]
+        lhs = hess + damping[idx, None, None] * (scale[:, :, None] * np.eye(free.sum()))
+        step = np.zeros((idx.size, p))
+        step[:, free] = np.linalg.solve(lhs, -grad[..., None])[..., 0]
         cand = np.clip(theta[idx] + step, lo, hi)
         c_pred, c_jac = model.log_pred_jac(cand)
         c_rho, c_psi, c_irls = huber(c_pred - logy[idx], delta)
@@ -245,17 +249,23 @@ def bootstrap(
     n = logy.size
     start = np.tile(theta_hat, (n_boot, 1))
     if kind == "residual":
-        fitted, jac = model.log_pred_jac(theta_hat[None])
-        fitted, jac = fitted[0], jac[0]
-        leverage = np.einsum("np,pq,nq->n", jac, np.linalg.pinv(jac.T @ jac), jac)
-        resid = (logy - fitted) / np.sqrt(1.0 - np.minimum(leverage, 0.99))
-        resid -= resid.mean()
-        logy_b = fitted + rng.choice(resid, size=(n_boot, n))
+        fitted = log_pred(model, theta_hat[None])[0]
+        logy_b = fitted + rng.choice(modified_residuals(model, theta_hat, logy), size=(n_boot, n))
         return refine_batch(model, start, logy_b, delta)
     if kind == "pairs":
         counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)
         return refine_batch(model, start, logy, delta, weights=counts)
     raise ValueError(f"unknown bootstrap kind {kind!r}")
+
+
+def modified_residuals(model: Model, theta: np.ndarray, logy: np.ndarray) -> np.ndarray:
+    """Residuals divided by sqrt(1 - leverage) and centred (Davison & Hinkley 1997, alg.
+    6.3): their spread matches the noise rather than the fit's smaller residuals."""
+    fitted, jac = model.log_pred_jac(theta[None])
+    fitted, jac = fitted[0], jac[0]
+    leverage = np.einsum("np,pq,nq->n", jac, np.linalg.pinv(jac.T @ jac), jac)
+    resid = (logy - fitted) / np.sqrt(1.0 - np.minimum(leverage, 0.99))
+    return resid - resid.mean()
 
 
 def quantiles(samples: np.ndarray, probs) -> np.ndarray:

@@ -14,6 +14,7 @@ from oneepoch.analysis.curves import (
     PowerForm,
     ScheduleForm,
     fit_curve,
+    fit_floor_averaged,
     param_names,
 )
 from oneepoch.analysis.lr_schedule import DEFAULT_DECAY, LRSchedule
@@ -29,7 +30,12 @@ FORM_SPECS = {
     "schedule": (ScheduleForm, True),
     "power-nofloor": (PowerForm, False),
     "schedule-nofloor": (ScheduleForm, False),
+    "power-avgfloor": (PowerForm, True),
+    "schedule-avgfloor": (ScheduleForm, True),
 }
+# The floored forms with their floor averaged over the values the curve allows
+# (``curves.fit_floor_averaged``): what the forecast rests on past the fitted range.
+FLOOR_AVERAGED = {"power-avgfloor", "schedule-avgfloor"}
 FORMS = tuple(FORM_SPECS)
 N_PARAMS = {
     name: len(param_names(cls.ALL_PARAMS, floor)) for name, (cls, floor) in FORM_SPECS.items()
@@ -107,7 +113,7 @@ class RunFit:
         for name, fit in self.fits.items():
             points[name], samples[name] = extrapolate.x_to_reach(fit, target)
             mix = {"point": points[name], "samples": samples[name], "level": fit.level}
-            out["forms"][name] = _forecast_entry({**mix, "df": fit.df}, converters)
+            out["forms"][name] = _forecast_entry({**mix, "df": fit.interval_df}, converters)
         # A target below every fitted loss is reached, if at all, past the fitted range.
         lowest = min(float(fit.loss.min()) for fit in self.fits.values())
         mix = self._forecast(points, samples, extrapolating=target < lowest)
@@ -138,10 +144,17 @@ class RunFit:
             return {better if better in self.fits else next(iter(self.fits)): 1.0}
         families = self._forecast_families()
         weights: dict[str, float] = {}
+        backtest = self.settings["backtest"]
         for family in families:
-            members = [n for f in family.split("+") for n in (f, f"{f}-nofloor") if n in self.fits]
-            rates = {n: self.settings["backtest"][n]["log_error_per_log_distance"] for n in members}
-            for name, weight in _inverse_square_weights(rates).items():
+            floored = f"{family}-avgfloor" if f"{family}-avgfloor" in self.fits else family
+            members = [n for n in (floored, f"{family}-nofloor") if n in self.fits]
+            rates = {n: backtest[n]["log_error_per_log_distance"] for n in members}
+            if floored in FLOOR_AVERAGED and None in rates.values():
+                # too few points to backtest: the floor-averaged form, which already
+                # counts a floor near 0 among the floors it averages over
+                rates = {floored: rates[floored]}
+            family_weights = _inverse_square_weights(rates)
+            for name, weight in family_weights.items():
                 weights[name] = weights.get(name, 0.0) + weight / len(families)
         return weights
 
@@ -151,7 +164,7 @@ class RunFit:
         if schedule is None or not has_power:
             return ["power" if has_power else "schedule"]
         if schedule.schedule.constant:
-            return ["power+schedule"]
+            return ["schedule"]
         if schedule.annealing_unmeasured:
             return ["schedule", "power"]
         return ["schedule"]
@@ -175,7 +188,7 @@ class RunFit:
             "point": float(np.exp(log_point)),
             "samples": mixed,
             "level": fit.level,
-            "df": fit.df,
+            "df": fit.interval_df,
             "warnings": self._forecast_warnings(names[0]) if extrapolating else [],
             "notes": self._forecast_notes(extrapolating),
         }
@@ -264,6 +277,10 @@ def fit_run(
     for name in forms:
         if name not in FORM_SPECS:
             raise UserError(f"unknown form {name!r}; choose from {', '.join(FORMS)}.")
+    # C is fitted only where the LR decays; under a constant LR it is no free parameter
+    log = run.lr_schedule_log()
+    constant = log is not None and LRSchedule(*log).constant
+    n_params = {n: N_PARAMS[n] - (constant and FORM_SPECS[n][0] is ScheduleForm) for n in FORMS}
     curve = eval_curve(run, x)
     keep = np.ones(curve["steps"].shape, dtype=bool)
     cutoff = None
@@ -273,33 +290,38 @@ def fit_run(
         cutoff = use_first * run.final_tokens
         keep &= curve["tokens"] <= cutoff
     if min_step is None:
-        need = max(N_PARAMS[name] for name in forms) + 2
+        need = max(n_params[name] for name in forms) + 2
         min_step = _default_min_step(run, curve["steps"][keep], curve["loss"][keep], need)
     min_step = float(min_step)
     keep &= curve["steps"] > min_step
     x_fit, loss_fit = curve["x"][keep], curve["loss"][keep]
 
-    short = [name for name in forms if x_fit.size < N_PARAMS[name] + 2]
+    short = [name for name in forms if x_fit.size < n_params[name] + 2]
     if short and (explicit or len(short) == len(forms)):
-        name = min(short, key=N_PARAMS.get)
+        name = min(short, key=n_params.get)
         raise UserError(
             f"{run.path} has {x_fit.size} evaluations after step {min_step:g}"
             f"{' within --use-first' if cutoff else ''}, but the {name} form needs at"
-            f" least {N_PARAMS[name] + 2}; evaluate more often, train longer or lower"
+            f" least {n_params[name] + 2}; evaluate more often, train longer or lower"
             " --min-step."
         )
     forms = tuple(name for name in forms if name not in short)
     built = {name: _build_form(name, run, x, x_fit, decay) for name in forms}
     rng = np.random.default_rng(seed)
+    averaged_rng = np.random.default_rng((seed, 1))  # leaves the other forms' draws as they were
     fits = {
-        name: fit_curve(form, x_fit, loss_fit, n_boot=n_boot, level=level, rng=rng)
+        name: fit_floor_averaged(
+            form, x_fit, loss_fit, n_boot=n_boot, level=level, rng=averaged_rng
+        )
+        if name in FLOOR_AVERAGED
+        else fit_curve(form, x_fit, loss_fit, n_boot=n_boot, level=level, rng=rng)
         for name, form in built.items()
     }
     backtest = {name: _backtest(fit) for name, fit in fits.items()}
     for name, fit in fits.items():
         fit.with_drift(backtest[name]["log_error_per_log_distance"] or 0.0, rng)
     settings = {
-        "forms_left_out": {n: f"needs {N_PARAMS[n] + 2} evaluations" for n in short},
+        "forms_left_out": {n: f"needs {n_params[n] + 2} evaluations" for n in short},
         "min_step": min_step,
         "use_first": use_first,
         "cutoff_tokens": cutoff,
@@ -451,7 +473,7 @@ def _backtest(fit: CurveFit) -> dict:
         wanted = np.linspace(log_ratio.min(), log_ratio.max(), BACKTEST_ORIGINS)
         pick = np.unique([int(np.argmin(np.abs(log_ratio - w))) for w in wanted])
         counts, log_ratio = counts[pick], log_ratio[pick]
-    log_pred = robust.log_pred(fit.form.model(fit.x[n - n_target :]), fit.refit_prefixes(counts))
+    log_pred = fit.predict_prefixes(counts, fit.x[n - n_target :])
     errors = (log_pred - np.log(fit.loss[n - n_target :])).mean(axis=1)
     return {
         "origins": int(counts.size),
@@ -466,12 +488,12 @@ def _tail_check(fits: dict[str, CurveFit], tail_fraction: float) -> dict:
     fit = next(iter(fits.values()))
     n_tail = max(2, int(round(tail_fraction * fit.x.size)))
     n_head = fit.x.size - n_tail
-    need = max(N_PARAMS[f] for f in fits) + 2
+    need = max(fit.n_free for fit in fits.values()) + 2
     if n_head < need:
         return {"n_holdout": 0, "skipped": f"needs at least {need + n_tail} fitted points"}
     rmse = {}
     for name, fit in fits.items():
-        log_pred = robust.log_pred(fit.form.model(fit.x[n_head:]), fit.refit_prefixes([n_head]))
+        log_pred = fit.predict_prefixes([n_head], fit.x[n_head:])
         rmse[name] = float(np.sqrt(np.mean((log_pred[0] - np.log(fit.loss[n_head:])) ** 2)))
     return {
         "n_holdout": n_tail,

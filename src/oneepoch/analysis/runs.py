@@ -15,6 +15,8 @@ import numpy as np
 
 from oneepoch.errors import UserError
 
+# The ``kind`` of the live forecast's records in metrics.jsonl (oneepoch.live_forecast).
+FORECAST_KIND = "forecast"
 # Columns kept from metrics.jsonl; absent or non-numeric values become NaN.
 COLUMNS = ("step", "tokens", "unique_tokens", "epoch", "lr", "train_loss", "wall_s", "flops")
 
@@ -136,7 +138,9 @@ class Run:
         return float(offset), float(1.0 / slope)
 
 
-def load_run(path: str | Path) -> Run:
+def load_run(path: str | Path, until_step: float | None = None) -> Run:
+    """The run in ``path``; with ``until_step``, as it stood at that step (its lines up to
+    it): what the live forecast of `oneepoch train` fitted there."""
     path = Path(path)
     if not path.is_dir():
         raise UserError(
@@ -145,7 +149,9 @@ def load_run(path: str | Path) -> Run:
     metrics = path / "metrics.jsonl"
     if not metrics.is_file():
         raise UserError(f"{metrics} is missing; pass a run directory written by `oneepoch train`.")
-    records = _read_jsonl(metrics)
+    records = metrics_lines(_read_jsonl(metrics))
+    if until_step is not None:
+        records = [r for r in records if r["step"] <= until_step]
     if not records:
         raise UserError(f"{metrics} has no metrics lines; train the run before analysing it.")
 
@@ -208,6 +214,12 @@ def _read_jsonl(path: Path) -> list[dict]:
             raise UserError(f"{path} line {number} has no numeric `step`; fix or remove it.")
         records.append(obj)
     return records
+
+
+def metrics_lines(records: list[dict]) -> list[dict]:
+    """The training and evaluation lines, without the live forecast's ``forecast`` records
+    (which name the step they were made at, but are not measurements of it)."""
+    return [r for r in records if r.get("kind") != FORECAST_KIND]
 
 
 def _last_per_step(records: list[dict]) -> list[dict]:

@@ -53,6 +53,29 @@ def add_arguments(p) -> None:
         help="pause at this step of the planned run (checkpoint written, run.json status "
         "'paused'); --resume continues it exactly",
     )
+    forecast = p.add_argument_group("live forecast of the final loss")
+    forecast.add_argument(
+        "--no-forecast",
+        dest="live_forecast",
+        action="store_false",
+        default=None,
+        help="do not re-fit the learning curve while training (by default the progress line, "
+        "metrics.jsonl and TensorBoard show the forecast final loss with its 90%% interval)",
+    )
+    forecast.add_argument(
+        "--stop-if-unreachable",
+        action="store_true",
+        default=None,
+        help="stop the run (checkpointed, resumable) when the forecast says --target-loss will "
+        "not be reached by the end; off by default",
+    )
+    forecast.add_argument(
+        "--forecast-with",
+        metavar="RUN",
+        help="a run of the same model and data whose learning rate decayed: under a decaying "
+        "schedule the forecast then includes the loss drop the decay still brings (`oneepoch "
+        "fit --with`); without it the forecast says it leaves the decay out",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.add_argument("--json", action="store_true", help="print run.json at the end")
 
@@ -69,6 +92,13 @@ def overrides_from_args(args) -> dict:
             out.setdefault(section, {})[key] = value
     if args.compile:
         out.setdefault("train", {})["compile"] = True
+    for key, value in (
+        ("live", args.live_forecast),
+        ("stop_if_unreachable", args.stop_if_unreachable),
+        ("companion", args.forecast_with),
+    ):
+        if value is not None:
+            out.setdefault("forecast", {})[key] = value
     if args.data:
         out.setdefault("data", {})["path"] = args.data
     for section, key in PATH_SETTINGS:  # relative to where the command runs; recorded absolute
@@ -100,6 +130,10 @@ def run(args) -> int:
 
         require_tensorboard()
         check_log_dir(cfg.log.tensorboard, args.out)  # before the run directory is made
+    if cfg.forecast.companion:  # a run to fit with: said now, not at the first forecast
+        from oneepoch.analysis.runs import load_run
+
+        load_run(cfg.forecast.companion)
     if is_main and args.config:
         record_plan(args.config, args.out, args.resume)  # for `oneepoch plan --check RUN`
     try:
@@ -123,6 +157,13 @@ def run(args) -> int:
         return print_json(info)
     final = info.get("final", {})
     val = final.get("val_loss")
+    if info.get("status") == "stopped":
+        print(
+            f"stopped at step {final.get('step')}: the live forecast says --target-loss "
+            f"{cfg.forecast.target_loss:g} will not be reached by the end; the run is "
+            f"checkpointed in {args.out} (continue it with --resume)."
+        )
+        return 0
     print(
         f"done: {final.get('step')} steps, {final.get('tokens'):,} tokens, "
         f"val_loss {val:.4f}, {info['tokens_per_s']:,.0f} tok/s, MFU {info['mfu']:.1%} "
