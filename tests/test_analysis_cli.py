@@ -215,7 +215,8 @@ def test_scaling_fit_data_constrained_with_renamed_columns(capsys, tmp_path):
     assert code == 0
     result = json.loads(out)
     assert result["form"] == "data-constrained" and result["procedure"] == "paper"
-    assert result["base"]["source"] == "the CSV's single-epoch rows"
+    assert result["base"]["source"].startswith("the CSV's single-epoch rows")
+    assert result["base"]["rows"] == [i + 2 for i in range(24) if i % 3 == 0]  # 1 epoch
     assert {"R_D_star", "R_N_star"} <= set(result)
 
     # the same with the base law from a file, the terms tied, and an outlier policy
