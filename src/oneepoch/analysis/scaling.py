@@ -501,8 +501,9 @@ def fit_scaling(
         model, logy = fitted.model(N, D), np.log(L)
         theta, obj, report = _fit_from(model, logy, {"the start grid": fitted.grid()}, delta)
         boot = robust.bootstrap(model, theta, logy, delta, n_boot, rng, kind="pairs")
-        dof = dict.fromkeys(fitted.param_names, (L.size, len(fitted.free_names)))
-        return ScalingFit(fitted, data, theta, boot, obj, optimizer=report, dof=dof, **common)
+        # no small-sample widening here: the pairs bootstrap already covers 90-97% on a
+        # 61-point IsoFLOP design (docs/analysis.md)
+        return ScalingFit(fitted, data, theta, boot, obj, optimizer=report, **common)
     if procedure == "joint":
         if base is not None or tie:
             raise UserError("--base and --tie belong to the paper's procedure; drop them.")

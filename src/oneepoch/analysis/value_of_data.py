@@ -54,10 +54,8 @@ def value_of_data(
     """
     if law.form != "data-constrained":
         raise ValueError("value_of_data needs a data-constrained law")
-    names = law.param_names()
-    point = np.array([[law.params[k] for k in names]])
-    reps = law.replicates if law.replicates is not None else np.empty((0, len(names)))
-    params = np.concatenate([point, reps])  # row 0: the point estimate
+    params = point_and_replicates(law)
+    reps = params[1:]
 
     n_grid = np.geomspace(smallest_params, smallest_params * 10**N_DECADES, N_POINTS)
     fpt = np.array([flops_per_token(float(n)) for n in n_grid])
@@ -76,7 +74,7 @@ def value_of_data(
         loss = best_loss[:, at_budget]
         n_star = best_n[:, at_budget]
         tokens = flops / np.interp(np.log(n_star), np.log(n_grid), fpt)
-        reach = _flops_for_loss(best_loss, c_grid, ref_loss)
+        reach = least_reaching(best_loss, c_grid, ref_loss)
         needs_r_d = k is not None
         blocked = needs_r_d and "R_D_star" in law.not_identified
         row = {
@@ -90,12 +88,12 @@ def value_of_data(
             rows.append(row)
             continue
         row.update(
-            params=_estimate(n_star, level),
-            tokens=_estimate(tokens, level),
-            epochs=_estimate(tokens / unique, level) if unique else None,
-            loss=_estimate(loss, level),
-            flops_for_reference_loss=_estimate(reach, level),
-            flops_ratio=_estimate(reach / ref["flops"], level),
+            params=estimate(n_star, level),
+            tokens=estimate(tokens, level),
+            epochs=estimate(tokens / unique, level) if unique else None,
+            loss=estimate(loss, level),
+            flops_for_reference_loss=estimate(reach, level),
+            flops_ratio=estimate(reach / ref["flops"], level),
         )
         rows.append(row)
     return {
@@ -104,13 +102,22 @@ def value_of_data(
         "reference": {
             **{k: float(v) for k, v in ref.items()},
             "epochs": float(ref["tokens"] / ref["unique_tokens"]),
-            "loss": _estimate(ref_loss, level),
+            "loss": estimate(ref_loss, level),
         },
         "rows": rows,
         "n_bootstrap": int(len(reps)),
         "level": level,
         "not_identified": list(law.not_identified),
     }
+
+
+def point_and_replicates(law: ScalingLaw) -> np.ndarray:
+    """The law's parameters as rows: the point estimate first, then its bootstrap replicates
+    (natural values, the form's order); what ``estimate`` takes a quantity computed on."""
+    names = law.param_names()
+    point = np.array([[law.params[k] for k in names]])
+    reps = law.replicates if law.replicates is not None else np.empty((0, len(names)))
+    return np.concatenate([point, reps])
 
 
 def _best_over_n(params, n_grid, fpt, c_grid, unique):
@@ -148,26 +155,27 @@ def _parabolic_min(L: np.ndarray, x: np.ndarray):
     return loss, log_n
 
 
-def _flops_for_loss(best_loss: np.ndarray, c_grid: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Per replicate, the least compute whose best loss reaches ``target`` (log-linear
-    interpolation; +inf where the grid's largest compute does not reach it)."""
-    out = np.full(len(best_loss), np.inf)
-    log_c = np.log(c_grid)
-    for b, (curve, goal) in enumerate(zip(best_loss, target)):
+def least_reaching(curves: np.ndarray, grid: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Per row of ``curves`` (a loss falling along the log-spaced ``grid``), the least grid
+    value at which it reaches that row's ``target``, interpolated in log; +inf where the
+    grid's end does not reach it, the grid's start where that already does."""
+    out = np.full(len(curves), np.inf)
+    log_x = np.log(grid)
+    for b, (curve, goal) in enumerate(zip(curves, target)):
         below = np.flatnonzero(curve <= goal)
         if below.size == 0:
             continue
         j = below[0]
         if j == 0:
-            out[b] = c_grid[0]  # reached already at the grid's smallest compute
+            out[b] = grid[0]
             continue
         hi, lo = curve[j - 1], curve[j]
         frac = (hi - goal) / (hi - lo) if hi > lo else 0.0
-        out[b] = float(np.exp(log_c[j - 1] + frac * (log_c[j] - log_c[j - 1])))
+        out[b] = float(np.exp(log_x[j - 1] + frac * (log_x[j] - log_x[j - 1])))
     return out
 
 
-def _estimate(values: np.ndarray, level: float) -> dict:
+def estimate(values: np.ndarray, level: float = robust.DEFAULT_LEVEL) -> dict:
     """Point (row 0) and the replicates' percentile interval, widened to contain it."""
     est = robust.estimate(float(values[0]), np.asarray(values[1:], dtype=float), level)
     value = est["value"]
@@ -194,10 +202,7 @@ def epochs_affordable(
     the law's loss exceeds that of the same tokens all fresh by each of ``penalties``:
     the largest E with L(N, E U, U) <= (1 + p) L(N, E U, E U). {"penalties": [{"penalty",
     "epochs": estimate or None, "note"}], ...}; epochs past 1,000 count as unbounded."""
-    names = law.param_names()
-    point = np.array([[law.params[k] for k in names]])
-    reps = law.replicates if law.replicates is not None else np.empty((0, len(names)))
-    P = np.concatenate([point, reps])
+    P = point_and_replicates(law)
     D = EPOCH_GRID * unique_tokens
     repeated = predict_params("data-constrained", P, params, D, unique_tokens)
     fresh = predict_params("data-constrained", P, params, D, D)
@@ -209,7 +214,7 @@ def epochs_affordable(
             row["note"] = "not identified: the law's R_D* ended at a bound"
             row["epochs"] = None
         else:
-            row["epochs"] = _estimate(_crossing(excess, p), level)
+            row["epochs"] = estimate(_crossing(excess, p), level)
         out.append(row)
     return {"params": float(params), "unique_tokens": float(unique_tokens), "penalties": out}
 

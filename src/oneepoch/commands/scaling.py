@@ -151,10 +151,7 @@ def run_fit(args) -> int:
         )
         if "procedure" in result:
             base = result.get("base")
-            print(
-                f"  procedure: {result['procedure']}"
-                + (f" (Chinchilla terms fixed from {base['source']})" if base else "")
-            )
+            print(f"  procedure: {result['procedure']}" + _base_text(base))
         print(
             f"  outliers: {result['outliers']['policy']}, {len(result['outliers']['dropped_lines'])} rows dropped"
         )
@@ -170,6 +167,17 @@ def run_fit(args) -> int:
         )
         print(f"written: {args.json}" + (f", {args.plot}" if args.plot else ""))
     return 0
+
+
+def _base_text(base: dict | None) -> str:
+    """Where the paper procedure's Chinchilla terms came from, and which CSV lines."""
+    if not base:
+        return ""
+    if "rows" not in base:
+        return f" (Chinchilla terms fixed from {base['source']})"
+    lines = base["rows"]
+    shown = ", ".join(str(x) for x in lines[:12]) + (", ..." if len(lines) > 12 else "")
+    return f" (Chinchilla terms from {base['source']}: {len(lines)} rows, CSV lines {shown})"
 
 
 def run_sweep_csv(args) -> int:

@@ -198,10 +198,15 @@ def _too_few(grid: list[dict], epochs: list[float] | None) -> list[str]:
     out = []
     single = sum(1 for pt in runs if pt["plan"].epochs == 1)
     if single < paper_base_rows():
+        tied = (
+            f" (it takes {paper_base_rows(tie=True)} with --tie alpha=beta)"
+            if single >= paper_base_rows(tie=True)
+            else ""
+        )
         out.append(
             f"{single} single-epoch runs are fewer than the {paper_base_rows()} the paper's "
-            "procedure (`scaling fit --form data-constrained`) fits its Chinchilla terms on: "
-            "add budgets or sizes, or 1 to --epochs"
+            "procedure (`scaling fit --form data-constrained`) fits its Chinchilla terms on"
+            f"{tied}: add budgets or sizes, or 1 to --epochs"
         )
     return out
 
@@ -220,15 +225,18 @@ def _identifies_r_d(grid: list[dict]) -> list[str]:
         return [f"this grid is too small to identify R_D*: {min(reasons).rstrip('.')}"]
     found = [t["R_D_star"] for t in trials if t["identified"]]
     tried = ", ".join(f"{t['R_D_star']:g}" for t in trials)
+    fit = "`scaling fit --form data-constrained" + (
+        " --tie alpha=beta`" if trials[0]["tie"] else "`"
+    )
     if len(found) == len(trials):
         return [
             f"simulated on this grid, laws with R_D* = {tried} (0.5% noise) all have R_D* "
-            "identified by `scaling fit --form data-constrained`"
+            f"identified by {fit}"
         ]
     missed = ", ".join(f"{t['R_D_star']:g}" for t in trials if not t["identified"])
     return [
         f"this grid is too small to identify R_D* for every plausible law: simulated with "
-        f"R_D* = {tried} (0.5% noise), the fit leaves R_D* = {missed} not identified; add "
+        f"R_D* = {tried} (0.5% noise), {fit} leaves R_D* = {missed} not identified; add "
         "sizes, budgets or larger epoch counts (up to 48)"
     ]
 

@@ -129,7 +129,10 @@ def _finish(planner, plan, rule, tokens: float, epochs: float | None) -> None:
     from oneepoch.plan.rules import MAX_EPOCHS
 
     planner.finish(plan, rule, tokens)
-    if epochs is None or plan.problem:
+    if epochs is None:
+        return
+    if plan.problem:  # shown as asked, though it will not train
+        plan.epochs = float(epochs)
         return
     T = planner.T
     samples = plan.steps * plan.batch_size

@@ -52,6 +52,10 @@ def _count(n: float | None) -> str:
     return f"{n:.3g}"
 
 
+def _sci(x: float) -> str:
+    return f"{x:.3g}".replace("e+", "e")
+
+
 def _with_interval(est: dict | None, fmt) -> str:
     if est is None or est.get("value") is None:
         return "not reached" if est is not None else "-"
@@ -78,17 +82,17 @@ def print_value_of_data(table: dict, law_path: str, out=None) -> None:
     print(
         f"  the plan ({table['rule']}): {_count(ref['params'])} {count} parameters, "
         f"{_count(ref['tokens'])} tokens, {ref['epochs']:.2f} epochs of "
-        f"{_count(ref['unique_tokens'])} unique, {ref['flops']:.3g} FLOPs; the law's loss {loss}",
+        f"{_count(ref['unique_tokens'])} unique, {_sci(ref['flops'])} FLOPs; the law's loss {loss}",
         file=out,
     )
     print(
-        f"  the law's best run at this budget ({table['budget_flops']:.3g} FLOPs), and the "
+        f"  the law's best run at this budget ({_sci(table['budget_flops'])} FLOPs), and the "
         "FLOPs at which it reaches the plan's loss:",
         file=out,
     )
     head = (
         f"    {'unique tokens':<20}{'params':>9}{'tokens':>9}{'epochs':>8}  "
-        f"{'loss':<24}{'FLOPs to the plan loss':<30}{'x plan'}"
+        f"{'loss':<24}{'FLOPs to the plan loss':<34}{'x plan'}"
     )
     print(head, file=out)
     for row in table["rows"]:
@@ -97,12 +101,12 @@ def print_value_of_data(table: dict, law_path: str, out=None) -> None:
         if not row["identified"]:
             print(f"    {label:<20}{row['note']}", file=out)
             continue
-        epochs = f"{row['epochs']['value']:.2f}" if row["epochs"] else "1"
+        epochs = f"{row['epochs']['value']:.2f}" if row["epochs"] else "1.00"
         print(
             f"    {label:<20}{_count(row['params']['value']):>9}"
             f"{_count(row['tokens']['value']):>9}{epochs:>8}  "
             f"{_with_interval(row['loss'], lambda x: f'{x:.3f}'):<24}"
-            f"{_with_interval(row['flops_for_reference_loss'], lambda x: f'{x:.2g}'):<30}"
+            f"{_with_interval(row['flops_for_reference_loss'], _sci):<34}"
             f"{_with_interval(row['flops_ratio'], lambda x: f'{x:.2f}')}",
             file=out,
         )

@@ -10,7 +10,7 @@ import html
 from pathlib import Path
 
 from oneepoch.atomic import write_atomic
-from oneepoch.reproduce import plots
+from oneepoch.reproduce import law_prediction, plots
 from oneepoch.reproduce.results import FORECAST_FRACTION
 
 PAPER_REF = "Komatsuzaki, One Epoch Is All You Need, arXiv:1906.06669 (2019)"
@@ -116,6 +116,7 @@ def _blocks(results: dict, job: dict, figs: dict) -> list[tuple]:
         ),
     ]
     b += _exp1_blocks(exps["exp1"], figs)
+    b += law_prediction.blocks(results.get("law"), exps["exp1"])
     b += _exp2_blocks(exps["exp2"], figs)
     b += _exp3_blocks(exps["exp3"], figs)
     b += _exp4_blocks(exps["exp4"], figs, preset)

@@ -17,7 +17,7 @@ from oneepoch.analysis.curves import longest_true_run
 from oneepoch.analysis.runs import Run, load_run
 from oneepoch.atomic import write_atomic
 from oneepoch.errors import UserError
-from oneepoch.reproduce import verdicts
+from oneepoch.reproduce import law_prediction, verdicts
 
 # A validation curve "turns up" (overfits) when its last loss is this far above its best.
 TURN_UP = 0.005
@@ -58,6 +58,7 @@ def compute_results(out: Path, job: dict) -> dict:
         "runs": {f"seed{s}/{k}": _run_summary(out, r) for (s, k), r in runs.items()},
         "experiments": exps,
         "claims": claims,
+        "law": law_prediction.predict(job),  # `--law`: what a fitted law predicts (or None)
     }
 
 
