@@ -249,6 +249,9 @@ def test_repetition_sweep_fit_and_value_of_data_end_to_end(capsys, cache, byte_d
         "sweep", "--budget", "1.5e10,3e10", "--sizes", "13k,50k,100k,200k", "--epochs", "1,8",
         "--data", byte_dataset, "--out", out_dir, "--no-calibrate", "--quiet", *FAST,
     ]  # fmt: skip
+    bad = [a if a != "1,8" else "0.5,8" for a in argv]
+    code, out, err = run(capsys, *bad, "--dry-run")
+    assert code == 2 and err.startswith("error: --epochs must be finite counts of 1 or more")
     code, out, err = run(capsys, *argv, "--dry-run")
     assert code == 0, err
     assert "unique" in out.splitlines()[1] and "-e8" in out

@@ -413,7 +413,7 @@ class ScalingFit:
 
         def implied(p):
             alpha, beta = p["alpha"], p["beta"]
-            with np.errstate(divide="ignore", invalid="ignore"):
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 a, b = beta / (alpha + beta), alpha / (alpha + beta)
                 log_g = (np.log(alpha * p["A"]) - np.log(beta * p["B"])) / (alpha + beta)
                 ratio = np.exp(-2 * log_g + (b - a) * np.log(c_ref / 6))
@@ -984,7 +984,10 @@ SWEEP_COLUMNS = ("run", "params", "tokens", "unique_tokens", "loss", "flops", "w
 
 
 def sweep_rows(runs: list[Run], loss: str = "final", params: str = "non_embedding") -> list[dict]:
-    """One CSV row per run: its parameter count, final tokens and final or best val loss."""
+    """One CSV row per run: its parameter count, and its final val loss with its final
+    tokens, unique tokens, FLOPs and wall-clock, or (``loss="best"``) its lowest val loss
+    with those of that evaluation: a repeated run that overfits is its best, early-stopped
+    point, where the tokens it had seen are fewer than the run's."""
     if loss not in ("final", "best"):
         raise UserError(f"--loss must be final or best, not {loss!r}.")
     rows = []
@@ -998,16 +1001,20 @@ def sweep_rows(runs: list[Run], loss: str = "final", params: str = "non_embeddin
         val = run.evals["val_loss"]
         if val.size == 0:
             raise UserError(f"{run.path} has no evaluations; train it longer before sweeping.")
-        lines = run.lines
+        if loss == "final":
+            at, value = run.lines, float(val[-1])
+        else:  # the best evaluation, with the tokens (and unique tokens) it had seen
+            i = int(np.nanargmin(val))
+            at, value = {k: v[: i + 1] for k, v in run.evals.items()}, float(val[i])
         rows.append(
             {
                 "run": str(run.path),
                 "params": int(count),
-                "tokens": _last_finite(lines["tokens"]),
-                "unique_tokens": _last_finite(lines["unique_tokens"]),
-                "loss": float(val[-1] if loss == "final" else val.min()),
-                "flops": _last_finite(lines["flops"]),
-                "wall_s": _last_finite(lines["wall_s"]),
+                "tokens": _last_finite(at["tokens"]),
+                "unique_tokens": _last_finite(at["unique_tokens"]),
+                "loss": value,
+                "flops": _last_finite(at["flops"]),
+                "wall_s": _last_finite(at["wall_s"]),
             }
         )
     return rows

@@ -175,15 +175,15 @@ def parse_epochs(text: str | None) -> list[float] | None:
         raise UserError(
             f"--epochs takes epoch counts separated by commas (1,4,16), not {text!r}."
         ) from None
-    if not values or values[0] < 1:
-        raise UserError(f"--epochs must be 1 or more each, not {text!r}.")
+    if not values or not all(1 <= v < float("inf") for v in values):
+        raise UserError(f"--epochs must be finite counts of 1 or more, not {text!r}.")
     return values
 
 
 def _too_few(grid: list[dict], epochs: list[float] | None) -> list[str]:
     """Notes when the grid's runs will be too few for `oneepoch scaling fit`: the chinchilla
     form's rows, and with --epochs the single-epoch rows the paper's procedure fits its
-    Chinchilla terms on and the repeated rows that carry R_D*."""
+    Chinchilla terms on (whether R_D* is identified: ``_identifies_r_d``)."""
     from oneepoch.analysis.scaling import paper_base_rows
 
     runs = [pt for pt in grid if not pt["plan"].problem]
