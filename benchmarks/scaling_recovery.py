@@ -6,7 +6,8 @@ REPETITION_FAMILY, each factor independently):
 - exponents: alpha = beta in {0.28, 0.35, 0.5}, or (alpha, beta) = (0.3, 0.45), (0.45, 0.3);
 - R_D*: 5, 15, 40; R_N*: 2, 5, 20;
 - grid: ``wide`` (six sizes 2e7-1e9, 5-80 tokens per parameter, 1-64 epochs: 210 runs),
-  ``sweep`` (the shape of `oneepoch sweep --epochs`'s default grid at CPU scale),
+  ``sweep`` (`oneepoch sweep --budget 5e11,1e12,2e12 --epochs` on the built-in corpus:
+  five sizes 12.8k-400k, 1, 4 and 16 epochs: 45 runs),
   ``small`` (three sizes, 10-40 tokens per parameter, 1, 4 and 16 epochs: 27 runs);
 - log-normal noise: 0.2, 0.5, 1.5%;
 - E uniform in [1.5, 3.5], A and B giving each term 20-80% of E at the design's median.

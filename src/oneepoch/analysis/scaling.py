@@ -355,15 +355,28 @@ class ScalingFit:
         The interval always contains the point (``True`` when it had to be widened to)."""
         rows, fitted = self.dof.get(name, (0, 0))
         df = rows - fitted if rows > fitted else None
-        est = robust.estimate(value, samples, self.level, df)
+        # positive parameters are widened on a log scale, so an interval never crosses zero
+        log = name not in ("alpha", "beta") and value > 0 and np.all(samples > 0)
+        center, reps = (np.log(value), np.log(samples)) if log else (value, samples)
+        est = robust.estimate(center, reps, self.level, df)
         if est["ci_low"] is None and est["ci_high"] is None:
-            return est, False
+            return robust.estimate(value, samples, self.level), False
+        widen = robust.t_over_z(self.level, df)
         if df:  # the pairs bootstrap's spread, like residuals', shrinks by (n - p) / n
             inflate = math.sqrt(rows / df)
-            for side in ("ci_low", "ci_high", "se"):
+            widen *= inflate
+            for side in ("ci_low", "ci_high"):
                 if est[side] is not None:
-                    base = 0.0 if side == "se" else value
-                    est[side] = base + (est[side] - base) * inflate
+                    est[side] = center + (est[side] - center) * inflate
+        natural = robust.estimate(value, samples, self.level)
+        se = natural["se"] * widen if natural["se"] is not None else None
+        back = np.exp if log else float
+        est = {
+            "value": value,
+            "ci_low": float(back(est["ci_low"])) if est["ci_low"] is not None else None,
+            "ci_high": float(back(est["ci_high"])) if est["ci_high"] is not None else None,
+            "se": se,
+        }
         j = self._index(name)
         lo_b, hi_b = self.form.bounds[j]
         tail = (1 - self.level) / 2
@@ -534,11 +547,11 @@ def _fit_from(model, logy, starts: dict[str, np.ndarray], delta: float, free=Non
             f"would lower the objective by about {decrement:.2%}; treat the estimate with care"
         )
     for label, (_, other) in ends.items():
-        if other > obj * (1 + 1e-4) + 1e-12:
+        if other > obj * (1 + 1e-3) + 1e-12:
             notes.append(
-                f"started from {label}, the optimiser ended at objective {other:.4g}, worse "
-                f"than the {obj:.4g} reached from {best}: the objective has more than one "
-                "minimum here; the better is reported"
+                f"started from {label}, the optimiser ended at objective {other:.4g}, "
+                f"{other / obj - 1:.1%} worse than the {obj:.4g} reached from {best}: the "
+                "objective has more than one minimum here; the better is reported"
             )
     report = {
         "objective_by_start": {k: float(v[1]) for k, v in ends.items()},

@@ -150,9 +150,10 @@ def repetition_grid(kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     - ``wide``: six sizes from 2e7 to 1e9 parameters, 5 to 80 tokens per parameter, each
       run at 1, 2, 4, 8, 16, 32 and 64 epochs (210 runs).
-    - ``sweep``: the shape of `oneepoch sweep --epochs`'s default grid at CPU scale: two
-      IsoFLOP budgets (C = 6ND, 1e13 and 4e13), four sizes a factor 2 apart, 5 to 320
-      tokens per parameter, each at 1, 4, 16 and 48 epochs (32 runs).
+    - ``sweep``: `oneepoch sweep --budget 5e11,1e12,2e12 --epochs` on the built-in corpus:
+      three IsoFLOP budgets, five sizes from 12.8k to 400k non-embedding parameters (FLOPs per
+      token 6 (N + 1.35e5), the output head of a 4,096-token vocabulary), each at 1, 4 and
+      16 epochs (45 runs).
     - ``small``: three sizes, 10 to 40 tokens per parameter, 1, 4 and 16 epochs (27 runs).
     """
     rows = []
@@ -161,11 +162,10 @@ def repetition_grid(kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             for ratio in (5, 10, 20, 40, 80):
                 rows += [(n, ratio * n, ratio * n / e) for e in (1, 2, 4, 8, 16, 32, 64)]
     elif kind == "sweep":
-        for flops in (1e13, 4e13):
-            centre = (flops / 6 / 20) ** 0.5  # 20 tokens per parameter
-            for n in centre * np.array([0.25, 0.5, 1.0, 2.0]):
-                d = flops / (6 * n)
-                rows += [(n, d, d / e) for e in (1, 4, 16, 48)]
+        for flops in (5e11, 1e12, 2e12):
+            for n in (12_768, 50_112, 100_096, 198_528, 396_800):
+                d = flops / (6 * (n + 1.35e5))
+                rows += [(n, d, d / e) for e in (1, 4, 16)]
     elif kind == "small":
         for n in (1e5, 3e5, 1e6):
             for ratio in (10, 20, 40):

@@ -79,13 +79,15 @@ def add_arguments(p) -> None:
     s.set_defaults(func=run_sweep_csv)
 
 
-def add_sweep_csv_flags(parser) -> None:
-    """--loss and --params of the scaling CSV (`scaling sweep-csv`, `oneepoch sweep`)."""
+def add_sweep_csv_flags(parser, loss_default: str | None = "final") -> None:
+    """--loss and --params of the scaling CSV (`scaling sweep-csv`, `oneepoch sweep`).
+    ``loss_default`` None: the command chooses (`sweep`: best with --epochs)."""
     parser.add_argument(
         "--loss",
         choices=("final", "best"),
-        default="final",
-        help="final or best validation loss (default final)",
+        default=loss_default,
+        help="final or best validation loss (best: with the tokens seen at that evaluation); "
+        + ("default final" if loss_default else "default final, best with --epochs"),
     )
     parser.add_argument(
         "--params",

@@ -45,7 +45,7 @@ def add_arguments(s) -> None:
     s.add_argument("--data", required=True, metavar="DATA_DIR")
     s.add_argument("--out", required=True, metavar="DIR", help="one run directory per grid point")
     add_config_flags(s, ["--seq-len", "--dtype", "--device", "--eval-tokens"])
-    add_sweep_csv_flags(s)
+    add_sweep_csv_flags(s, loss_default=None)
     s.add_argument("--dry-run", action="store_true", help="print the grid, train nothing")
     s.add_argument("--no-calibrate", action="store_true", help="measure no throughput")
     s.add_argument("--quiet", action="store_true", help="no training progress display")
@@ -80,6 +80,9 @@ def run(args) -> int:
     if sizes and min(sizes) <= 0:
         raise UserError("--sizes must be positive parameter counts.")
     epochs = parse_epochs(args.epochs)
+    # repeated runs that overfit (their loss rises again) enter the CSV at their best point:
+    # the data-constrained law has repetition add less and less, never raise the loss
+    args.loss = args.loss or ("best" if epochs else "final")
     corpus = corpus_from_data(args.data)
     settings = Settings(seq_len=args.seq_len, eval_tokens=args.eval_tokens)
     calib = Calibration(args.device, args.dtype, measure=not args.no_calibrate)
