@@ -154,7 +154,9 @@ def test_scaling_sweep_csv_then_fit(capsys, tmp_path):
     assert code == 0
     rows = list(csv.DictReader(io.StringIO(out)))
     assert len(rows) == 6 and {"params", "tokens", "unique_tokens", "loss"} <= set(rows[0])
-    assert float(rows[1]["unique_tokens"]) == pytest.approx(float(rows[1]["tokens"]) / 2)
+    # two epochs of 2000 x 8192 tokens: unique tokens saturate at half, as of the best eval
+    unique = min(float(rows[1]["tokens"]), 2000 * 8192 / 2)
+    assert float(rows[1]["unique_tokens"]) == pytest.approx(unique)
     assert float(rows[0]["params"]) == 1e6
     code, out, _ = run_cli(capsys, "scaling", "sweep-csv", runs[0], "--params", "total")
     assert float(list(csv.DictReader(io.StringIO(out)))[0]["params"]) == 1.2e6
@@ -218,7 +220,8 @@ def test_scaling_fit_data_constrained_with_renamed_columns(capsys, tmp_path):
     assert code == 0
     result = json.loads(out)
     assert result["form"] == "data-constrained" and result["procedure"] == "paper"
-    assert result["base"]["source"] == "the CSV's single-epoch rows"
+    assert result["base"]["source"].startswith("the CSV's single-epoch rows")
+    assert result["base"]["rows"] == [i + 2 for i in range(24) if i % 3 == 0]  # 1 epoch
     assert {"R_D_star", "R_N_star"} <= set(result)
 
     # the same with the base law from a file, the terms tied, and an outlier policy
@@ -401,3 +404,22 @@ def test_resumed_run_keeps_the_later_line_and_tolerates_a_partial_last_line(tmp_
     loaded = load_run(run)
     assert loaded.evals["val_loss"][loaded.evals["step"] == 200] == [2.5]
     assert np.all(np.diff(loaded.lines["step"]) > 0)
+
+
+def test_sweep_csv_best_loss_comes_with_the_tokens_it_had_seen(capsys, tmp_path):
+    """A repeated run that overfits: its best evaluation, early in the run, is the row, with
+    the tokens and unique tokens seen by then, not the run's final ones."""
+
+    def overfits(tokens, steps):
+        return 3.0 + 1e-6 * (tokens - 4e6) ** 2 / 4e6  # lowest at 4M tokens, rising after
+
+    run = write_run(tmp_path / "r", overfits, total_steps=2000, epochs=8.0, params=100_000)
+    code, out, _ = run_cli(capsys, "scaling", "sweep-csv", run, "--loss", "best")
+    assert code == 0
+    best = list(csv.DictReader(io.StringIO(out)))[0]
+    assert float(best["loss"]) == pytest.approx(3.0, abs=1e-2)
+    assert float(best["tokens"]) == pytest.approx(4e6, rel=0.05)  # 2000 x 8192 = 16.4M in all
+    assert float(best["unique_tokens"]) == pytest.approx(16_384_000 / 8)
+    code, out, _ = run_cli(capsys, "scaling", "sweep-csv", run)
+    final = list(csv.DictReader(io.StringIO(out)))[0]
+    assert float(final["tokens"]) == 16_384_000 and float(final["loss"]) > 3.5

@@ -52,6 +52,32 @@ SCRIPT = textwrap.dedent(
         code = main(argv)
         assert code == 0, (argv, code)
     assert json.loads((out / "law.json").read_text())["n_points"] == 9
+
+    # the data-constrained law, what more data is worth, and the sweep's design check
+    from oneepoch.analysis.design_check import r_d_identification
+    from oneepoch.analysis.scaling import load_law
+    from oneepoch.analysis.synthetic import draw_repetition_law, repetition_rows
+    from oneepoch.analysis.value_of_data import epochs_affordable, value_of_data
+
+    spec = draw_repetition_law(2)
+    rows = repetition_rows(spec["law"], "wide", 0.005, 0)
+    with (out / "dc.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["params", "tokens", "unique_tokens", "loss"])
+        w.writerows(zip(rows["N"], rows["D"], rows["U"], rows["L"]))
+    argv = ["scaling", "fit", "--csv", str(out / "dc.csv"), "--form", "data-constrained",
+            "--json", str(out / "dc.json"), "--bootstrap", "10"]
+    assert main(argv) == 0
+    law = load_law(out / "dc.json")
+    assert law.replicates.shape == (10, 7)
+    ref = {"params": 1e8, "tokens": 4e9, "unique_tokens": 1e9, "flops": 2.4e18}
+    table = value_of_data(law, 2.4e18, 1e9, lambda n: 6.0 * n, 1e7, ref)
+    assert len(table["rows"]) == 5
+    assert epochs_affordable(law, 1e8, 1e9)["penalties"][0]["epochs"]["value"] > 1
+    assert len(r_d_identification(rows["N"][:60], rows["D"][:60], rows["U"][:60])) == 3
+    from oneepoch.reproduce import law_prediction  # reproduce --law's predictions
+
+    assert law_prediction.predict({"plan": {"exp4": []}}) is None
     assert sys.modules["torch"] is None
     print("ok")
     """

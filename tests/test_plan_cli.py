@@ -241,6 +241,64 @@ def test_sweep_default_grid_keeps_five_sizes_where_the_smallest_shapes_lie_far_a
     assert "not centred" not in out  # sizes given are sizes trained
 
 
+def test_repetition_sweep_fit_and_value_of_data_end_to_end(capsys, cache, byte_dataset, tmp_path):
+    """`sweep --epochs` trains every size at 1 and 8 epochs on the same tokens (real tiny
+    runs), its CSV carries the unique tokens, `scaling fit --form data-constrained` fits it,
+    and `plan --law` prints what more unique data is worth, or says R_D* is not identified."""
+    out_dir = tmp_path / "sweep"
+    argv = [
+        "sweep", "--budget", "1.5e10,3e10", "--sizes", "13k,50k,100k,200k", "--epochs", "1,8",
+        "--data", byte_dataset, "--out", out_dir, "--no-calibrate", "--quiet", *FAST,
+    ]  # fmt: skip
+    bad = [a if a != "1,8" else "0.5,8" for a in argv]
+    code, out, err = run(capsys, *bad, "--dry-run")
+    assert code == 2 and err.startswith("error: --epochs must be finite counts of 1 or more")
+    code, out, err = run(capsys, *argv, "--dry-run")
+    assert code == 0, err
+    assert "unique" in out.splitlines()[1] and "-e8" in out
+    assert "R_D*" in out  # the design check says whether the grid identifies it
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    with (out_dir / "sweep.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    by_run = {r["run"].rsplit("/", 2)[-2] + "/" + r["run"].rsplit("/", 1)[-1]: r for r in rows}
+    once = [r for name, r in by_run.items() if name.endswith("-e1")]
+    eight = [r for name, r in by_run.items() if name.endswith("-e8")]
+    assert len(once) == len(eight) == 7  # 200k is too large for 1.5e10: 50 steps at least
+    for r in once:
+        assert int(r["unique_tokens"]) == int(r["tokens"])
+    for r in eight:
+        twin = by_run[r["run"].rsplit("/", 2)[-2] + "/" + r["run"].rsplit("/", 1)[-1][:-3] + "-e1"]
+        assert r["tokens"] == twin["tokens"]  # the same tokens processed ...
+        assert 7.5 <= int(r["tokens"]) / int(r["unique_tokens"]) <= 8.0  # ... from 1/8 of them
+    assert "--form data-constrained" in out
+
+    law = tmp_path / "law.json"
+    code, out, err = run(
+        capsys, "scaling", "fit", "--csv", out_dir / "sweep.csv", "--form", "data-constrained",
+        "--tie", "alpha=beta", "--json", law, "--bootstrap", 30,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "Chinchilla terms from the CSV's single-epoch rows" in out
+    fitted = json.loads(law.read_text())
+    assert len(fitted["replicates"]["values"]) == 30
+    code, out, err = run(
+        capsys, "plan", "--budget", "2e10", "--data", byte_dataset, "--law", law,
+        "--no-calibrate", *FAST,
+    )  # fmt: skip
+    assert code == 0, err
+    table = out[out.index("value of more unique data") :].splitlines()
+    rows = {k: next(line for line in table if k in line) for k in ("(the corpus)", "(2x)", "(10x)")}
+    unlimited = next(line for line in table if line.strip().startswith("unlimited"))
+    assert "[" in unlimited  # free of R_D*: a loss with its interval, always
+    for line in rows.values():
+        if "note" in fitted["R_D_star"]:  # not identified by this tiny sweep: no number
+            assert "not identified" in line and "[" not in line
+        else:
+            assert "[" in line
+    assert any(line.strip().startswith("epochs this corpus affords") for line in table)
+
+
 @pytest.mark.parametrize("command", ["plan", "sweep"])
 def test_a_measuring_process_that_does_not_answer_is_an_error_that_says_what_to_do(
     capsys, cache, byte_dataset, tmp_path, monkeypatch, command

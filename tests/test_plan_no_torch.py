@@ -61,6 +61,19 @@ SCRIPT = textwrap.dedent(
     assert rundir.read_json(out / "run.json") == {"status": "completed"}
     assert "(default 128)" in cliflags.flag_help("--seq-len")
 
+    # the value of more data beside a plan, under a data-constrained law file
+    from oneepoch.plan.value import print_value_of_data, value_of_data_for_plan
+
+    law = {"form": "data-constrained"}
+    for k, v in {"E": 3.0, "A": 300.0, "B": 900.0, "alpha": 0.35, "beta": 0.35,
+                 "R_D_star": 15.0, "R_N_star": 5.0}.items():
+        law[k] = {"value": v}
+    (out / "dc.json").write_text(json.dumps(law))
+    fitted = make_rule(f"fitted:{out / 'dc.json'}")
+    table = value_of_data_for_plan(fitted, chosen, planner)
+    assert table["rule"] == "komatsuzaki" and len(table["rows"]) == 5
+    print_value_of_data(table, "dc.json")
+
     from oneepoch.cli import build_parser
     build_parser()  # every command registers without torch
     assert sys.modules["torch"] is None

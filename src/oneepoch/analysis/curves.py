@@ -232,7 +232,7 @@ class CurveFit:
         for i, m in enumerate(counts):
             weights = (np.arange(self.x.size) < m).astype(float)
             refits = robust.refine_batch(
-                fitted, thetas, logy, self.delta, weights=weights, hold=_held_floor(thetas)
+                fitted, thetas, logy, self.delta, weights=weights, free=_free_but_floor(thetas)
             )
             objective = robust.objective(fitted, refits, logy, self.delta, weights)
             out[i] = floor_weights(objective, m - self.n_free) @ robust.log_pred(model, refits)
@@ -414,7 +414,7 @@ def fit_floor_averaged(
     first = grid.reshape(floors.size, -1, starts.shape[1])[
         np.arange(floors.size), np.argmin(start_obj, axis=1)
     ]
-    thetas = robust.refine_batch(model, first, logy, best.delta, hold=_held_floor(first))
+    thetas = robust.refine_batch(model, first, logy, best.delta, free=_free_but_floor(first))
     objective = robust.objective(model, thetas, logy, best.delta)
     weights = floor_weights(objective, x.size - best.n_free)
     theta = thetas[np.argmax(weights)]
@@ -425,15 +425,15 @@ def fit_floor_averaged(
         resid *= robust.t_over_z(level, max(x.size - best.n_free + 1, 1))
         logy_b = robust.log_pred(model, thetas)[pick] + rng.choice(resid, size=(n_boot, x.size))
         boot = robust.refine_batch(
-            model, thetas[pick], logy_b, best.delta, hold=_held_floor(thetas)
+            model, thetas[pick], logy_b, best.delta, free=_free_but_floor(thetas)
         )
     obj = float(robust.objective(model, theta, logy, best.delta)[0])
     return CurveFit(form, x, loss, theta, boot, best.delta, obj, level, mixture=(thetas, weights))
 
 
-def _held_floor(thetas: np.ndarray) -> np.ndarray:
-    """The mask of the floor, every form's first parameter."""
-    return np.arange(thetas.shape[-1]) == 0
+def _free_but_floor(thetas: np.ndarray) -> np.ndarray:
+    """The mask of every parameter but the floor (every form's first parameter)."""
+    return np.arange(thetas.shape[-1]) != 0
 
 
 def floor_weights(objective: np.ndarray, df: int) -> np.ndarray:

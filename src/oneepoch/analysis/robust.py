@@ -45,22 +45,28 @@ def log_pred(model: Model, theta: np.ndarray) -> np.ndarray:
     return model.log_pred_jac(theta)[0]
 
 
-def numeric_jac(fn, theta: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def numeric_jac(
+    fn, theta: np.ndarray, bounds: np.ndarray, free: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Central-difference Jacobian of a batched ``fn``, for models without an analytic one.
 
-    All 2p perturbed parameter vectors go through ``fn`` in one batch.
+    All perturbed parameter vectors go through ``fn`` in one batch. ``free`` (bool [p]):
+    differentiate in these coordinates only; the other columns are zero.
     """
     B, p = theta.shape
+    cols = np.arange(p) if free is None else np.flatnonzero(free)
+    k = cols.size
     h = 1e-6 * np.maximum(1.0, np.abs(theta))
-    eye = np.eye(p)[:, None, :]  # [p, 1, p]: perturb coordinate k in slice k
+    eye = np.eye(p)[cols][:, None, :]  # [k, 1, p]: perturb coordinate cols[i] in slice i
     up = np.minimum(theta + eye * h, bounds[:, 1])
     down = np.maximum(theta - eye * h, bounds[:, 0])
     values = fn(np.concatenate([theta, up.reshape(-1, p), down.reshape(-1, p)]))
     base = values[:B]
-    f_up, f_down = values[B:].reshape(2, p, B, -1)
-    width = np.einsum("kbk->kb", up - down)[..., None]  # [p, B, 1]
-    jac = (f_up - f_down) / np.where(width > 0, width, 1.0)
-    return base, jac.transpose(1, 2, 0)
+    f_up, f_down = values[B:].reshape(2, k, B, -1)
+    width = (up - down)[np.arange(k), :, cols][..., None]  # [k, B, 1]
+    jac = np.zeros((B, base.shape[-1], p))
+    jac[:, :, cols] = ((f_up - f_down) / np.where(width > 0, width, 1.0)).transpose(1, 2, 0)
+    return base, jac
 
 
 def huber(r: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -173,18 +179,17 @@ def refine_batch(
     weights: np.ndarray | None = None,
     max_iter: int = 100,
     rtol: float = 1e-10,
-    hold: np.ndarray | None = None,
+    free: np.ndarray | None = None,
 ) -> np.ndarray:
     """Minimise the (weighted) Huber objective for B problems at once by Levenberg-Marquardt.
 
     ``logy`` and ``weights`` are [n] (shared) or [B, n] (one row per problem). Each problem
     keeps its own damping; a step is kept only if it lowers that problem's objective, so
-    the result is never worse than the start. ``hold``: a mask of parameters that stay
-    where each row starts.
+    the result is never worse than the start. ``free`` (bool [p]): only these coordinates
+    move; the others keep each problem's starting value.
     """
     theta = np.array(theta0, dtype=float)
     B, p = theta.shape
-    free = np.ones(p, dtype=bool) if hold is None else ~np.asarray(hold, dtype=bool)
     n = np.shape(logy)[-1]
     logy = np.broadcast_to(logy, (B, n))
     w = np.ones((B, n)) if weights is None else np.broadcast_to(weights, (B, n))
@@ -199,14 +204,15 @@ def refine_batch(
         idx = np.flatnonzero(active)
         if idx.size == 0:
             break
-        J, ww = jac[idx][..., free], w[idx]
+        J, ww = jac[idx], w[idx]
         grad = np.einsum("bnp,bn->bp", J, ww * psi[idx])
         hess = np.einsum("bnp,bn,bnq->bpq", J, ww * irls[idx], J)
+        if free is not None:
+            grad, hess = _hold_fixed(grad, hess, free)
         diag = np.diagonal(hess, axis1=1, axis2=2)
         scale = np.maximum(diag, 1e-12 * np.maximum(diag.max(-1, keepdims=True), 1e-300))
-        lhs = hess + damping[idx, None, None] * (scale[:, :, None] * np.eye(free.sum()))
-        step = np.zeros((idx.size, p))
-        step[:, free] = np.linalg.solve(lhs, -grad[..., None])[..., 0]
+        lhs = hess + damping[idx, None, None] * (scale[:, :, None] * np.eye(p))
+        step = _solve(lhs, -grad[..., None])[..., 0]
         cand = np.clip(theta[idx] + step, lo, hi)
         c_pred, c_jac = model.log_pred_jac(cand)
         c_rho, c_psi, c_irls = huber(c_pred - logy[idx], delta)
@@ -224,6 +230,47 @@ def refine_batch(
         done = (better & ((gain < rtol) | (moved < 1e-12))) | (damping[idx] > 1e12)
         active[idx[done]] = False
     return theta
+
+
+def _solve(lhs: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """Batched solve; a batch holding a singular system (a resample with fewer distinct
+    points than parameters) is solved by least squares instead."""
+    try:
+        return np.linalg.solve(lhs, rhs)
+    except np.linalg.LinAlgError:
+        return np.stack([np.linalg.lstsq(a, b, rcond=None)[0] for a, b in zip(lhs, rhs)])
+
+
+def _hold_fixed(grad, hess, free):
+    """Gradient and Hessian whose fixed coordinates take a zero step."""
+    fixed = ~np.asarray(free, dtype=bool)
+    grad, hess = grad.copy(), hess.copy()
+    grad[:, fixed] = 0.0
+    hess[:, fixed, :] = 0.0
+    hess[:, :, fixed] = 0.0
+    hess[:, fixed, fixed] = 1.0
+    return grad, hess
+
+
+def newton_decrement(model: Model, theta: np.ndarray, logy, delta: float, free=None) -> float:
+    """How much a Gauss-Newton step from ``theta`` would still lower the Huber objective,
+    relative to the objective (floored at 1e-12, below which nothing is left to gain): ~0 at
+    a minimum, large where an optimiser stopped early. Coordinates at a bound of the box,
+    with the gradient pushing them out, are held."""
+    pred, jac = model.log_pred_jac(np.atleast_2d(theta))
+    _, psi, irls = huber(pred[0] - logy, delta)
+    grad = jac[0].T @ psi
+    hess = jac[0].T @ (irls[:, None] * jac[0])
+    lo, hi = model.bounds[:, 0], model.bounds[:, 1]
+    theta = np.ravel(theta)
+    pinned = ((theta <= lo + 1e-9) & (grad > 0)) | ((theta >= hi - 1e-9) & (grad < 0))
+    keep = ~pinned if free is None else (~pinned & np.asarray(free, dtype=bool))
+    g, h = grad[keep], hess[np.ix_(keep, keep)]
+    if g.size == 0:
+        return 0.0
+    step = np.linalg.lstsq(h, g, rcond=1e-12)[0]
+    obj = float(objective(model, theta, logy, delta)[0])
+    return float(0.5 * g @ step) / max(obj, 1e-12)
 
 
 def bootstrap(

@@ -11,12 +11,22 @@
   with U_N = min(N, N_opt(U_D)): N_opt(U_D) is the parameter count whose compute-optimal
   token count under the law's own A, B, alpha, beta equals U_D (``_log_n_opt_for_tokens``).
   Two procedures: ``paper`` (the default), Muennighoff et al.'s: the Chinchilla terms are
-  fixed from a base law (``--base``, or a Chinchilla fit to the CSV's single-epoch rows)
-  and only R_D*, R_N* are fitted (``RepetitionForm``); ``joint``: all seven at once, a
-  different problem with a different optimum.
+  fitted first, then held while only R_D*, R_N* are fitted (``RepetitionForm``); ``joint``:
+  all seven at once, a different problem with a different optimum.
+
+The paper's base terms come from ``--base`` or from the CSV's rows that the Chinchilla law
+describes exactly: single-epoch rows with N <= N_opt(U). Single-epoch rows with more
+parameters than that carry excess parameters (R_N > 0), which a Chinchilla fit would absorb
+into its terms and pass on, biased, to R_D* and R_N*. Which rows those are depends on the
+base law, so they are found by iterating (``_base_rows``). The bootstrap repeats the whole
+procedure on each resample (the base refitted, then R_D* and R_N*), so the intervals carry
+the base's uncertainty. The joint fit starts from the grid and from the paper procedure's
+estimate, and says when the two end at different objectives.
 
 A parameter that ends at a bound of its box is reported as not identified, without an
-interval. Degenerate data (fewer distinct points than free parameters) are an error.
+interval; an interval side that the bootstrap replicates push to a bound is open (None).
+Every interval contains its point estimate. Degenerate data (fewer distinct points than free
+parameters) are an error.
 
 Internally log N and log D are centred on reference values (a_c = a - alpha log N_ref),
 which leaves the objective unchanged but conditions the solvers.
@@ -176,9 +186,12 @@ class DataConstrainedForm(ChinchillaForm):
         box = [(-10.0, 5.0), (-60.0, 60.0), (-60.0, 60.0), (0.01, 3.0), (0.01, 3.0)]
         self.bounds = np.array(box + [(-3.0, 9.0), (-3.0, 9.0)])
 
-    def model(self, N, D, U=None) -> _DataConstrainedModel:
+    def model(self, N, D, U=None, free=None) -> _DataConstrainedModel:
+        """The model bound to (N, D, U); ``free`` (bool [7]): the coordinates it is
+        differentiated in (the others held, as the paper's procedure holds its base)."""
         U = D if U is None else U
-        return _DataConstrainedModel(self, *(np.asarray(v, dtype=float) for v in (N, D, U)))
+        values = (np.asarray(v, dtype=float) for v in (N, D, U))
+        return _DataConstrainedModel(self, *values, free=free)
 
     def starts(self, model, logy) -> np.ndarray:
         base = np.clip(self.grid(), self.bounds[:5, 0], self.bounds[:5, 1])
@@ -206,8 +219,8 @@ class DataConstrainedForm(ChinchillaForm):
 
 
 class _DataConstrainedModel:
-    def __init__(self, form: DataConstrainedForm, N, D, U):
-        self.form, self.N, self.D, self.U = form, N, D, U
+    def __init__(self, form: DataConstrainedForm, N, D, U, free=None):
+        self.form, self.N, self.D, self.U, self.free = form, N, D, U, free
         self.bounds = form.bounds
 
     def log_pred(self, theta):
@@ -216,33 +229,22 @@ class _DataConstrainedModel:
         return inner.log_pred(theta[:, :5])
 
     def log_pred_jac(self, theta):
-        return robust.numeric_jac(self.log_pred, theta, self.bounds)
+        return robust.numeric_jac(self.log_pred, theta, self.bounds, self.free)
 
 
 class RepetitionForm:
-    """Muennighoff et al.'s procedure: the data-constrained form with its Chinchilla terms
-    fixed at a base law's values, fitting only R_D* and R_N* (in log)."""
+    """Muennighoff et al.'s second step: the data-constrained form with its Chinchilla terms
+    held at ``base_theta`` (internal, the five first coordinates of DataConstrainedForm),
+    fitting only R_D* and R_N* (in log)."""
 
     name = "data-constrained"
     param_names = DataConstrainedForm.param_names
     formula = DataConstrainedForm.formula
     free_names = ("R_D_star", "R_N_star")
-    fixed_names = ("E", "A", "B", "alpha", "beta")
-    tied: dict[str, str] = {}
 
-    def __init__(self, n_ref: float, d_ref: float, base: ScalingLaw):
-        self.full_form = DataConstrainedForm(n_ref, d_ref)
-        p = base.params
-        self.base_theta = np.array(
-            [
-                math.log(p["E"]),
-                math.log(p["A"]) - p["alpha"] * self.full_form.log_n_ref,
-                math.log(p["B"]) - p["beta"] * self.full_form.log_d_ref,
-                p["alpha"],
-                p["beta"],
-            ]
-        )
-        self.bounds = self.full_form.bounds[5:]
+    def __init__(self, full_form: DataConstrainedForm, base_theta: np.ndarray):
+        self.full_form, self.base_theta = full_form, np.asarray(base_theta, dtype=float)
+        self.bounds = full_form.bounds[5:]
 
     def full(self, theta) -> np.ndarray:
         theta = np.atleast_2d(theta)
@@ -253,12 +255,6 @@ class RepetitionForm:
 
     def starts(self, model, logy) -> np.ndarray:
         return np.array([(d, n) for d in _R_GRID for n in _R_GRID])
-
-    def raw(self, theta) -> dict[str, np.ndarray]:
-        return self.full_form.raw(self.full(theta))
-
-    def params(self, theta) -> dict[str, np.ndarray]:
-        return self.full_form.params(self.full(theta))
 
 
 class _RepetitionModel:
@@ -292,63 +288,152 @@ def _log_n_opt_for_tokens(raw: dict, log_tokens):
 
 @dataclass
 class ScalingFit:
-    form: ChinchillaForm | RepetitionForm
-    data: dict[str, np.ndarray]  # N, D, (U), L
-    theta: np.ndarray
-    boot: np.ndarray
+    form: ChinchillaForm  # the reported form: chinchilla (maybe tied) or data-constrained
+    data: dict[str, np.ndarray]  # N, D, (U), L, and "row": the CSV row index of each
+    theta: np.ndarray  # internal parameters of ``form``
+    boot: np.ndarray  # bootstrap replicates [n_boot, p] of them
     objective: float
     delta: float
     level: float
     columns: dict[str, str]
     procedure: str | None = None  # data-constrained only: "paper" or "joint"
-    base: dict | None = None  # the paper's procedure: where the fixed terms came from
+    base: dict | None = None  # the paper's procedure: where its Chinchilla terms came from
+    estimated: tuple[str, ...] | None = None  # names estimated here (default: all free)
+    tied: dict[str, str] = field(default_factory=dict)
+    optimizer: dict = field(default_factory=dict)
+    # (rows, parameters) behind each estimate: the bootstrap alone underestimates the
+    # spread when few rows carry many parameters (see ``_interval``)
+    dof: dict[str, tuple[int, int]] = field(default_factory=dict)
     outliers: dict = field(default_factory=lambda: {"policy": "none", "dropped_lines": []})
 
-    def at_bound(self) -> list[str]:
-        """Free parameters whose estimate ended at (within 1e-6 of) a bound of the box."""
-        lo, hi = self.form.bounds[:, 0], self.form.bounds[:, 1]
-        hit = (np.abs(self.theta - lo) < 1e-6) | (np.abs(self.theta - hi) < 1e-6)
-        return [name for name, h in zip(self.form.free_names, hit) if h]
+    def __post_init__(self):
+        self.tied = self.tied or dict(self.form.tied)
 
-    def params(self) -> dict[str, dict]:
-        point, samples = self.form.params(self.theta), self.form.params(self.boot)
-        out = {k: robust.estimate(point[k][0], samples[k], self.level) for k in point}
-        for name in self.form.fixed_names:
-            out[name] = {**_point_only(point[name][0]), "fixed": "from the base law"}
-        for name, to in self.form.tied.items():
-            out[name] = {**out[name], "tied": to}
-        for name in self.at_bound():
-            out[name] = {**_point_only(point[name][0]), "note": AT_BOUND}
+    def estimated_names(self) -> tuple[str, ...]:
+        if self.estimated is not None:
+            return self.estimated
+        return tuple(n for n in self.form.free_names if n not in self.tied)
+
+    def _index(self, name: str) -> int:
+        return self.form.free_names.index(name)
+
+    def at_bound(self) -> list[str]:
+        """Estimated parameters whose estimate ended at (within 1e-6 of) a bound of the box."""
+        out = []
+        for name in self.estimated_names():
+            j = self._index(name)
+            lo, hi = self.form.bounds[j]
+            if min(abs(self.theta[j] - lo), abs(self.theta[j] - hi)) < 1e-6:
+                out.append(name)
         return out
 
+    def params(self) -> dict[str, dict]:
+        return self._params_and_widened()[0]
+
+    def _params_and_widened(self) -> tuple[dict[str, dict], list[str]]:
+        point, samples = self.form.params(self.theta), self.form.params(self.boot)
+        out, widened = {}, []
+        estimated, at_bound = self.estimated_names(), self.at_bound()
+        for name in self.form.param_names:
+            if name in self.tied:
+                continue
+            if name in at_bound:
+                out[name] = {**_point_only(point[name][0]), "note": AT_BOUND}
+            elif name not in estimated:
+                out[name] = {**_point_only(point[name][0]), "fixed": "from the base law"}
+            else:
+                out[name], moved = self._interval(name, point[name][0], samples[name])
+                if moved:
+                    widened.append(name)
+        for name, to in self.tied.items():
+            out[name] = {**out[to], "tied": to}
+        return {name: out[name] for name in self.form.param_names}, widened
+
+    def _interval(self, name: str, value: float, samples: np.ndarray) -> tuple[dict, bool]:
+        """The percentile interval of one parameter. A side that more than its tail's share
+        of replicates reach at a bound of the box is open (None): the data do not limit it.
+        The interval always contains the point (``True`` when it had to be widened to)."""
+        rows, fitted = self.dof.get(name, (0, 0))
+        df = rows - fitted if rows > fitted else None
+        # positive parameters are widened on a log scale, so an interval never crosses zero
+        log = name not in ("alpha", "beta") and value > 0 and np.all(samples > 0)
+        center, reps = (np.log(value), np.log(samples)) if log else (value, samples)
+        est = robust.estimate(center, reps, self.level, df)
+        if est["ci_low"] is None and est["ci_high"] is None:
+            return robust.estimate(value, samples, self.level), False
+        widen = robust.t_over_z(self.level, df)
+        if df:  # the pairs bootstrap's spread, like residuals', shrinks by (n - p) / n
+            inflate = math.sqrt(rows / df)
+            widen *= inflate
+            for side in ("ci_low", "ci_high"):
+                if est[side] is not None:
+                    est[side] = center + (est[side] - center) * inflate
+        natural = robust.estimate(value, samples, self.level)
+        se = natural["se"] * widen if natural["se"] is not None else None
+        back = np.exp if log else float
+        est = {
+            "value": value,
+            "ci_low": float(back(est["ci_low"])) if est["ci_low"] is not None else None,
+            "ci_high": float(back(est["ci_high"])) if est["ci_high"] is not None else None,
+            "se": se,
+        }
+        j = self._index(name)
+        lo_b, hi_b = self.form.bounds[j]
+        tail = (1 - self.level) / 2
+        moved = False
+        if est["ci_low"] > value:
+            est["ci_low"], moved = value, True
+        if est["ci_high"] < value:
+            est["ci_high"], moved = value, True
+        if np.mean(np.abs(self.boot[:, j] - lo_b) < 1e-6) > tail:
+            est["ci_low"], est["se"] = None, None
+        if np.mean(np.abs(self.boot[:, j] - hi_b) < 1e-6) > tail:
+            est["ci_high"], est["se"] = None, None
+        return est, moved
+
     def warnings(self) -> list[str]:
-        return [
-            f"{name} ended at a bound of its range ({self.params()[name]['value']:.4g}): "
+        params, widened = self._params_and_widened()
+        out = [
+            f"{name} ended at a bound of its range ({params[name]['value']:.4g}): "
             "it is not identified by these data, so no interval is given"
             for name in self.at_bound()
         ]
+        out += [
+            f"{name}: most bootstrap replicates lie on one side of the estimate "
+            "(another minimum nearby); its interval was widened to include the estimate"
+            for name in widened
+        ]
+        return out + list(self.optimizer.get("notes", []))
 
     def law(self) -> ScalingLaw:
+        point = self.form.params(self.theta)
+        replicates = None
+        if len(self.boot):
+            samples = self.form.params(self.boot)
+            replicates = np.column_stack([samples[k] for k in self.form.param_names])
         return ScalingLaw(
-            self.form.name, {k: float(v[0]) for k, v in self.form.params(self.theta).items()}
+            self.form.name,
+            {k: float(v[0]) for k, v in point.items()},
+            replicates=replicates,
+            not_identified=tuple(self.at_bound()),
         )
 
     def compute_optimal_summary(self) -> dict:
         """Allocation exponents and tokens per parameter implied by the fit, under C = 6ND.
-        With the base terms fixed these follow from the base alone: no interval here."""
+        With the base terms given (--base) these follow from the base alone: no interval."""
         c_ref = float(np.median(6 * self.data["N"] * self.data["D"]))
         point, samples = self.form.params(self.theta), self.form.params(self.boot)
 
         def implied(p):
             alpha, beta = p["alpha"], p["beta"]
-            with np.errstate(divide="ignore", invalid="ignore"):
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 a, b = beta / (alpha + beta), alpha / (alpha + beta)
                 log_g = (np.log(alpha * p["A"]) - np.log(beta * p["B"])) / (alpha + beta)
                 ratio = np.exp(-2 * log_g + (b - a) * np.log(c_ref / 6))
             return a, b, ratio
 
         (a, b, r), (a_s, b_s, r_s) = implied(point), implied(samples)
-        if self.form.fixed_names:
+        if "alpha" not in self.estimated_names():
             a_s = b_s = r_s = np.empty(0)
         return {
             "N_opt_exponent": robust.estimate(a[0], a_s, self.level),
@@ -375,7 +460,14 @@ class ScalingFit:
             out["procedure"] = self.procedure
         if self.base is not None:
             out["base"] = self.base
+        out["optimizer"] = {k: v for k, v in self.optimizer.items() if k != "notes"}
         out.update(self.compute_optimal_summary())
+        law = self.law()
+        if law.replicates is not None:
+            out["replicates"] = {
+                "names": list(self.form.param_names),
+                "values": [[float(x) for x in row] for row in law.replicates],
+            }
         return out
 
 
@@ -403,51 +495,251 @@ def fit_scaling(
 
     Outliers first (``_drop_outliers``). Chinchilla: all five terms (``tie``: beta =
     alpha). Data-constrained, ``procedure="paper"``: the Chinchilla terms from ``base``
-    (else a Chinchilla fit, tied if ``tie``, to the single-epoch rows, U = D), then R_D*
-    and R_N* alone; ``"joint"``: all seven at once.
+    (else a Chinchilla fit, tied if ``tie``, to the single-epoch rows with N <= N_opt(U)),
+    then R_D* and R_N* alone; ``"joint"``: all seven at once.
     """
     if form not in FORMS:
         raise UserError(f"unknown scaling form {form!r}; choose from {', '.join(FORMS)}.")
     if procedure not in PROCEDURES:
         raise UserError(f"--procedure must be one of {', '.join(PROCEDURES)}, not {procedure!r}.")
+    data = {**data, "row": np.arange(np.asarray(data["L"]).size)}
     data, outliers = _drop_outliers(data, drop_highest, drop_above)
     N, D, L = data["N"], data["D"], data["L"]
     refs = (float(np.exp(np.mean(np.log(N)))), float(np.exp(np.mean(np.log(D)))))
-    base_info = None
+    rng = np.random.default_rng(seed)
+    common = dict(delta=delta, level=level, columns=columns or {}, outliers=outliers)
     if form == "chinchilla":
         fitted = (TiedChinchillaForm if tie else ChinchillaForm)(*refs)
-    elif procedure == "joint":
+        _check_identifiable(data, form, fitted)
+        model, logy = fitted.model(N, D), np.log(L)
+        theta, obj, report = _fit_from(model, logy, {"the start grid": fitted.grid()}, delta)
+        boot = robust.bootstrap(model, theta, logy, delta, n_boot, rng, kind="pairs")
+        # no small-sample widening here: the pairs bootstrap already covers 90-97% on a
+        # 61-point IsoFLOP design (docs/analysis.md)
+        return ScalingFit(fitted, data, theta, boot, obj, optimizer=report, **common)
+    if procedure == "joint":
         if base is not None or tie:
             raise UserError("--base and --tie belong to the paper's procedure; drop them.")
-        fitted = DataConstrainedForm(*refs)
-    else:
-        if base is not None and tie:
-            raise UserError(
-                "--tie applies to the base fit; fit the base law with --tie instead of "
-                "passing both --tie and --base."
+        return _fit_joint(data, refs, n_boot, rng, common)
+    if base is not None and tie:
+        raise UserError(
+            "--tie applies to the base fit; fit the base law with --tie instead of "
+            "passing both --tie and --base."
+        )
+    return _fit_paper(data, refs, base, base_source, tie, n_boot, rng, common)
+
+
+def _fit_from(model, logy, starts: dict[str, np.ndarray], delta: float, free=None):
+    """The best fit over groups of starts, and a report: each group's objective, which won,
+    and notes when a group ended worse than another (the objective has several minima) or
+    the winner is not a minimum (the optimiser stopped early)."""
+    ends = {}
+    for label, group in starts.items():
+        group = np.atleast_2d(group)
+        ends[label] = robust.fit_multistart(model, logy, group, delta, n_polish=min(8, len(group)))
+    best = min(ends, key=lambda k: ends[k][1])
+    theta, obj = ends[best]
+    decrement = robust.newton_decrement(model, theta, logy, delta, free)
+    notes = []
+    if decrement > 1e-6:
+        notes.append(
+            f"the optimiser stopped before reaching a minimum: one more Gauss-Newton step "
+            f"would lower the objective by about {decrement:.2%}; treat the estimate with care"
+        )
+    for label, (_, other) in ends.items():
+        if other > obj * (1 + 1e-3) + 1e-12:
+            notes.append(
+                f"started from {label}, the optimiser ended at objective {other:.4g}, "
+                f"{other / obj - 1:.1%} worse than the {obj:.4g} reached from {best}: the "
+                "objective has more than one minimum here; the better is reported"
             )
-        if base is None:
-            base, base_source = _single_epoch_base(data, tie, delta), "the CSV's single-epoch rows"
-        base_info = {"source": base_source, **base.params}
-        fitted = RepetitionForm(*refs, base)
-    _check_identifiable(data, form, fitted)
-    model, logy = fitted.model(N, D, data.get("U")), np.log(L)
-    theta, obj = robust.fit_multistart(model, logy, fitted.starts(model, logy), delta, n_polish=8)
-    rng = np.random.default_rng(seed)
+    report = {
+        "objective_by_start": {k: float(v[1]) for k, v in ends.items()},
+        "best_start": best,
+        "newton_decrement": decrement,
+        "notes": notes,
+    }
+    return theta, obj, report
+
+
+def _fit_joint(data, refs, n_boot, rng, common) -> ScalingFit:
+    """All seven parameters at once, from the grid and from the paper procedure's estimate."""
+    delta = common["delta"]
+    fitted = DataConstrainedForm(*refs)
+    _check_identifiable(data, "data-constrained", fitted)
+    model, logy = fitted.model(data["N"], data["D"], data.get("U")), np.log(data["L"])
+    starts = {"the start grid": fitted.starts(model, logy)}
+    try:
+        paper = _fit_paper(data, refs, None, None, False, 0, rng, common)
+        starts["the paper procedure's estimate"] = paper.theta
+    except UserError:
+        pass  # too few single-epoch rows for a base: the grid alone
+    theta, obj, report = _fit_from(model, logy, starts, delta)
     boot = robust.bootstrap(model, theta, logy, delta, n_boot, rng, kind="pairs")
+    dof = dict.fromkeys(fitted.param_names, (logy.size, len(fitted.free_names)))
     return ScalingFit(
-        fitted,
+        fitted, data, theta, boot, obj, procedure="joint", optimizer=report, dof=dof, **common
+    )
+
+
+def _fit_paper(data, refs, base, base_source, tie, n_boot, rng, common) -> ScalingFit:
+    """Muennighoff et al.'s procedure: base terms, then R_D* and R_N* with them held. The
+    bootstrap refits both steps on each resample (the base on its own rows, warm-started)."""
+    delta = common["delta"]
+    full = DataConstrainedForm(*refs)
+    N, D, U, logy = data["N"], data["D"], data["U"], np.log(data["L"])
+    r_free = np.array([False] * 5 + [True] * 2)
+    tied, base_notes, dof = {}, [], {}
+    if base is not None:
+        base5, rows, estimated = _internal_base(base, full), None, ("R_D_star", "R_N_star")
+        base_info = {"source": base_source, **base.params}
+    else:
+        base_model, rows, base5, base_theta, base_info, base_notes = _base_fit(
+            data, full, tie, delta
+        )
+        tied = {"beta": "alpha"} if tie else {}
+        estimated = tuple(n for n in full.param_names if n not in tied)
+        dof = dict.fromkeys(estimated[:-2], (len(base_info["rows"]), base_theta.size))
+    dof.update(dict.fromkeys(("R_D_star", "R_N_star"), (logy.size, len(estimated))))
+    stage = RepetitionForm(full, base5)
+    _check_identifiable(data, "data-constrained", stage)
+    model = stage.model(N, D, U)
+    r_theta, obj, report = _fit_from(
+        model, logy, {"the start grid": stage.starts(None, None)}, delta
+    )
+    theta = np.concatenate([base5, r_theta])
+    report["notes"] = [f"base fit: {note}" for note in base_notes] + report["notes"]
+
+    boot = np.empty((0, theta.size))
+    if n_boot > 0:
+        n = logy.size
+        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)
+        starts = np.tile(theta, (n_boot, 1))
+        if rows is not None:
+            refit = robust.refine_batch(
+                base_model, np.tile(base_theta, (n_boot, 1)), logy[rows], delta, counts[:, rows]
+            )
+            starts[:, :5] = base_model.full(refit)[:, :5]
+        boot = robust.refine_batch(
+            full.model(N, D, U, free=r_free), starts, logy, delta, counts, free=r_free
+        )
+    return ScalingFit(
+        full,
         data,
         theta,
         boot,
         obj,
-        delta,
-        level,
-        columns or {},
-        procedure=None if form == "chinchilla" else procedure,
+        procedure="paper",
         base=base_info,
-        outliers=outliers,
+        estimated=estimated,
+        tied=tied,
+        optimizer=report,
+        dof=dof,
+        **common,
     )
+
+
+def _internal_base(base: ScalingLaw, full: DataConstrainedForm) -> np.ndarray:
+    """A chinchilla law's terms as the first five internal coordinates of ``full``."""
+    p = base.params
+    return np.array(
+        [
+            math.log(p["E"]),
+            math.log(p["A"]) - p["alpha"] * full.log_n_ref,
+            math.log(p["B"]) - p["beta"] * full.log_d_ref,
+            p["alpha"],
+            p["beta"],
+        ]
+    )
+
+
+class _Reduced:
+    """A model in fewer coordinates than ``model``: full theta = offset + reduced @ M.T (the
+    base fit's tied exponents and held R_D*)."""
+
+    def __init__(self, model, M: np.ndarray, offset: np.ndarray):
+        self.model, self.M, self.offset = model, M, offset
+        used = np.abs(M).sum(axis=1) > 0
+        self.bounds = np.array(
+            [model.bounds[np.flatnonzero(M[:, k])[0]] for k in range(M.shape[1])]
+        )
+        self.model.free = used
+
+    def full(self, theta) -> np.ndarray:
+        return self.offset + np.atleast_2d(theta) @ self.M.T
+
+    def log_pred(self, theta):
+        return self.model.log_pred(self.full(theta))
+
+    def log_pred_jac(self, theta):
+        pred, jac = self.model.log_pred_jac(self.full(theta))
+        return pred, jac @ self.M
+
+
+def paper_base_rows(tie: bool = False) -> int:
+    """The fewest single-epoch rows the paper's procedure fits its base on: the Chinchilla
+    terms (four when tied) and R_N*, plus two."""
+    return (5 if tie else 6) + 2
+
+
+def _base_fit(data: dict, full: DataConstrainedForm, tie: bool, delta: float):
+    """(model, internal base parameters [5], reduced parameters, record): the data-constrained
+    form fitted to the single-epoch rows, where R_D = 0 so R_D* plays no part, with R_N*
+    free: rows with more parameters than N_opt(U) carry excess parameters, and a fit that
+    models them keeps their cost out of the Chinchilla terms. Tied: beta = alpha."""
+    N, D, U, logy = data["N"], data["D"], data["U"], np.log(data["L"])
+    single = U >= D * (1 - 1e-9)
+    keep = [0, 1, 2, 3] + ([] if tie else [4]) + [6]  # e, a, b, alpha, (beta), log R_N*
+    M = np.zeros((7, len(keep)))
+    M[keep, np.arange(len(keep))] = 1.0
+    if tie:
+        M[4, 3] = 1.0  # beta follows alpha
+    offset = np.zeros(7)
+    offset[5] = math.log(_R_STARTS["R_D_star"][1])  # held; no effect on single-epoch rows
+    need = paper_base_rows(tie)
+    if single.sum() < need:
+        raise UserError(
+            f"the paper's data-constrained procedure fits its Chinchilla terms on the "
+            f"single-epoch rows (unique_tokens = tokens); the CSV has {int(single.sum())}, "
+            f"fewer than the {need} that fit needs: add single-epoch runs, pass --base "
+            "LAW.json, or use --procedure joint."
+        )
+    model = _Reduced(full.model(N[single], D[single], U[single]), M, offset)
+    logy_single = logy[single]
+    # starts: the Chinchilla grid's 16 best points (at R_N* 5.3) times R_N* in {2, 5.3, 20},
+    # and the plain Chinchilla fit to the same rows (Hoffmann et al.'s whole grid)
+    refs = (math.exp(full.log_n_ref), math.exp(full.log_d_ref))
+    chin_form = (TiedChinchillaForm if tie else ChinchillaForm)(*refs)
+    base = np.clip(chin_form.grid(), model.bounds[:-1, 0], model.bounds[:-1, 1])
+    r_n = np.log(_R_STARTS["R_N_star"])
+    at_r = np.column_stack([base, np.full(len(base), r_n[1])])
+    best = base[np.argsort(robust.objective(model, at_r, logy_single, delta))[:16]]
+    chin_model = chin_form.model(N[single], D[single])
+    chin, _ = robust.fit_multistart(chin_model, logy_single, chin_form.grid(), delta, n_polish=8)
+    chin = np.clip(chin, model.bounds[:-1, 0], model.bounds[:-1, 1])
+    starts = {
+        "the start grid": [[*row, r] for row in best for r in r_n],
+        "a Chinchilla fit to the same rows": [[*chin, r] for r in r_n],
+    }
+    theta, obj, report = _fit_from(model, logy_single, starts, delta)
+    base5 = model.full(theta)[0, :5]
+    law = ScalingLaw(
+        "chinchilla",
+        {
+            k: float(v[0])
+            for k, v in full.params(model.full(theta)).items()
+            if k in ChinchillaForm.param_names
+        },
+    )
+    record = {
+        "source": "the CSV's single-epoch rows, fitted with R_N* (excess parameters)",
+        **law.params,
+        "R_N_star": float(math.exp(theta[-1])),
+        "rows": [int(r) + 2 for r in data["row"][single]],
+        "objective": obj,
+        "optimizer": {k: v for k, v in report.items() if k != "notes"},
+    }
+    return model, single, base5, theta, record, report["notes"]
 
 
 def _drop_outliers(data: dict, drop_highest: int, drop_above: float | None):
@@ -478,20 +770,6 @@ def _drop_outliers(data: dict, drop_highest: int, drop_above: float | None):
     return {k: v[~drop] for k, v in data.items()}, record
 
 
-def _single_epoch_base(data: dict, tie: bool, delta: float) -> ScalingLaw:
-    """A Chinchilla fit to the rows trained for one epoch (U = D): the paper's base."""
-    single = data["U"] >= data["D"] * (1 - 1e-9)
-    need = len((TiedChinchillaForm if tie else ChinchillaForm).free_names) + 2
-    if single.sum() < need:
-        raise UserError(
-            f"the paper's data-constrained procedure needs fixed Chinchilla terms: the CSV has "
-            f"{int(single.sum())} single-epoch rows (unique_tokens = tokens), fewer than the "
-            f"{need} a base fit needs; pass --base LAW.json or --procedure joint."
-        )
-    rows = {k: v[single] for k, v in data.items() if k != "U"}
-    return fit_scaling(rows, "chinchilla", n_boot=0, delta=delta, tie=tie).law()
-
-
 def _check_identifiable(data: dict, form: str, fitted) -> None:
     n_free = len(fitted.free_names)
     need = n_free + 2
@@ -513,27 +791,32 @@ def _check_identifiable(data: dict, form: str, fitted) -> None:
 
 @dataclass
 class ScalingLaw:
-    """A fitted law's point estimates: what the planner needs to predict and allocate."""
+    """A fitted law's point estimates: what the planner needs to predict and allocate; with
+    its bootstrap replicates (natural parameters, [n_boot, len(params)] in the form's order)
+    when the fit had them, and the parameters it could not identify (at a bound)."""
 
     form: str
     params: dict[str, float]
+    replicates: np.ndarray | None = None
+    not_identified: tuple[str, ...] = ()
 
-    def _form_and_theta(self):
-        p = self.params
-        form = (ChinchillaForm if self.form == "chinchilla" else DataConstrainedForm)(1.0, 1.0)
-        theta = [math.log(p["E"]), math.log(p["A"]), math.log(p["B"]), p["alpha"], p["beta"]]
-        if self.form == "data-constrained":
-            theta += [math.log(p["R_D_star"]), math.log(p["R_N_star"])]
-        return form, np.array([theta])
+    def param_names(self) -> tuple[str, ...]:
+        return (
+            ChinchillaForm.param_names
+            if self.form == "chinchilla"
+            else DataConstrainedForm.param_names
+        )
+
+    def predict_replicates(self, N, D, U=None) -> np.ndarray:
+        """Loss under every bootstrap replicate, [n_boot, *shape] (empty without them)."""
+        if self.replicates is None or not len(self.replicates):
+            return np.empty((0, *np.broadcast(N, D).shape))
+        return predict_params(self.form, self.replicates, N, D, U)
 
     def predict(self, N, D, U=None) -> np.ndarray:
         """Loss at N parameters and D training tokens, of which U unique (default D)."""
-        N, D = np.broadcast_arrays(np.asarray(N, dtype=float), np.asarray(D, dtype=float))
-        U = D if U is None else np.minimum(np.broadcast_to(np.asarray(U, dtype=float), D.shape), D)
-        form, theta = self._form_and_theta()
-        shape = N.shape
-        model = form.model(N.ravel(), D.ravel(), U.ravel())
-        return np.exp(robust.log_pred(model, theta)[0]).reshape(shape)
+        row = np.array([[self.params[k] for k in self.param_names()]])
+        return predict_params(self.form, row, N, D, U)[0]
 
     def compute_optimal(
         self,
@@ -579,6 +862,20 @@ class ScalingLaw:
             "loss": loss_at(log_n),
             "flops": float(flops),
         }
+
+
+def predict_params(form: str, params: np.ndarray, N, D, U=None) -> np.ndarray:
+    """Loss [B, *shape] under B parameter vectors ``params`` (natural values, in the form's
+    param_names order) at N parameters and D tokens, U of them unique (default D)."""
+    N, D = np.broadcast_arrays(np.asarray(N, dtype=float), np.asarray(D, dtype=float))
+    U = D if U is None else np.minimum(np.broadcast_to(np.asarray(U, dtype=float), D.shape), D)
+    P = np.atleast_2d(np.asarray(params, dtype=float))
+    cls = ChinchillaForm if form == "chinchilla" else DataConstrainedForm
+    theta = [np.log(P[:, 0]), np.log(P[:, 1]), np.log(P[:, 2]), P[:, 3], P[:, 4]]
+    if form == "data-constrained":
+        theta += [np.log(P[:, 5]), np.log(P[:, 6])]
+    model = cls(1.0, 1.0).model(N.ravel(), D.ravel(), U.ravel())
+    return np.exp(robust.log_pred(model, np.column_stack(theta))).reshape(len(P), *N.shape)
 
 
 def predict_loss(law: ScalingLaw, N, D, U=None) -> np.ndarray:
@@ -636,7 +933,27 @@ def load_law(path: str | Path) -> ScalingLaw:
             f"{path} holds {shown}, which no scaling law has (E must be a finite number >= 0, "
             "the others positive); rewrite it with `oneepoch scaling fit`."
         )
-    return ScalingLaw(form, params)
+    not_identified = tuple(k for k in names if "note" in obj[k] and obj[k]["note"] == AT_BOUND)
+    return ScalingLaw(form, params, _read_replicates(obj, names, path), not_identified)
+
+
+def _read_replicates(obj: dict, names: tuple[str, ...], path: Path) -> np.ndarray | None:
+    """The law file's bootstrap replicates as [n_boot, len(names)], or None when it has none."""
+    rep = obj.get("replicates")
+    if rep is None:
+        return None
+    try:
+        order = [list(rep["names"]).index(k) for k in names]
+        values = np.array(rep["values"], dtype=float)[:, order]
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise UserError(
+            f"{path} has unreadable bootstrap replicates; rewrite it with `oneepoch scaling fit`."
+        ) from None
+    if values.ndim != 2 or not np.all(np.isfinite(values)) or np.any(values[:, :3] <= 0):
+        raise UserError(
+            f"{path} has unreadable bootstrap replicates; rewrite it with `oneepoch scaling fit`."
+        )
+    return values
 
 
 def read_csv(
@@ -702,7 +1019,10 @@ SWEEP_COLUMNS = ("run", "params", "tokens", "unique_tokens", "loss", "flops", "w
 
 
 def sweep_rows(runs: list[Run], loss: str = "final", params: str = "non_embedding") -> list[dict]:
-    """One CSV row per run: its parameter count, final tokens and final or best val loss."""
+    """One CSV row per run: its parameter count, and its final val loss with its final
+    tokens, unique tokens, FLOPs and wall-clock, or (``loss="best"``) its lowest val loss
+    with those of that evaluation: a repeated run that overfits is its best, early-stopped
+    point, where the tokens it had seen are fewer than the run's."""
     if loss not in ("final", "best"):
         raise UserError(f"--loss must be final or best, not {loss!r}.")
     rows = []
@@ -716,16 +1036,20 @@ def sweep_rows(runs: list[Run], loss: str = "final", params: str = "non_embeddin
         val = run.evals["val_loss"]
         if val.size == 0:
             raise UserError(f"{run.path} has no evaluations; train it longer before sweeping.")
-        lines = run.lines
+        if loss == "final":
+            at, value = run.lines, float(val[-1])
+        else:  # the best evaluation, with the tokens (and unique tokens) it had seen
+            i = int(np.nanargmin(val))
+            at, value = {k: v[: i + 1] for k, v in run.evals.items()}, float(val[i])
         rows.append(
             {
                 "run": str(run.path),
                 "params": int(count),
-                "tokens": _last_finite(lines["tokens"]),
-                "unique_tokens": _last_finite(lines["unique_tokens"]),
-                "loss": float(val[-1] if loss == "final" else val.min()),
-                "flops": _last_finite(lines["flops"]),
-                "wall_s": _last_finite(lines["wall_s"]),
+                "tokens": _last_finite(at["tokens"]),
+                "unique_tokens": _last_finite(at["unique_tokens"]),
+                "loss": value,
+                "flops": _last_finite(at["flops"]),
+                "wall_s": _last_finite(at["wall_s"]),
             }
         )
     return rows

@@ -130,3 +130,82 @@ def power_law(E: float, A: float, alpha: float, x: str = "tokens"):
         return E + A * np.asarray(t, dtype=float) ** (-alpha)
 
     return loss
+
+
+# -- data-constrained scaling laws: rows of (N, D, U, L) from a known law -------------------
+
+# The recovery family of the data-constrained fit (benchmarks/scaling_recovery.py, tests):
+# each factor's levels, drawn independently per seed.
+REPETITION_FAMILY = {
+    "exponents": ("0.28", "0.35", "0.5", "0.3/0.45", "0.45/0.3"),  # alpha (= beta) or a/b
+    "R_D_star": (5.0, 15.0, 40.0),
+    "R_N_star": (2.0, 5.0, 20.0),
+    "grid": ("wide", "sweep", "small"),
+    "noise": (0.002, 0.005, 0.015),
+}
+
+
+def repetition_grid(kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, D, U) of a repetition design.
+
+    - ``wide``: six sizes from 2e7 to 1e9 parameters, 5 to 80 tokens per parameter, each
+      run at 1, 2, 4, 8, 16, 32 and 64 epochs (210 runs).
+    - ``sweep``: `oneepoch sweep --budget 5e11,1e12,2e12 --epochs` on the built-in corpus:
+      three IsoFLOP budgets, five sizes from 12.8k to 400k non-embedding parameters (FLOPs per
+      token 6 (N + 1.35e5), the output head of a 4,096-token vocabulary), each at 1, 4 and
+      16 epochs (45 runs).
+    - ``small``: three sizes, 10 to 40 tokens per parameter, 1, 4 and 16 epochs (27 runs).
+    """
+    rows = []
+    if kind == "wide":
+        for n in np.geomspace(2e7, 1e9, 6):
+            for ratio in (5, 10, 20, 40, 80):
+                rows += [(n, ratio * n, ratio * n / e) for e in (1, 2, 4, 8, 16, 32, 64)]
+    elif kind == "sweep":
+        for flops in (5e11, 1e12, 2e12):
+            for n in (12_768, 50_112, 100_096, 198_528, 396_800):
+                d = flops / (6 * (n + 1.35e5))
+                rows += [(n, d, d / e) for e in (1, 4, 16)]
+    elif kind == "small":
+        for n in (1e5, 3e5, 1e6):
+            for ratio in (10, 20, 40):
+                rows += [(n, ratio * n, ratio * n / e) for e in (1, 4, 16)]
+    else:
+        raise ValueError(f"unknown repetition grid {kind!r}")
+    return tuple(np.array(col) for col in zip(*rows))
+
+
+def draw_repetition_law(seed: int) -> dict:
+    """One synthetic data-constrained law and design from its seed: the factors of
+    REPETITION_FAMILY and the law's constants. E is uniform in [1.5, 3.5]; A and B make the
+    parameter and data terms a share (uniform in [0.2, 0.8]) of E at the design's median
+    N and D, so every grid sees losses of realistic size whatever its scale."""
+    rng = np.random.default_rng(seed)
+    spec = {k: levels[rng.integers(len(levels))] for k, levels in REPETITION_FAMILY.items()}
+    alpha, _, beta = spec["exponents"].partition("/")
+    alpha = float(alpha)
+    beta = float(beta) if beta else alpha
+    N, D, _ = repetition_grid(spec["grid"])
+    E = float(rng.uniform(1.5, 3.5))
+    share_n, share_d = rng.uniform(0.2, 0.8, size=2)
+    law = {
+        "E": E,
+        "A": float(share_n * E * np.median(N) ** alpha),
+        "B": float(share_d * E * np.median(D) ** beta),
+        "alpha": alpha,
+        "beta": beta,
+        "R_D_star": float(spec["R_D_star"]),
+        "R_N_star": float(spec["R_N_star"]),
+    }
+    return {**spec, "seed": seed, "law": law}
+
+
+def repetition_rows(law: dict, grid: str, noise: float, seed: int) -> dict[str, np.ndarray]:
+    """{"N", "D", "U", "L"}: ``law`` (data-constrained parameters) on ``grid``, times
+    log-normal noise of sd ``noise``."""
+    from oneepoch.analysis.scaling import ScalingLaw
+
+    N, D, U = repetition_grid(grid)
+    L = ScalingLaw("data-constrained", law).predict(N, D, U)
+    L = L * np.exp(np.random.default_rng(seed).normal(0.0, noise, L.size))
+    return {"N": N, "D": D, "U": U, "L": L}

@@ -40,7 +40,12 @@ def add_arguments(p) -> None:
         "--vocab-size", type=int, help="vocabulary with --unique-tokens (default: prepare's 4096)"
     )
     p.add_argument("--rule", default="komatsuzaki", help=f"the rule to follow: {RULE_HELP}")
-    p.add_argument("--law", metavar="LAW.json", help="also show the rule fitted:LAW.json")
+    p.add_argument(
+        "--law",
+        metavar="LAW.json",
+        help="also show the rule fitted:LAW.json; a data-constrained law adds the value of "
+        "more unique data at this budget",
+    )
     text = "komatsuzaki's tokens per parameter"
     add_option(p, "--tokens-per-param", TOKENS_PER_PARAM, text, metavar="R")
     add_config_flags(p, ["--seq-len", "--dtype", "--device", "--eval-tokens"])
@@ -132,6 +137,13 @@ def run(args) -> int:
     written = None
     if args.out:
         written = write_plan(args.out, plans, chosen, budget, corpus, settings, planner.calib)
+    worth = None
+    if args.law:
+        from oneepoch.plan.value import value_of_data_for_plan
+
+        worth = value_of_data_for_plan(
+            rules[specs.index(f"fitted:{args.law}")], plans[chosen], planner
+        )
     if args.json:
         return print_json(
             {
@@ -140,9 +152,14 @@ def run(args) -> int:
                 "rules": {name: p.to_json() for name, p in plans.items()},
                 "calibration": planner.calib.machine,
                 "plan_file": str(written[0]) if written else None,
+                "value_of_data": worth,
             }
         )
     print_plans(plans, chosen, budget, corpus, planner, written)
+    if worth is not None:
+        from oneepoch.plan.value import print_value_of_data
+
+        print_value_of_data(worth, args.law)
     return 0
 
 

@@ -43,7 +43,8 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--law",
         help="a scaling law fitted on this corpus (`oneepoch scaling fit --json LAW.json`): "
-        "experiment 4 then also trains the size it makes compute-optimal",
+        "experiment 4 then also trains the size it makes compute-optimal; a data-constrained "
+        "law also predicts experiment 1's speedups and the epochs this corpus affords",
     )
     p.add_argument(
         "--sequential",

@@ -81,13 +81,15 @@ def add_arguments(p) -> None:
     s.set_defaults(func=run_sweep_csv)
 
 
-def add_sweep_csv_flags(parser) -> None:
-    """--loss and --params of the scaling CSV (`scaling sweep-csv`, `oneepoch sweep`)."""
+def add_sweep_csv_flags(parser, loss_default: str | None = "final") -> None:
+    """--loss and --params of the scaling CSV (`scaling sweep-csv`, `oneepoch sweep`).
+    ``loss_default`` None: the command chooses (`sweep`: best with --epochs)."""
     parser.add_argument(
         "--loss",
         choices=("final", "best"),
-        default="final",
-        help="final or best validation loss (default final)",
+        default=loss_default,
+        help="final or best validation loss (best: with the tokens seen at that evaluation); "
+        + ("default final" if loss_default else "default final, best with --epochs"),
     )
     parser.add_argument(
         "--params",
@@ -154,10 +156,7 @@ def run_fit(args) -> int:
         )
         if "procedure" in result:
             base = result.get("base")
-            print(
-                f"  procedure: {result['procedure']}"
-                + (f" (Chinchilla terms fixed from {base['source']})" if base else "")
-            )
+            print(f"  procedure: {result['procedure']}" + _base_text(base))
         print(
             f"  outliers: {result['outliers']['policy']}, {len(result['outliers']['dropped_lines'])} rows dropped"
         )
@@ -173,6 +172,17 @@ def run_fit(args) -> int:
         )
         print(f"written: {args.json}" + (f", {args.plot}" if args.plot else ""))
     return 0
+
+
+def _base_text(base: dict | None) -> str:
+    """Where the paper procedure's Chinchilla terms came from, and which CSV lines."""
+    if not base:
+        return ""
+    if "rows" not in base:
+        return f" (Chinchilla terms fixed from {base['source']})"
+    lines = base["rows"]
+    shown = ", ".join(str(x) for x in lines[:12]) + (", ..." if len(lines) > 12 else "")
+    return f" (Chinchilla terms from {base['source']}: {len(lines)} rows, CSV lines {shown})"
 
 
 def run_sweep_csv(args) -> int:

@@ -10,7 +10,7 @@ import html
 from pathlib import Path
 
 from oneepoch.atomic import write_atomic
-from oneepoch.reproduce import plots
+from oneepoch.reproduce import law_prediction, plots
 from oneepoch.reproduce.verdicts import FORECAST_FRACTION, ratio_miss
 
 PAPER_REF = "Komatsuzaki, One Epoch Is All You Need, arXiv:1906.06669 (2019)"
@@ -128,6 +128,7 @@ def _blocks(results: dict, job: dict, figs: dict) -> list[tuple]:
     ]
     step_cost = _dropout_cost(exps["exp2"])
     b += _exp1_blocks(exps["exp1"], figs, step_cost)
+    b += law_prediction.blocks(results.get("law"), exps["exp1"])
     b += _exp2_blocks(exps["exp2"], figs, step_cost)
     b += _exp3_blocks(exps["exp3"], figs)
     b += _exp4_blocks(exps["exp4"], figs, preset)

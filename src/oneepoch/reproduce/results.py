@@ -17,7 +17,7 @@ from oneepoch.analysis.curves import longest_true_run
 from oneepoch.analysis.runs import Run, load_run
 from oneepoch.atomic import write_atomic
 from oneepoch.errors import UserError
-from oneepoch.reproduce import verdicts
+from oneepoch.reproduce import law_prediction, verdicts
 from oneepoch.reproduce.experiments import RunSpec
 from oneepoch.reproduce.verdicts import FORECAST_FRACTION, HOLDS_WITHIN, TURN_UP
 
@@ -56,6 +56,7 @@ def compute_results(out: Path, job: dict) -> dict:
         },
         "experiments": exps,
         "claims": claims,
+        "law": law_prediction.predict(job),  # `--law`: what a fitted law predicts (or None)
     }
 
 
