@@ -1,6 +1,6 @@
-"""`oneepoch sweep` on many processes and devices, as a user runs it: on the two ranks of a
-torchrun job (gloo), checked against one process and killed mid-job; spread over two device
-slots of one CPU core each, with a run that fails on purpose. The reproduce job on two ranks
+"""`oneepoch sweep` on many processes and devices, as a user runs it: spread over two device
+slots of one CPU core each, with a run that fails on purpose; on the two ranks of a torchrun
+job (gloo), killed mid-job, then checked against the slots' one-process runs. The reproduce job on two ranks
 is in test_reproduce.py, beside its one-process reference.
 
 Every command runs in its own session with a timeout; a test that fails kills the whole
@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pytest
@@ -110,70 +111,24 @@ def assert_same_metrics(got: Path, want: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def one_process(byte_dataset, env, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("one") / "sweep"
-    code, _, err = sweep([*GRID, "--data", byte_dataset, "--out", out], env)
-    assert code == 0, err[-3000:]
-    return out
-
-
-def run_names(out: Path) -> list[str]:
-    return sorted(str(p.parent.relative_to(out)) for p in out.glob("*/*/run.json"))
-
-
-def test_sweep_on_two_ranks_matches_one_process_and_a_kill_then_rerun_completes(
-    byte_dataset, env, one_process, tmp_path
-):
-    names = run_names(one_process)
-    assert len(names) == 2
-    out = tmp_path / "sweep"
-    args = [*GRID, "--data", byte_dataset, "--out", out, "--nproc-per-node", "2"]
-    proc = start([*SWEEP, *args], env)
-    deadline = time.time() + TIMEOUT_S
-    while status(out / names[0]) != "completed":  # the first run of the queue is done ...
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.time() < deadline, "the first run did not complete in time"
-        time.sleep(0.02)
-    kill_tree(proc)  # ... and the second one has started or is about to: kill everything
-    assert status(out / names[1]) != "completed"
-    kept = (out / names[0] / "metrics.jsonl").read_bytes()
-
-    code, text, err = sweep(args, env)
-    assert code == 0, err[-3000:]
-    assert text.count("  done") == 1  # the finished run is not trained again
-    assert (out / names[0] / "metrics.jsonl").read_bytes() == kept
-    for name in names:
-        assert_same_metrics(out / name, one_process / name)
-        info = json.loads((out / name / "run.json").read_text())
-        assert info["status"] == "completed" and info["hardware"]["world_size"] == 2
-    rows, ref = csv_rows(out), csv_rows(one_process)
-    assert sorted(rows) == sorted(ref)
-    for name, row in rows.items():
-        assert (row["params"], row["tokens"], row["flops"]) == (
-            ref[name]["params"],
-            ref[name]["tokens"],
-            ref[name]["flops"],
-        )
-        assert float(row["loss"]) == pytest.approx(float(ref[name]["loss"]), rel=REL)
-
-
-def test_devices_train_runs_at_once_on_pinned_cores_and_a_failing_run_spares_the_others(
-    byte_dataset, env, one_process, tmp_path
-):
+def slots(byte_dataset, env, tmp_path_factory) -> SimpleNamespace:
+    """A sweep of four runs over two slots of one core each (`--devices cpu:0,cpu:1`), one
+    of them made to fail on purpose: its folder holds a damaged config.toml, which the
+    trainer refuses to resume. What was seen while it ran: each worker's cores, and the
+    most workers alive at once. Its runs are one-process runs, the reference the two-rank
+    sweep is checked against."""
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs two CPU cores")
-    out = tmp_path / "sweep"
-    grid = ["--budget", "6e9,1.2e10", "--sizes", "13k,50k"]  # four runs
+    out = tmp_path_factory.mktemp("slots") / "sweep"
+    grid = ["--budget", "6e9,1.2e10", "--sizes", "13k,50k"]
     args = [*grid, "--data", byte_dataset, "--out", out, "--devices", "cpu:0,cpu:1"]
-    # A run that fails on purpose: its folder holds a damaged config.toml, which the
-    # trainer refuses to resume.
     broken = out / "C1.20e10" / "L1-d64"
     broken.mkdir(parents=True)
     (broken / "config.toml").write_text("this is [not toml\n")
 
     proc = start([*SWEEP, *args], env)
     pinned: dict[int, frozenset] = {}  # worker pid -> its cores
-    together = 0  # most workers seen alive at once
+    together = 0
     while proc.poll() is None:
         alive = []
         for p in tree(proc)[1:]:
@@ -186,31 +141,75 @@ def test_devices_train_runs_at_once_on_pinned_cores_and_a_failing_run_spares_the
         together = max(together, len(alive))
         time.sleep(0.02)
     code, text, err = finish(proc)
-    assert code == 1, err[-3000:]
-    assert "placement: 2 runs at once, each in its own process pinned to a slot" in text
-    assert len(pinned) == 4 and set(pinned.values()) == {frozenset({0}), frozenset({1})}
-    assert together == 2
-    failed = [line for line in err.splitlines() if line.startswith("failed: ")]
+    return SimpleNamespace(
+        out=out, args=args, broken=broken, code=code, text=text, err=err, pinned=pinned,
+        together=together,
+    )  # fmt: skip
+
+
+def run_names(out: Path) -> list[str]:
+    return sorted(str(p.parent.relative_to(out)) for p in out.glob("*/*/run.json"))
+
+
+def test_devices_train_runs_at_once_on_pinned_cores_and_a_failing_run_spares_the_others(slots, env):
+    out = slots.out
+    assert slots.code == 1, slots.err[-3000:]
+    assert "placement: 2 runs at once, each in its own process pinned to a slot" in slots.text
+    assert len(slots.pinned) == 4  # a process per run, each pinned to one slot's core
+    assert set(slots.pinned.values()) == {frozenset({0}), frozenset({1})}
+    assert slots.together == 2
+    failed = [line for line in slots.err.splitlines() if line.startswith("failed: ")]
     assert len(failed) == 1 and failed[0].startswith("failed: C1.20e10/L1-d64: ")
     assert "config.toml" in failed[0] and "(exit 2; log: " in failed[0]
-    assert "Traceback" not in err
+    assert "Traceback" not in slots.err
     done = run_names(out)
     assert len(done) == 3 and "C1.20e10/L1-d64" not in done
     for name in done:
         info = json.loads((out / name / "run.json").read_text())
         assert info["status"] == "completed" and info["hardware"]["torch_threads"] == 1
-    for name in run_names(one_process):  # one pinned process: one process's metrics
-        assert_same_metrics(out / name, one_process / name)
     assert len(csv_rows(out)) == 3  # the CSV of what completed
 
     # The cause removed, the same command trains only the run that failed.
-    (broken / "config.toml").unlink()
+    (slots.broken / "config.toml").unlink()
     stamps = {n: (out / n / "metrics.jsonl").stat().st_mtime_ns for n in done}
-    code, text, err = sweep(args, env)
+    code, text, err = sweep(slots.args, env)
     assert code == 0, err[-3000:]
     assert text.count("  done") == 3
     assert stamps == {n: (out / n / "metrics.jsonl").stat().st_mtime_ns for n in done}
-    assert status(broken) == "completed" and len(csv_rows(out)) == 4
+    assert status(slots.broken) == "completed" and len(csv_rows(out)) == 4
+
+
+def test_sweep_on_two_ranks_matches_one_process_and_a_kill_then_rerun_completes(
+    byte_dataset, env, slots, tmp_path
+):
+    out = tmp_path / "sweep"
+    args = [*GRID, "--data", byte_dataset, "--out", out, "--nproc-per-node", "2"]
+    proc = start([*SWEEP, *args], env)
+    names = ["C6.00e09/L1-d32", "C6.00e09/L1-d64"]  # in the order of the queue
+    deadline = time.time() + TIMEOUT_S
+    while status(out / names[0]) != "completed":  # the first run of the queue is done ...
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.time() < deadline, "the first run did not complete in time"
+        time.sleep(0.02)
+    kill_tree(proc)  # ... and the second one has started or is about to: kill everything
+    assert status(out / names[1]) != "completed"
+    kept = (out / names[0] / "metrics.jsonl").read_bytes()
+
+    code, text, err = sweep(args, env)
+    assert code == 0, err[-3000:]
+    assert "placement: each run on 2 ranks of one torchrun job" in text
+    assert text.count("  done") == 1  # the finished run is not trained again
+    assert (out / names[0] / "metrics.jsonl").read_bytes() == kept
+    rows, ref = csv_rows(out), csv_rows(slots.out)
+    assert sorted(rows) == names
+    for name in names:  # as the one-process runs of the same configs
+        assert_same_metrics(out / name, slots.out / name)
+        info = json.loads((out / name / "run.json").read_text())
+        assert info["status"] == "completed" and info["hardware"]["world_size"] == 2
+        assert [rows[name][k] for k in ("params", "tokens", "flops")] == [
+            ref[name][k] for k in ("params", "tokens", "flops")
+        ]
+        assert float(rows[name]["loss"]) == pytest.approx(float(ref[name]["loss"]), rel=REL)
 
 
 @pytest.fixture

@@ -305,7 +305,9 @@ def test_two_ranks_match_one_process_and_a_kill_then_rerun_completes(job, bpe_da
         if spec["dropout"] == 0:
             for x, y in zip(a, b):
                 assert x["train_loss"] == pytest.approx(y["train_loss"], rel=2e-3), (key, x)
-                assert x.get("val_loss") == pytest.approx(y.get("val_loss"), rel=2e-3), (key, x)
+                assert ("val_loss" in x) == ("val_loss" in y)
+                if "val_loss" in y:
+                    assert x["val_loss"] == pytest.approx(y["val_loss"], rel=2e-3), (key, x)
         else:
             assert a[-1]["val_loss"] == pytest.approx(b[-1]["val_loss"], rel=0.03), key
     assert set(results(out)["runs"]) == set(results(job)["runs"])

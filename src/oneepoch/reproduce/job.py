@@ -110,14 +110,15 @@ def job_queue(job: dict, out: Path, preset: Preset, data: Path, sequential: bool
     runs = []
     for seed in range(job["seeds"]):
         for spec in (RunSpec(**v) for v in job["plan"]["runs"].values()):
-            flops = (
-                train_flops_per_token(spec.shape(preset.seq_len, vocab)) * preset.tokens_per_step
-            )
-            config = run_config(preset, data, spec, seed)
-            path = run_dir(out, seed, spec.key)
+            per_token = train_flops_per_token(spec.shape(preset.seq_len, vocab))
             runs.append(
                 QueuedRun(
-                    f"seed{seed}/{spec.key}", path, config, spec.steps, flops * spec.steps, seed
+                    name=f"seed{seed}/{spec.key}",
+                    out=run_dir(out, seed, spec.key),
+                    config=run_config(preset, data, spec, seed),
+                    steps=spec.steps,
+                    flops=per_token * preset.tokens_per_step * spec.steps,
+                    group=seed,
                 )
             )
     segments = 1 if sequential else preset.segments
