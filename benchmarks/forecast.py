@@ -254,7 +254,8 @@ def train_tiny(out: Path, data: Path, seeds: range) -> list[Path]:
     from oneepoch.config import RunConfig
     from oneepoch.plan.planner import corpus_from_data
     from oneepoch.reproduce.experiments import RunSpec, plan_job
-    from oneepoch.reproduce.job import run_config, run_state
+    from oneepoch.reproduce.job import run_config
+    from oneepoch.rundir import read_status
     from oneepoch.reproduce.presets import get_preset
     from oneepoch.train import train
 
@@ -266,7 +267,7 @@ def train_tiny(out: Path, data: Path, seeds: range) -> list[Path]:
     for seed in seeds:
         for spec in specs:
             path = out / f"seed{seed}" / spec.key
-            if run_state(path)[0] != "completed":
+            if read_status(path)[0] != "completed":
                 cfg = RunConfig.from_dict(run_config(preset, data, spec, seed), "reproduce")
                 train(cfg, path, resume=path.exists(), show_progress=False)
             paths.append(path)

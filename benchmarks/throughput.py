@@ -1,10 +1,12 @@
-"""Training throughput of oneepoch against a plain eager fp32 PyTorch GPT of the same shape.
+"""Training throughput of oneepoch against a plain eager PyTorch GPT of the same shape.
 
 The baseline is written here, nanoGPT-style and independent of oneepoch's model and loop:
 its own modules, ``torch.optim.AdamW`` with default settings, ``clip_grad_norm_``, batches
 built in advance. It starts from the same weights and sees the same batches at the same
 (constant) learning rate as oneepoch, so after N identical steps the losses should agree:
-exactly up to float reordering in fp32, within bf16 rounding otherwise.
+exactly up to float reordering in fp32, within bf16 rounding otherwise. The baseline runs in
+fp32 (``--baseline-dtype``), or in bf16 under autocast, as a plain PyTorch program on a GPU
+would; ``--device cuda`` measures both on one GPU.
 
 oneepoch is measured through its real trainer (``oneepoch.train.train``: data reading and
 prefetch, logging, evaluation excluded by its clock). Each measurement runs in a fresh
@@ -19,6 +21,8 @@ auto`` shows what the trainer's default picks.
     python benchmarks/throughput.py                          # default shapes, 3 repeats
     python benchmarks/throughput.py --shapes 4,4,256 --steps 40 --repeats 5 --json out.json
     python benchmarks/throughput.py --make-data DIR --vocab 50304 --tokens 50M  # data only
+    python benchmarks/throughput.py --device cuda --baseline-dtype bfloat16 --dtypes bfloat16 \
+        --shapes 12,12,768 --seq-len 1024 --vocab 50304       # GPT-2 small on a GPU
 
 Shapes are n_layer,n_head,d_model; --seq-len, --batch-size and --vocab apply to all.
 """
@@ -153,6 +157,8 @@ def load_oneepoch_weights(baseline, oneepoch_state: dict) -> None:
 
 
 def run_baseline(spec: dict) -> dict:
+    import contextlib
+
     import torch
 
     from oneepoch.config import ModelConfig
@@ -163,8 +169,10 @@ def run_baseline(spec: dict) -> dict:
     t, b, vocab = spec["seq_len"], spec["batch_size"], spec["vocab"]
     torch.manual_seed(spec["seed"])  # as the trainer does, so the initial weights match
     init = OneEpochGPT(ModelConfig(n_layer, n_head, d, t, vocab)).state_dict()
+    device = torch.device(spec["device"])
     model = baseline_model(n_layer, n_head, d, t, vocab)
     load_oneepoch_weights(model, init)
+    model.to(device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("w")]
     rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and not n.startswith("w"))]
     opt = torch.optim.AdamW(
@@ -179,20 +187,30 @@ def run_baseline(spec: dict) -> dict:
     batches = [
         torch.from_numpy(np.stack([tokens[w * t : w * t + t + 1] for w in sampler.windows(s)]))
         .long()
-        .contiguous()
+        .to(device)
         for s in range(spec["steps"])
     ]
-    losses, marks = [], {}
+    # bf16 as a plain PyTorch program gets it: autocast around the forward pass
+    dtype = getattr(torch, spec["dtype"])
+    mixed = dtype != torch.float32
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    w, n = spec["warmup"], spec["steps"]
+    losses = []
     for step, x in enumerate(batches):
-        loss = model(x[:, :-1], x[:, 1:])
+        if step == w:  # losses stay on the device: no host sync inside the timed steps
+            sync()
+            began = time.perf_counter()
+        ctx = torch.autocast(device.type, dtype) if mixed else contextlib.nullcontext()
+        with ctx:
+            loss = model(x[:, :-1], x[:, 1:])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        marks[step + 1] = time.perf_counter()
-    w, n = spec["warmup"], spec["steps"]
-    return {"tokens_per_s": (n - w) * b * t / (marks[n] - marks[w]), "losses": losses}
+        losses.append(loss.detach())
+    sync()
+    seconds = time.perf_counter() - began
+    return {"tokens_per_s": (n - w) * b * t / seconds, "losses": [x.item() for x in losses]}
 
 
 # ---------------------------------------------------------------------------------------
@@ -219,6 +237,7 @@ def run_oneepoch(spec: dict) -> dict:
                 "checkpoint_every": spec["steps"],
                 "dtype": spec["dtype"],
                 "compile": spec["compile"],
+                "device": spec["device"],
             },
         }
     )
@@ -274,6 +293,12 @@ def main() -> None:
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--modes", default="eager,compiled")
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (one GPU)")
+    p.add_argument(
+        "--baseline-dtype",
+        default="float32",
+        help="the baseline's dtype: float32, or bfloat16 under autocast (as on a GPU)",
+    )
     p.add_argument(
         "--threads", type=int, default=0, help="torch threads in every run (default: torch's)"
     )
@@ -285,6 +310,8 @@ def main() -> None:
     for flag, given, known in (
         ("--modes", args.modes, ("eager", "compiled")),
         ("--dtypes", args.dtypes, ("float32", "bfloat16", "auto")),
+        ("--baseline-dtype", args.baseline_dtype, ("float32", "bfloat16")),
+        ("--device", args.device, ("cpu", "cuda")),
     ):
         unknown = [v for v in given.split(",") if v not in known]
         if unknown:  # a misspelt choice used to run nothing of it, silently
@@ -318,13 +345,14 @@ def main() -> None:
     data = Path(tempfile.mkdtemp(prefix="oneepoch-bench-data-"))
     make_dataset(data, args.vocab, max(needed, 1 << 20))
     token_dtype = "uint16" if args.vocab <= 65535 else "uint32"
-    configs = [("baseline", "float32", False)] + [
+    base = ("baseline", args.baseline_dtype, False)
+    configs = [base] + [
         ("oneepoch", dt, mode == "compiled")
         for dt in args.dtypes.split(",")
         for mode in args.modes.split(",")
     ]
-    cpu = torch.device("cpu")
-    print(f"# {device_name(cpu)}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    device = torch.device(args.device)
+    print(f"# {device_name(device)}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     load_before = os.getloadavg()
     print(f"# load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
     results: dict[tuple, list[dict]] = {}
@@ -347,6 +375,7 @@ def main() -> None:
                     "data": str(data),
                     "token_dtype": token_dtype,
                     "threads": args.threads,
+                    "device": args.device,
                 }
                 r = measure(spec)
                 results.setdefault((shape, impl, dtype, compiled), []).append(r)
@@ -357,11 +386,11 @@ def main() -> None:
                     file=sys.stderr,
                 )
     load_after = os.getloadavg()
-    peaks = {dt: peak_flops(cpu, dt)["value"] for dt in ("float32", "bfloat16")}
+    peaks = {dt: peak_flops(device, dt)["value"] for dt in ("float32", "bfloat16")}
     rows = []
     for shape in shapes:
         fpt = train_flops_per_token(Shape(*shape, args.seq_len, args.vocab))
-        base_runs = results[(shape, "baseline", "float32", False)]
+        base_runs = results[(shape, *base)]
         # The baseline's loss over the same steps as oneepoch's last metrics line.
         since = next(
             r[0]["loss_from"] for k, r in results.items() if k[0] == shape and k[1] != "baseline"
@@ -394,10 +423,12 @@ def main() -> None:
                 }
             )
     print(
-        f"\nseq {args.seq_len}, batch {args.batch_size}, vocab {args.vocab}; {args.steps} steps, "
-        f"first {args.warmup} untimed; median of {args.repeats} (range); vs baseline: median of "
-        f"each repeat's ratio to the baseline's run of that repeat; MFU against the measured "
-        f"matmul peak (fp32 {peaks['float32'] / 1e9:,.0f}, bf16 {peaks['bfloat16'] / 1e9:,.0f} GFLOP/s)"
+        f"\n{device_name(device)}; seq {args.seq_len}, batch {args.batch_size}, vocab "
+        f"{args.vocab}; {args.steps} steps, first {args.warmup} untimed; median of "
+        f"{args.repeats} (range); vs baseline: median of each repeat's ratio to the baseline's "
+        f"run of that repeat; MFU against the peak of the row's dtype (fp32 "
+        f"{peaks['float32'] / 1e9:,.0f}, bf16 {peaks['bfloat16'] / 1e9:,.0f} GFLOP/s: "
+        f"{peak_flops(device, 'bfloat16')['source']})"
     )
     print(
         f"| layers x heads x d | impl | dtype | mode | tokens/s | MFU | vs baseline | loss at step {args.steps} |"

@@ -219,3 +219,39 @@ def emit(text: str) -> int:
 def print_json(data) -> int:
     """What every command prints with --json; the exit status (see ``emit``)."""
     return emit(json_text(data))
+
+
+def add_launch_flags(parser: argparse.ArgumentParser, devices: bool = False) -> None:
+    """Where the runs of `sweep` and `reproduce` train (oneepoch.launch): --nproc-per-node
+    and the node options of torchrun, and for runs whose wall-clock is not compared,
+    --devices."""
+    group = parser.add_argument_group('devices (docs/performance.md, "Many runs")')
+    group.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train each run on N processes of one torchrun job for the whole command (one "
+        "per GPU, or CPU processes with --device cpu), the run's batch split over them "
+        "(default 1: this process)",
+    )
+    group.add_argument(
+        "--nnodes",
+        type=int,
+        default=1,
+        help="nodes of that job: run the same command on each, with its --node-rank and node "
+        "0's --master-addr (default 1)",
+    )
+    group.add_argument("--node-rank", type=int, default=0, help="this node's rank (default 0)")
+    group.add_argument("--master-addr", metavar="HOST", help="node 0's address (several nodes)")
+    group.add_argument(
+        "--master-port", type=int, default=29500, help="node 0's port (default 29500)"
+    )
+    if devices:
+        group.add_argument(
+            "--devices",
+            metavar="LIST",
+            help="train independent runs at once, one process per slot pinned to it: GPUs "
+            "(cuda:0,cuda:1) or sets of CPU cores (cpu:0-3,cpu:4-7); a run that fails does "
+            "not stop the others",
+        )

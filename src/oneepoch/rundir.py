@@ -149,3 +149,18 @@ def check_same_tokenizer(
             "(their hashes differ), so the model's token ids would stand for other text; pass "
             f"--data the dataset the run trained on (it was {trained_on})."
         )
+
+
+def read_status(run_dir: Path) -> tuple[str, int]:
+    """(status, step) of a run directory, from its run.json: "completed", "paused",
+    "interrupted", "failed" or "running" with the last step it recorded (-1 when its
+    run.json says nothing of it yet, as while a session trains), or ("new", 0) where no run
+    has started."""
+    try:
+        info = read_json(run_dir / "run.json")
+    except (OSError, ValueError):
+        return ("new", 0) if not (run_dir / "config.toml").exists() else ("running", -1)
+    if not isinstance(info, dict):
+        return "running", -1
+    step = (info.get("final") or {}).get("step")
+    return str(info.get("status", "running")), step if isinstance(step, int) else -1

@@ -7,6 +7,7 @@ sample from the one-epoch model.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from oneepoch.errors import UserError
@@ -22,32 +23,30 @@ def add_arguments(p) -> None:
     p.add_argument("--data", default="data/builtin", help="where the built-in corpus is prepared")
     p.add_argument("--out", default="demo", help="output folder (default ./demo)")
     p.add_argument("--preset", default="tiny", help="reproduce preset (default tiny)")
-    p.add_argument("--seeds", default="1", help="seeds per run (default 1)")
-
-
-def _cli(*args: str) -> None:
-    from oneepoch.cli import main
-
-    code = main(list(args))
-    if code:
-        raise UserError(
-            f"the demo step `oneepoch {' '.join(args)}` failed (exit {code}); see above."
-        )
+    p.add_argument("--seeds", type=int, default=1, help="seeds per run (default 1)")
 
 
 def run(args) -> int:
-    if not (Path(args.data) / "manifest.json").is_file():
-        print(f"== preparing the built-in corpus into {args.data}")
-        _cli("prepare", "--source", "builtin", "--out", args.data)
-    print(f"\n== the paper's experiments, --preset {args.preset}, into {args.out}/")
-    _cli(
-        "reproduce", "--preset", args.preset, "--data", args.data, "--out", args.out,
-        "--seeds", args.seeds,
-    )  # fmt: skip
-    from oneepoch.reproduce.job import trained_dir
+    from oneepoch.launch import Here
+    from oneepoch.reproduce.job import prepare_builtin, run_job, summary_text, trained_dir
+    from oneepoch.reproduce.presets import get_preset
+    from oneepoch.runqueue import Stopped
+    from oneepoch.sample import sample_text
 
+    preset, data, out = get_preset(args.preset), Path(args.data), Path(args.out)
+    if args.seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {args.seeds}.")
+    if not (data / "manifest.json").is_file():
+        prepare_builtin(data)
+    print(f"\n== the paper's experiments, --preset {args.preset}, into {out}/")
+    try:
+        paths = run_job(out, preset, data, args.seeds, launch=Here())
+    except Stopped as exc:
+        print(exc, file=sys.stderr)
+        return 128 + exc.signum
+    print(summary_text(paths))
     print("\n== a sample from the one-epoch model (seed 0)")
-    one = trained_dir(Path(args.out), 0, "one-epoch")  # experiment 3 may have trained it longer
-    _cli("sample", str(one), "--prompt", "The king", "--max-new-tokens", "60")
-    print(f"\nopen {Path(args.out) / 'report.html'} in a browser for the report")
+    one = trained_dir(out, 0, "one-epoch")  # experiment 3 may have trained it longer
+    print(sample_text(one, "The king", max_new_tokens=60))
+    print(f"\nopen {out / 'report.html'} in a browser for the report")
     return 0

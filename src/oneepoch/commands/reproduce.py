@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from oneepoch.cliflags import print_json
+from oneepoch.cliflags import add_launch_flags, print_json
 from oneepoch.errors import UserError
 
 BUILTIN = "data/builtin"
@@ -16,6 +16,8 @@ Run the experiments of One Epoch Is All You Need (one epoch vs many, dropout und
 epoch, the power law, size/iteration adjustment, both together) on --data, interleaving the
 runs that are compared by wall-clock, and write OUT/report.html, OUT/report.md and
 OUT/results.json. Interrupt it at any moment: the same command continues where it stopped.
+With --nproc-per-node N every run trains on the N processes of one torchrun job (and on
+several nodes with the node options), its batch split over them.
 """
 
 
@@ -52,20 +54,24 @@ def add_arguments(p) -> None:
         help="train the runs one after another instead of interleaved (wall-clock then depends "
         "on the load at each run's time)",
     )
+    add_launch_flags(p)
     p.add_argument(
+        "--dry-run",
         "--plan",
         action="store_true",
         help="print every run of the job (shape, parameters, tokens, tokens per parameter, "
-        "steps, and the time this machine's measured throughput predicts) and exit without "
-        "training",
+        "steps, the time this machine's measured throughput predicts, what is left of it) and "
+        "where the runs will go, then exit without training",
     )
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.add_argument("--json", action="store_true", help="print results.json at the end")
 
 
 def run(args) -> int:
-    from oneepoch.reproduce.job import open_job, train_job
+    from oneepoch.launch import launch_from_args
+    from oneepoch.reproduce.job import prepare_builtin, run_job, summary_text
     from oneepoch.reproduce.presets import get_preset
+    from oneepoch.runqueue import Stopped
 
     preset = get_preset(args.preset)
     if args.seeds < 1:
@@ -74,6 +80,7 @@ def run(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; choose a folder.")
+    launch = launch_from_args(args, "auto")
     data = Path(args.data or BUILTIN)
     if not (data / "manifest.json").is_file():
         if args.data:
@@ -81,46 +88,37 @@ def run(args) -> int:
                 f"{data} is not a prepared dataset (no manifest.json); make it with "
                 "`oneepoch prepare --out` first."
             )
-        _prepare_builtin(data)
+        prepare_builtin(data)
     if args.law and not Path(args.law).is_file():
         raise UserError(
             f"--law {args.law} does not exist; pass a file from `oneepoch scaling fit --json`."
         )
     rules = (*preset.rules, f"fitted:{Path(args.law).resolve()}") if args.law else None
-    job = open_job(out, preset, data, args.seeds, epochs, rules, write=not args.plan)
-    job["sequential"] = args.sequential
-    if args.plan:
-        return print_job(job, preset, data, args.json)
-    runs = len(job["plan"]["runs"]) * args.seeds
-    say = (lambda *_: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
-    say(
-        f"reproduce --preset {preset.name}: {runs} runs ({len(job['plan']['runs'])} per seed x "
-        f"{args.seeds} seed{'s' if args.seeds > 1 else ''}) on {data} -> {out}"
-    )
-    from oneepoch.commands.train import interrupted_exit
-    from oneepoch.train import Interrupted
+    if args.dry_run:
+        from oneepoch.reproduce.job import open_job
 
+        job = open_job(out, preset, data, args.seeds, epochs, rules, write=False)
+        job["sequential"] = args.sequential
+        return print_job(job, preset, data, out, launch, args.json)
     try:
-        skipped = train_job(job, out, preset, data, sequential=args.sequential, show=not args.quiet)
-    except Interrupted as exc:
-        how = "every finished run is kept: run the same command again to continue."
-        return interrupted_exit(exc, how=how)
-    if skipped:
-        say(f"{skipped} run(s) were already complete and were not trained again")
-    say("fitting and writing the report")
-    paths = write_outputs(out, job)
-    results = json.loads(paths["results"].read_text())
+        paths = run_job(
+            out, preset, data, args.seeds, epochs, rules, launch=launch,
+            sequential=args.sequential, show=not args.quiet,
+        )  # fmt: skip
+    except Stopped as exc:
+        print(exc, file=sys.stderr)
+        return 128 + exc.signum
+    if paths is None:  # a node other than node 0: the report is on node 0
+        return 0
     if args.json:
-        return print_json(results)
-    from oneepoch.reproduce.report import claim_lines
-
-    print("\n".join(claim_lines(results["claims"])))
-    print(f"report: {paths['html']} (and {paths['md'].name}, {paths['results'].name})")
+        return print_json(json.loads(paths["results"].read_text()))
+    print(summary_text(paths))
     return 0
 
 
-def print_job(job: dict, preset, data: Path, as_json: bool) -> int:
-    """``--plan``: every run with what it costs here, then the totals; nothing is trained."""
+def print_job(job: dict, preset, data: Path, out: Path, launch, as_json: bool) -> int:
+    """``--dry-run``: every run with what it costs here and what is left of it, then the
+    totals and where the runs will go; nothing is trained or written."""
     from oneepoch.plan.budget import format_seconds
     from oneepoch.plan.calibrate import Calibration
     from oneepoch.reproduce.estimate import job_rows
@@ -131,9 +129,18 @@ def print_job(job: dict, preset, data: Path, as_json: bool) -> int:
     finally:
         calib.close()
     seeds = job["seeds"]
+    for r in rows:
+        r["left"] = _left(out, seeds, r["run"]) if r["read_from"] is None else None
     per_seed = sum(r["seconds"] for r in rows if r["seconds"] is not None)
     if as_json:
-        return print_json({"runs": rows, "seeds": seeds, "seconds_per_seed": per_seed})
+        return print_json(
+            {
+                "runs": rows,
+                "seeds": seeds,
+                "seconds_per_seed": per_seed,
+                "placement": launch.describe(),
+            }
+        )
     trained = [r for r in rows if r["read_from"] is None]
     print(
         f"reproduce --preset {preset.name} on {data}: {len(trained)} runs to train per seed x "
@@ -156,6 +163,7 @@ def print_job(job: dict, preset, data: Path, as_json: bool) -> int:
         "epochs",
         "dropout",
         "est. time",
+        "left",
     )
     table = [header]
     for r in rows:
@@ -167,7 +175,7 @@ def print_job(job: dict, preset, data: Path, as_json: bool) -> int:
         table.append(
             (r["run"], r["shape"], f"{r['params']:,}", f"{r['steps']:,}", str(r["batch"]),
              f"{r['tokens']:,}", f"{r['tokens_per_param']:.2f}", f"{r['epochs']:g}",
-             f"{r['dropout']:g}", time)
+             f"{r['dropout']:g}", time, r["left"] or "")
         )  # fmt: skip
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
@@ -180,17 +188,23 @@ def print_job(job: dict, preset, data: Path, as_json: bool) -> int:
         f"{calib.path}). Dropout's own cost per step (a quarter of a CPU step, little on a "
         "GPU) is not in it, nor fitting and the report (under a minute)."
     )
+    how = "one after another" if job["sequential"] else f"interleaved in {preset.segments} segments"
+    print(f"placement: {launch.describe()}; the runs of a seed {how}")
     return 0
 
 
-def write_outputs(out: Path, job: dict) -> dict[str, Path]:
-    """results.json, then the report built from it."""
-    from oneepoch.reproduce.report import write_report
-    from oneepoch.reproduce.results import compute_results, write_results
+def _left(out: Path, seeds: int, key: str) -> str:
+    """What is left of run ``key`` over the job's seeds: train, done, or resume at a step."""
+    from oneepoch.reproduce.job import run_dir
+    from oneepoch.rundir import read_status
 
-    results = compute_results(out, job)
-    write_results(out / "results.json", results)
-    return {"results": out / "results.json", **write_report(out, results, job)}
+    left = []
+    for seed in range(seeds):
+        status, step = read_status(run_dir(out, seed, key))
+        left.append({"completed": "done", "new": "train"}.get(status, f"resume at {step}"))
+    return (
+        left[0] if len(set(left)) == 1 else ", ".join(f"seed {i}: {x}" for i, x in enumerate(left))
+    )
 
 
 def _parse_epochs(text: str) -> list[float]:
@@ -203,11 +217,3 @@ def _parse_epochs(text: str) -> list[float]:
     if not values or any(not v > 1 or v != v or v == float("inf") for v in values):
         raise UserError(f"--epochs values must be finite numbers above 1, got {text!r}.")
     return sorted(set(values))
-
-
-def _prepare_builtin(data: Path) -> None:
-    from oneepoch.cli import main
-
-    print(f"== preparing the built-in corpus into {data}", file=sys.stderr)
-    if main(["prepare", "--source", "builtin", "--out", str(data)]):
-        raise UserError(f"preparing the built-in corpus into {data} failed; see above.")

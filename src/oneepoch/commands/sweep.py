@@ -3,12 +3,16 @@ scaling CSV (as `oneepoch scaling sweep-csv` prints it)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from oneepoch.cliflags import add_config_flags, check_positive, print_json
+from oneepoch.cliflags import add_config_flags, add_launch_flags, check_positive, print_json
 from oneepoch.commands.scaling import add_sweep_csv_flags, write_sweep_csv
 from oneepoch.errors import UserError
+from oneepoch.launch import Here
 from oneepoch.plan.sweep import DEFAULT_EPOCHS
+from oneepoch.rundir import read_status
+from oneepoch.runqueue import QueuedRun, RunQueue, Stopped
 
 HELP = "train a grid of model sizes per compute budget and write the scaling CSV"
 DESCRIPTION = """\
@@ -16,7 +20,9 @@ Train models of several sizes on the same compute budget (IsoFLOP), for one or m
 then write DIR/sweep.csv for `oneepoch scaling fit`. With --epochs, every size is trained once
 per epoch count on the same tokens, drawn from fewer unique tokens: a repetition grid for
 `oneepoch scaling fit --form data-constrained`. Completed runs are skipped when the sweep is
-run again; interrupted ones are resumed.
+run again; interrupted ones are resumed. The runs train one after another in this
+process, each on the N processes of a torchrun job (--nproc-per-node), or several at once
+on separate devices (--devices).
 """
 
 
@@ -46,7 +52,10 @@ def add_arguments(s) -> None:
     s.add_argument("--out", required=True, metavar="DIR", help="one run directory per grid point")
     add_config_flags(s, ["--seq-len", "--dtype", "--device", "--eval-tokens"])
     add_sweep_csv_flags(s, loss_default=None)
-    s.add_argument("--dry-run", action="store_true", help="print the grid, train nothing")
+    add_launch_flags(s, devices=True)
+    s.add_argument(
+        "--dry-run", action="store_true", help="print the grid and its placement, train nothing"
+    )
     s.add_argument("--no-calibrate", action="store_true", help="measure no throughput")
     s.add_argument("--quiet", action="store_true", help="no training progress display")
     s.add_argument("--json", action="store_true", help="print the grid and results as JSON")
@@ -56,21 +65,9 @@ def _split(values: list[str]) -> list[str]:
     return [v.strip() for item in values for v in item.split(",") if v.strip()]
 
 
-def _status(run_dir: Path) -> str | None:
-    import json
-
-    try:
-        return json.loads((run_dir / "run.json").read_text()).get("status")
-    except (OSError, ValueError):
-        return None
-
-
 def run(args) -> int:
-    from oneepoch.plan.budget import format_seconds, parse_budget
-    from oneepoch.plan.calibrate import Calibration
-    from oneepoch.plan.planfile import run_config
-    from oneepoch.plan.planner import Planner, Settings, corpus_from_data
-    from oneepoch.plan.sweep import build_grid
+    from oneepoch.launch import Slots, launch_from_args
+    from oneepoch.plan.budget import parse_budget
     from oneepoch.units import parse_count
 
     check_positive(seq_len=args.seq_len, eval_tokens=args.eval_tokens)
@@ -84,6 +81,68 @@ def run(args) -> int:
     # repeated runs that overfit (their loss rises again) enter the CSV at their best point:
     # the data-constrained law has repetition add less and less, never raise the loss
     args.loss = args.loss or ("best" if epochs else "final")
+    launch = launch_from_args(args, args.device)
+    if isinstance(launch, Slots):
+        kind = launch.slots[0].kind
+        if args.device not in ("auto", kind):
+            raise UserError(f"--device {args.device} and --devices {args.devices} disagree.")
+        args.device = kind
+    out = Path(args.out)
+    if launch.node_rank > 0:  # node 0 plans and writes; this node lends its ranks
+        launch.run(RunQueue("sweep", out, []))
+        print(f"node {launch.node_rank}: done; the runs and sweep.csv are on node 0")
+        return 0
+    grid, notes, queue = plan_sweep(args, budgets, sizes, epochs, out)
+    seconds = {pt["name"]: pt["plan"].estimate.elapsed_s for pt in grid if pt.get("queued")}
+    for name, where in launch.placement(seconds).items():
+        next(pt for pt in grid if pt["name"] == name)["placement"] = where
+    if not args.json:
+        print_grid(grid, notes, launch)
+    if args.dry_run:
+        return _json(grid, notes, None) if args.json else 0
+    try:
+        outcome = launch.run(queue)
+    except Stopped as exc:
+        print(exc, file=sys.stderr)
+        return 128 + exc.signum
+    for point in grid:
+        if point.get("queued"):
+            point["action"] = "failed" if point["name"] in outcome.failed else "trained"
+    done = [out / pt["name"] for pt in grid if read_status(out / pt["name"])[0] == "completed"]
+    csv_path = write_csv(out, done, args) if done or not outcome.failed else None
+    for name, why in outcome.failed.items():
+        print(f"failed: {name}: {why}", file=sys.stderr)
+    if args.json:
+        _json(grid, notes, csv_path)
+    elif len(done) >= scaling_fit_rows():
+        form = " --form data-constrained" if epochs else ""
+        print(
+            f"written: {csv_path}; fit it with "
+            f"`oneepoch scaling fit --csv {csv_path}{form} --json law.json`"
+        )
+    elif csv_path:
+        print(
+            f"written: {csv_path} ({len(done)} rows, fewer than the {scaling_fit_rows()} "
+            "`oneepoch scaling fit` needs)"
+        )
+    if outcome.failed:
+        print(
+            f"{len(outcome.failed)} run(s) failed (above); the others are kept: fix the cause "
+            "and run the same command again to train them",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def plan_sweep(args, budgets, sizes, epochs, out: Path) -> tuple[list[dict], list[str], RunQueue]:
+    """The grid (each point with its action), notes on it, and the queue of its runs."""
+    from oneepoch.config import total_steps
+    from oneepoch.plan.calibrate import Calibration
+    from oneepoch.plan.planfile import run_config
+    from oneepoch.plan.planner import Planner, Settings, corpus_from_data
+    from oneepoch.plan.sweep import build_grid
+
     corpus = corpus_from_data(args.data)
     settings = Settings(seq_len=args.seq_len, eval_tokens=args.eval_tokens)
     calib = Calibration(args.device, args.dtype, measure=not args.no_calibrate)
@@ -92,72 +151,53 @@ def run(args) -> int:
         grid, notes = build_grid(planner, budgets, sizes, epochs)
     finally:
         calib.close()  # measuring is over before training starts
-    out = Path(args.out)
-
-    todo = []
+    runs = []
     for point in grid:
         plan, run_dir = point["plan"], out / point["name"]
-        status = _status(run_dir)
+        status = read_status(run_dir)[0]
         if plan.problem:
             point["action"] = "skip: " + plan.problem
         elif status == "completed":
             point["action"] = "done"
         else:
-            point["action"] = "resume" if (run_dir / "config.toml").is_file() else "train"
-            todo.append(point)
-    notes += _too_few(grid, epochs)
-    if epochs and not args.json:
-        print("checking that the grid can identify R_D* (simulated trial laws)...", flush=True)
-    if epochs:
-        notes += _identifies_r_d(grid)
-    if not args.json:
-        width = max([26] + [len(pt["name"]) + 2 for pt in grid])
-        print(
-            f"{'run':<{width}}{'non-emb params':>15}{'tokens':>13}{'unique':>13}{'epochs':>8}"
-            f"{'steps':>8}{'est. time':>11}  action"
-        )
-        for point in grid:
-            p = point["plan"]
-            print(
-                f"{point['name']:<{width}}{p.candidate.non_embedding:>15,}{p.tokens:>13,}"
-                f"{p.unique_tokens:>13,}{p.epochs:>8.2f}{p.steps:>8,}"
-                f"{format_seconds(p.estimate.elapsed_s):>11}  {point['action']}"
+            point["action"] = "resume" if status != "new" else "train"
+            cfg = run_config(plan, corpus, settings, calib)
+            runs.append(
+                QueuedRun(point["name"], run_dir, cfg.to_dict(), total_steps(cfg), plan.flops)
             )
-        total = sum(pt["plan"].estimate.elapsed_s for pt in todo)
-        print(f"{len(todo)} runs to train, about {format_seconds(total)} in all")
-        for line in notes:
-            print(f"note: {line}")
-    if args.dry_run:
-        return _json(grid, notes, None) if args.json else 0
+            point["queued"] = True
+    notes += _too_few(grid, epochs)
+    if epochs:
+        if not args.json:
+            print("checking that the grid can identify R_D* (simulated trial laws)...", flush=True)
+        notes += _identifies_r_d(grid)
+    queue = RunQueue("sweep", out, runs, show=not args.quiet, trainer_progress=not args.quiet)
+    return grid, notes, queue
 
-    from oneepoch.commands.train import interrupted_exit
-    from oneepoch.train import Interrupted, train
 
-    for point in todo:
-        cfg = run_config(point["plan"], corpus, settings, calib)
-        run_dir = out / point["name"]
-        try:
-            train(cfg, run_dir, resume=point["action"] == "resume", show_progress=not args.quiet)
-        except Interrupted as exc:
-            return interrupted_exit(exc)
-        point["action"] = "trained"
+def print_grid(grid: list[dict], notes: list[str], launch) -> None:
+    from oneepoch.plan.budget import format_seconds
 
-    done = [out / pt["name"] for pt in grid if _status(out / pt["name"]) == "completed"]
-    csv_path = write_csv(out, done, args)
-    if args.json:
-        return _json(grid, notes, csv_path)
-    if len(done) >= scaling_fit_rows():
-        form = " --form data-constrained" if epochs else ""
+    width = max([26] + [len(pt["name"]) + 2 for pt in grid])
+    print(
+        f"{'run':<{width}}{'non-emb params':>15}{'tokens':>13}{'unique':>13}{'epochs':>8}"
+        f"{'steps':>8}{'est. time':>11}  action"
+    )
+    for point in grid:
+        p = point["plan"]
+        shown = "placement" in point and not isinstance(launch, Here)
+        where = f" on {point['placement']}" if shown else ""
         print(
-            f"written: {csv_path}; fit it with "
-            f"`oneepoch scaling fit --csv {csv_path}{form} --json law.json`"
+            f"{point['name']:<{width}}{p.candidate.non_embedding:>15,}{p.tokens:>13,}"
+            f"{p.unique_tokens:>13,}{p.epochs:>8.2f}{p.steps:>8,}"
+            f"{format_seconds(p.estimate.elapsed_s):>11}  {point['action']}{where}"
         )
-    else:
-        print(
-            f"written: {csv_path} ({len(done)} rows, fewer than the {scaling_fit_rows()} "
-            "`oneepoch scaling fit` needs)"
-        )
-    return 0
+    todo = [pt for pt in grid if pt.get("queued")]
+    total = sum(pt["plan"].estimate.elapsed_s for pt in todo)
+    print(f"{len(todo)} runs to train, about {format_seconds(total)} in all")
+    print(f"placement: {launch.describe()}")
+    for line in notes:
+        print(f"note: {line}")
 
 
 def scaling_fit_rows() -> int:
@@ -264,6 +304,7 @@ def _json(grid: list[dict], notes: list[str], csv_path: Path | None) -> int:
                     "budget": pt["budget"],
                     "action": pt["action"],
                     "epochs_asked": pt["epochs"],
+                    "placement": pt.get("placement"),
                     **pt["plan"].to_json(),
                 }
                 for pt in grid

@@ -1,25 +1,22 @@
-"""Training the job's runs: interleaved in segments, resumable, with one progress display.
+"""The reproduce job: its plan in OUT/job.json, its runs as a queue, its outputs.
 
-Runs that are compared by wall-clock train round robin: each run advances by 1/K of its
-steps, then the next run, and so on (``--until-step`` pauses and exact resume continues),
-so a burst of load elsewhere on the machine lands on all of them instead of on one. A kill
-at any moment leaves every finished run complete and the others resumable: the same
-command again skips what is complete and continues the rest.
+Runs that are compared by wall-clock train round robin (oneepoch.runqueue): each run
+advances by 1/K of its steps, then the next run, and so on (``until_step`` pauses and exact
+resume continues), so a burst of load elsewhere on the machine lands on all of them instead
+of on one. A kill at any moment leaves every finished run complete and the others
+resumable: the same command again skips what is complete and continues the rest.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
-import time
 from pathlib import Path
 
 from oneepoch.atomic import write_atomic
 from oneepoch.data.dataset import dataset_fingerprint, read_manifest
 from oneepoch.errors import UserError
 from oneepoch.flops import train_flops_per_token
-from oneepoch.plan.budget import format_seconds
 from oneepoch.reproduce.experiments import RunSpec, plan_job, trained
 from oneepoch.reproduce.presets import Preset
 
@@ -122,119 +119,96 @@ def tokens_per_step(preset: Preset, spec: RunSpec) -> int:
     return _unless(spec.batch_size, preset.batch_size) * preset.seq_len
 
 
-def run_state(path: Path) -> tuple[str, int]:
-    """(status, step) from run.json; ("new", 0) before the first segment."""
-    try:
-        info = json.loads((path / "run.json").read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return ("new", 0) if not (path / "config.toml").exists() else ("running", -1)
-    step = (info.get("final") or {}).get("step")
-    return info.get("status", "running"), int(step) if isinstance(step, int) else -1
+def job_queue(job: dict, out: Path, preset: Preset, data: Path, sequential: bool, show: bool):
+    """The job's runs as a queue (oneepoch.runqueue): seed after seed, the runs of a seed
+    interleaved in the preset's segments unless ``sequential``."""
+    from oneepoch.runqueue import QueuedRun, RunQueue
 
-
-def train_job(job: dict, out: Path, preset: Preset, data: Path, *, sequential: bool, show: bool):
-    """Train every run of every seed; returns the number of runs that were already complete."""
-    from oneepoch.config import RunConfig
-    from oneepoch.train import train
-
-    runs = trained(job["plan"])  # the others are read from these runs' first steps
     vocab = job["plan"]["corpus"]["vocab_size"]
-    work = [(seed, spec) for seed in range(job["seeds"]) for spec in runs.values()]
-    progress = JobProgress(work, preset, vocab, enabled=show)
-    skipped = 0
-    for seed, spec in work:
-        status, step = run_state(run_dir(out, seed, spec.key))
-        progress.at(seed, spec, spec.steps if status == "completed" else step)
+    runs = []
     for seed in range(job["seeds"]):
-        todo = [s for s in runs.values() if run_state(run_dir(out, seed, s.key))[0] != "completed"]
-        skipped += len(runs) - len(todo)
-        rounds = 1 if sequential else preset.segments
-        for r in range(1, rounds + 1):
-            for spec in todo:
-                path = run_dir(out, seed, spec.key)
-                until = spec.steps if r == rounds else math.ceil(r * spec.steps / rounds)
-                status, step = run_state(path)
-                if status == "completed" or step >= until:
-                    continue
-                cfg = RunConfig.from_dict(run_config(preset, data, spec, seed), "reproduce")
-                progress.starting(seed, spec, until)
-                began = time.perf_counter()
-                train(
-                    cfg,
-                    path,
-                    resume=(path / "config.toml").exists(),
-                    show_progress=False,
-                    until_step=None if until >= spec.steps else until,
+        for spec in trained(job["plan"]).values():  # the others: these runs' first steps
+            per_token = train_flops_per_token(spec.shape(preset.seq_len, vocab))
+            runs.append(
+                QueuedRun(
+                    name=f"seed{seed}/{spec.key}",
+                    out=run_dir(out, seed, spec.key),
+                    config=run_config(preset, data, spec, seed),
+                    steps=spec.steps,
+                    flops=per_token * tokens_per_step(preset, spec) * spec.steps,
+                    group=seed,
                 )
-                progress.finished(seed, spec, until, time.perf_counter() - began)
-    progress.close()
-    return skipped
+            )
+    segments = 1 if sequential else preset.segments
+    return RunQueue("reproduce", out, runs, segments, show=show)
 
 
-class JobProgress:
-    """One line for the whole job: runs done / total, the current run, the job's ETA.
+def run_job(
+    out: Path,
+    preset: Preset,
+    data: Path,
+    seeds: int,
+    epochs=None,
+    rules=None,
+    *,
+    launch,
+    sequential: bool = False,
+    show: bool = True,
+) -> dict[str, Path] | None:
+    """Plan the job (or continue the one in ``out``), train what is left of it through
+    ``launch`` (oneepoch.launch), then write results.json and the report; returns their
+    paths, or None on a node other than node 0 (it lent its ranks; the report is on node
+    0). Raises runqueue.Stopped on a signal."""
+    say = (lambda *_: None) if not show else (lambda m: print(m, file=sys.stderr))
+    if launch.node_rank > 0:
+        from oneepoch.runqueue import RunQueue
 
-    The ETA uses each run's measured seconds per step once it has trained a segment, and
-    before that the FLOPs of its steps at the job's measured seconds per FLOP.
-    """
-
-    def __init__(self, work, preset: Preset, vocab: int, enabled: bool = True):
-        self.enabled, self.tty = enabled, sys.stderr.isatty()
-        self.preset = preset
-        self.flops = {
-            (seed, s.key): train_flops_per_token(s.shape(preset.seq_len, vocab))
-            * tokens_per_step(preset, s)
-            for seed, s in work
-        }
-        self.total_steps = {(seed, s.key): s.steps for seed, s in work}
-        self.done_steps = dict.fromkeys(self.total_steps, 0)  # where each run stands
-        self.trained = dict.fromkeys(self.total_steps, 0)  # steps trained by this invocation
-        self.seconds = dict.fromkeys(self.total_steps, 0.0)  # ... and the time they took
-        self.started = time.perf_counter()
-
-    def at(self, seed: int, spec: RunSpec, step: int) -> None:
-        self.done_steps[(seed, spec.key)] = max(0, step)
-
-    def starting(self, seed: int, spec: RunSpec, until: int) -> None:
-        key = (seed, spec.key)
-        done = sum(self.done_steps[k] >= self.total_steps[k] for k in self.total_steps)
-        self._show(
-            f"reproduce: {done}/{len(self.total_steps)} runs done; seed {seed} {spec.key} "
-            f"to step {until}/{spec.steps}; job ETA {format_seconds(self.eta()) if self.eta() is not None else '?'}"
-            f" (elapsed {format_seconds(time.perf_counter() - self.started)})",
-            key,
+        launch.run(RunQueue("reproduce", out, []))
+        say(f"node {launch.node_rank}: done; the runs and the report are on node 0")
+        return None
+    job = open_job(out, preset, data, seeds, epochs, rules)
+    job["sequential"] = sequential
+    queue = job_queue(job, out, preset, data, sequential, show)
+    per_seed = len(trained(job["plan"]))
+    say(
+        f"reproduce --preset {preset.name}: {len(queue.runs)} runs ({per_seed} per seed x "
+        f"{seeds} seed{'s' if seeds > 1 else ''}) on {data} -> {out}"
+    )
+    how = "one after another" if sequential else f"interleaved in {queue.segments} segments"
+    say(f"placement: {launch.describe()}; the runs of a seed {how}")
+    outcome = launch.run(queue)
+    if outcome.complete_before:
+        say(
+            f"{len(outcome.complete_before)} run(s) were already complete and were not trained again"
         )
+    say("fitting and writing the report")
+    return write_outputs(out, job)
 
-    def finished(self, seed: int, spec: RunSpec, until: int, seconds: float) -> None:
-        key = (seed, spec.key)
-        self.seconds[key] += seconds
-        self.trained[key] += until - self.done_steps[key]
-        self.done_steps[key] = until
 
-    def eta(self) -> float | None:
-        spent = sum(self.seconds.values())
-        flops_done = sum(self.flops[k] * self.trained[k] for k in self.flops)
-        if spent <= 0 or flops_done <= 0:
-            return None
-        per_flop = spent / flops_done
-        left = 0.0
-        for k, total in self.total_steps.items():
-            remaining = total - self.done_steps[k]
-            if self.trained[k] > 0:
-                left += remaining * self.seconds[k] / self.trained[k]
-            else:
-                left += remaining * self.flops[k] * per_flop
-        return left
+def write_outputs(out: Path, job: dict) -> dict[str, Path]:
+    """results.json, then the report built from it."""
+    from oneepoch.reproduce.report import write_report
+    from oneepoch.reproduce.results import compute_results, write_results
 
-    def _show(self, text: str, _key) -> None:
-        if not self.enabled:
-            return
-        if self.tty:
-            sys.stderr.write("\r\x1b[2K" + text[:200])
-        else:
-            sys.stderr.write(text + "\n")
-        sys.stderr.flush()
+    results = compute_results(out, job)
+    write_results(out / "results.json", results)
+    return {"results": out / "results.json", **write_report(out, results, job)}
 
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            sys.stderr.write("\n")
+
+def summary_text(paths: dict[str, Path]) -> str:
+    """What a finished job prints: a line per claim, and where the report is."""
+    from oneepoch.reproduce.report import claim_lines
+
+    results = json.loads(paths["results"].read_text())
+    report = f"report: {paths['html']} (and {paths['md'].name}, {paths['results'].name})"
+    return "\n".join([*claim_lines(results["claims"]), report])
+
+
+def prepare_builtin(data: Path) -> None:
+    """The built-in corpus, prepared into ``data`` (for a job on it when it is absent)."""
+    from oneepoch.data.inspect import format_summary, summarize
+    from oneepoch.data.prepare import prepare
+
+    print(f"== preparing the built-in corpus into {data}", file=sys.stderr)
+    prepare(["builtin"], data, progress=lambda m: print(f"prepare: {m}", file=sys.stderr))
+    print(format_summary(summarize(data)), file=sys.stderr)
