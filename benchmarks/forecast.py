@@ -255,8 +255,8 @@ def train_tiny(out: Path, data: Path, seeds: range) -> list[Path]:
     from oneepoch.plan.planner import corpus_from_data
     from oneepoch.reproduce.experiments import RunSpec, plan_job
     from oneepoch.reproduce.job import run_config
-    from oneepoch.rundir import read_status
     from oneepoch.reproduce.presets import get_preset
+    from oneepoch.rundir import read_status
     from oneepoch.train import train
 
     preset = get_preset("tiny")
