@@ -245,9 +245,10 @@ def test_dry_runs_show_where_the_runs_will_go(in_process, byte_dataset, tmp_path
         "--nproc-per-node", "2", "--dry-run",
     )  # fmt: skip
     assert code == 0, err
-    assert "placement: each run on 2 ranks of one torchrun job" in err
-    runs = int(re.search(r"micro: (\d+) runs \(", err)[1])
-    assert "interleaved in 3 segments" in err and text.count(" steps  train") == runs > 5
+    assert "placement: each run on 2 ranks of one torchrun job" in text
+    assert "the runs of a seed interleaved in 3 segments" in text
+    runs = int(re.search(r"(\d+) runs to train per seed", text)[1])
+    assert sum(line.endswith("  train") for line in text.splitlines()) == runs > 0
     assert not out.exists()  # a dry run writes nothing
 
 

@@ -1,4 +1,4 @@
-"""What a job will buy and cost before it runs (`oneepoch reproduce --plan`).
+"""What a job will buy and cost before it runs (`oneepoch reproduce --dry-run`).
 
 Every run of the plan with its shape, parameters, tokens, tokens per parameter and steps,
 and for the runs that are trained the time this machine's measured throughput predicts

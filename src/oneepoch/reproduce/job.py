@@ -29,7 +29,7 @@ def open_job(
     out: Path, preset: Preset, data: Path, seeds: int, epochs, rules=None, write: bool = True
 ) -> dict:
     """The job's plan, checked against OUT/job.json when it exists (its fixed settings must
-    match); written there unless ``write`` is False (``--plan`` only shows it)."""
+    match); written there unless ``write`` is False (``--dry-run`` only shows it)."""
     from oneepoch.plan.planner import corpus_from_data
 
     corpus = corpus_from_data(data)
