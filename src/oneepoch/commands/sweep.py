@@ -162,6 +162,7 @@ def plan_sweep(args, budgets, sizes, epochs, out: Path) -> tuple[list[dict], lis
         else:
             point["action"] = "resume" if status != "new" else "train"
             cfg = run_config(plan, corpus, settings, calib)
+            cfg.forecast.live = False  # nobody watches a sweep's runs one by one
             runs.append(
                 QueuedRun(point["name"], run_dir, cfg.to_dict(), total_steps(cfg), plan.flops)
             )

@@ -108,6 +108,9 @@ def run_config(preset: Preset, data: Path, spec: RunSpec, seed: int) -> dict:
             "eval_tokens": preset.eval_tokens,
             "log_every": preset.log_every,
         },
+        # the job fits every curve itself once the runs are done; a re-fitting worker beside
+        # the compared runs would only take CPU from them
+        "forecast": {"live": False},
     }
 
 
