@@ -33,6 +33,10 @@ TINY = [
     "4096",
     "--quiet",
 ]
+# The live forecast's worker re-fits beside the run and the run waits for it at checkpoints
+# and at the end: most tests train without it, those about its records with it.
+FORECASTING = list(TINY)
+TINY = [*FORECASTING, "--no-forecast"]
 
 
 def stdlib_text(n_bytes: int) -> bytes:

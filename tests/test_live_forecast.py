@@ -8,11 +8,11 @@ import re
 
 import pytest
 
-from helpers import TINY, read_forecasts, read_metrics, run_cli
+from helpers import FORECASTING, read_forecasts, read_metrics, run_cli
 
 # 160 steps evaluated every 8: the live forecast re-fits from 30% of the run on.
 ARGS = ["--steps", "160", "--batch-size", "8", "--eval-every", "8", "--log-every", "4"]
-ARGS += ["--lr", "3e-3", "--warmup-steps", "10", "--schedule", "constant", *TINY]
+ARGS += ["--lr", "3e-3", "--warmup-steps", "10", "--schedule", "constant", *FORECASTING]
 
 
 @pytest.fixture(scope="module")

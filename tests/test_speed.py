@@ -232,6 +232,7 @@ def _train(data, out, dtype, steps=80, seed=0):
                 "seed": seed,
                 "log_every": 10,
             },
+            "forecast": {"live": False},
         }
     )
     shutil.rmtree(out, ignore_errors=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TINY, cli_env, read_forecasts, read_metrics, read_records, run_cli
+from helpers import FORECASTING, TINY, cli_env, read_forecasts, read_metrics, read_records, run_cli
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E402
@@ -150,7 +150,7 @@ def test_train_tensorboard_live_equals_the_metrics_across_resumes(byte_dataset, 
 
     out, tb = tmp_path / "run", tmp_path / "tb"
     args = ["--data", str(byte_dataset), "--out", str(out), "--steps", "12", "--batch-size", "4"]
-    args += ["--log-every", "2", "--checkpoint-every", "4", "--dtype", "float32", *TINY]
+    args += ["--log-every", "2", "--checkpoint-every", "4", "--dtype", "float32", *FORECASTING]
     res = run_cli("train", *args, "--tensorboard", str(tb), "--until-step", "6")
     assert res.returncode == 0, res.stderr[-3000:]
     assert read_back(tb / "run")["lr"][-1][1] == 6  # live: what ran so far is there

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import TINY, launch, read_forecasts, read_metrics, run_cli, wait_for_step
+from helpers import FORECASTING, TINY, launch, read_forecasts, read_metrics, run_cli, wait_for_step
 
 
 def comparable(run: Path) -> tuple[list[dict], list[dict]]:
@@ -99,7 +99,7 @@ RESUME_ARGS = [
     "2",
     "--target-loss",  # the live forecast's records, with a target, must resume exactly too
     "2.0",
-    *TINY,
+    *FORECASTING,
 ]
 
 
