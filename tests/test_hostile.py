@@ -46,7 +46,17 @@ import pytest
 from helpers import cli_env, make_corpus, run_cli
 from oneepoch.data.prepare import prepare
 
-TINY_RUN = ["--n-layer", "1", "--n-head", "1", "--d-model", "32", "--seq-len", "32"]
+TINY_RUN = [
+    "--n-layer",
+    "1",
+    "--n-head",
+    "1",
+    "--d-model",
+    "32",
+    "--seq-len",
+    "32",
+    "--no-forecast",
+]
 TINY_RUN += ["--eval-tokens", "1024", "--steps", "5", "--quiet"]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import FORECASTING, TINY, cli_env, read_forecasts, read_metrics, read_records, run_cli
+from helpers import FORECASTING, cli_env, read_forecasts, read_metrics, read_records, run_cli
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E402
@@ -26,7 +26,7 @@ FORECAST_TAGS = ("forecast/final_loss", "forecast/final_loss_low", "forecast/fin
 def run(byte_dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tb") / "run"
     args = ["--steps", "12", "--batch-size", "4", "--log-every", "2", "--dtype", "float32"]
-    res = run_cli("train", "--data", str(byte_dataset), "--out", str(out), *args, *TINY)
+    res = run_cli("train", "--data", str(byte_dataset), "--out", str(out), *args, *FORECASTING)
     assert res.returncode == 0, res.stderr[-3000:]
     return out
 
