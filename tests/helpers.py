@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from oneepoch.plan.planner import UniformRate
 
@@ -171,3 +172,15 @@ class FixedThroughput(UniformRate):
 
     device = SimpleNamespace(type="cpu")
     machine = "test"
+
+
+def slow(why: str):
+    """A test CI leaves out to stay within its time (run with ONEEPOCH_SLOW_TESTS=1)."""
+
+    def mark(test):
+        skip = pytest.mark.skipif(
+            not os.environ.get("ONEEPOCH_SLOW_TESTS"), reason=f"set ONEEPOCH_SLOW_TESTS=1: {why}"
+        )
+        return pytest.mark.slow(skip(test))
+
+    return mark

@@ -27,6 +27,7 @@ def wait(*procs):
         assert code == 0, err[-3000:]
 
 
+@helpers.slow("~30 s or more on a 2-core CPU; CI stays within its time")
 def test_compiled_runs_train_as_eager_ones_and_resume_exactly(byte_dataset, tmp_path):
     eager, compiled = tmp_path / "eager", tmp_path / "compiled"
     dropout, paused = tmp_path / "dropout", tmp_path / "dropout-paused"
@@ -48,6 +49,7 @@ def test_compiled_runs_train_as_eager_ones_and_resume_exactly(byte_dataset, tmp_
     )
 
 
+@helpers.slow("~30 s or more on a 2-core CPU; CI stays within its time")
 def test_compile_with_fsdp_on_two_ranks_matches_one_eager_process(byte_dataset, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     wait(start(byte_dataset, one))

@@ -15,6 +15,7 @@ import sys
 
 import pytest
 
+import helpers
 from helpers import SRC, TINY, FixedThroughput
 from oneepoch.cli import main
 from oneepoch.plan.budget import parse_budget
@@ -203,6 +204,7 @@ def _peak_kib(*argv, cache) -> int:
     return int(done.stdout.split("MAXRSS")[-1].split()[0])
 
 
+@helpers.slow("~30 s or more on a 2-core CPU; CI stays within its time")
 def test_calibration_peak_memory_stays_below_the_planned_run(tmp_path, byte_dataset):
     """`plan` calibrating from an empty cache, every shape measured (in a fresh process
     each), peaks lower than `train --config plan.toml` of the plan it makes: both

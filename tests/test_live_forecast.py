@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+import helpers
 from helpers import FORECASTING, read_forecasts, read_metrics, run_cli
 
 # 160 steps evaluated every 8: the live forecast re-fits from 30% of the run on.
@@ -72,6 +73,7 @@ def test_live_forecast_equals_fit_on_the_same_points(live_run, tmp_path):
     assert [steps["value"], steps["ci_low"], steps["ci_high"]] == record["target"]["steps"]
 
 
+@helpers.slow("~30 s or more on a 2-core CPU; CI stays within its time")
 def test_an_unreachable_target_is_said_once_and_can_stop_the_run(byte_dataset, tmp_path):
     run = tmp_path / "run"
     args = ["train", "--data", str(byte_dataset), "--out", str(run), *ARGS, "--target-loss", "0.5"]
@@ -121,6 +123,7 @@ def test_refits_follow_the_steps_alone_at_most_one_per_share_of_the_run():
     assert [s for s in range(1, 2001) if refits_at(s, 2000, cadence.evaluates)] == regular
 
 
+@helpers.slow("~30 s or more on a 2-core CPU; CI stays within its time")
 def test_a_planned_decay_is_left_out_unless_a_companion_run_measures_it(byte_dataset, tmp_path):
     """Cosine decay: without a companion the forecast says it leaves the decay out; with
     `--forecast-with RUN` (a run of the same setup whose LR decayed) it is the

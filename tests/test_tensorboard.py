@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import helpers
 from helpers import FORECASTING, cli_env, read_forecasts, read_metrics, read_records, run_cli
 
 pytest.importorskip("tensorboard")
@@ -141,6 +142,7 @@ def test_bad_input(tmp_path, capsys):
     assert not (tmp_path / "logs").exists()
 
 
+@helpers.slow("~30 s or more on a 2-core CPU; CI stays within its time")
 def test_train_tensorboard_live_equals_the_metrics_across_resumes(byte_dataset, tmp_path):
     """`train --tensorboard DIR` writes the scalars while training; a paused run resumed
     (the setting kept in config.toml) and a run resumed from an older checkpoint (the lines

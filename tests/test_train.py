@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import helpers
 from helpers import FORECASTING, TINY, launch, read_forecasts, read_metrics, run_cli, wait_for_step
 
 
@@ -294,6 +295,7 @@ def flip_middle(path: Path, n: int = 64) -> None:
     path.write_bytes(bytes(raw))
 
 
+@helpers.slow("~30 s or more on a 2-core CPU; CI stays within its time")
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(
     byte_dataset, uninterrupted, tmp_path
 ):
