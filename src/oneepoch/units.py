@@ -48,3 +48,13 @@ def parse_duration(text: str | int | float) -> float:
             raise UserError(f"unknown time unit {unit!r} in {text!r}; use s, min or h.")
         total += float(number) * _DURATION[unit]
     return total
+
+
+def format_count(n: float | None) -> str:
+    """A count as people write it (320k, 1.02M, 2.2B); "-" for none."""
+    if n is None:
+        return "-"
+    for size, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= size:
+            return f"{n / size:.3g}{suffix}"
+    return f"{n:.3g}"

@@ -9,6 +9,7 @@ from oneepoch.cliflags import add_config_flags, add_option, check_positive, prin
 from oneepoch.errors import UserError
 from oneepoch.plan.calibrate import MAX_CALIBRATION_S, MEASURE_SECONDS
 from oneepoch.plan.rules import TOKENS_PER_PARAM
+from oneepoch.units import format_count
 
 RULE_HELP = (
     "komatsuzaki (default: one epoch, --tokens-per-param tokens per parameter), chinchilla "
@@ -163,15 +164,6 @@ def run(args) -> int:
     return 0
 
 
-def _count(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for size, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= size:
-            return f"{n / size:.3g}{suffix}"
-    return f"{n:.3g}"
-
-
 def _ratio_cell(p) -> str:
     """Achieved tokens per parameter, in the rule's count (non-embedding for kaplan)."""
     ratio = p.tokens_per_param
@@ -197,11 +189,11 @@ def print_plans(plans, chosen, budget, corpus, planner, written, out=None) -> No
 
     rows = [
         ("shape (layers x heads x d)", lambda p: p.candidate.label()),
-        ("parameters, all", lambda p: _count(p.candidate.total)),
-        ("parameters, non-embedding", lambda p: _count(p.candidate.non_embedding)),
-        ("tokens", lambda p: _count(p.tokens)),
+        ("parameters, all", lambda p: format_count(p.candidate.total)),
+        ("parameters, non-embedding", lambda p: format_count(p.candidate.non_embedding)),
+        ("tokens", lambda p: format_count(p.tokens)),
         ("tokens per parameter", _ratio_cell),
-        ("unique tokens", lambda p: _count(p.unique_tokens)),
+        ("unique tokens", lambda p: format_count(p.unique_tokens)),
         ("epochs", lambda p: f"{p.epochs:.2f}"),
         ("steps", lambda p: f"{p.steps:,}"),
         ("batch (sequences)", lambda p: str(p.batch_size)),

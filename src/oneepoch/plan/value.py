@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import sys
 
+from oneepoch.units import format_count
+
 
 def value_of_data_for_plan(rule, plan, planner) -> dict | None:
     """The value-of-data table for ``plan`` under ``rule``'s law (a plan.rules.Fitted), or
@@ -43,15 +45,6 @@ def value_of_data_for_plan(rule, plan, planner) -> dict | None:
     return table
 
 
-def _count(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for size, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= size:
-            return f"{n / size:.3g}{suffix}"
-    return f"{n:.3g}"
-
-
 def _sci(x: float) -> str:
     return f"{x:.3g}".replace("e+", "e")
 
@@ -80,9 +73,9 @@ def print_value_of_data(table: dict, law_path: str, out=None) -> None:
     loss = _with_interval(ref["loss"], lambda x: f"{x:.3f}")
     print(f"\nvalue of more unique data under {law_path} ({intervals}):", file=out)
     print(
-        f"  the plan ({table['rule']}): {_count(ref['params'])} {count} parameters, "
-        f"{_count(ref['tokens'])} tokens, {ref['epochs']:.2f} epochs of "
-        f"{_count(ref['unique_tokens'])} unique, {_sci(ref['flops'])} FLOPs; the law's loss {loss}",
+        f"  the plan ({table['rule']}): {format_count(ref['params'])} {count} parameters, "
+        f"{format_count(ref['tokens'])} tokens, {ref['epochs']:.2f} epochs of "
+        f"{format_count(ref['unique_tokens'])} unique, {_sci(ref['flops'])} FLOPs; the law's loss {loss}",
         file=out,
     )
     print(
@@ -96,15 +89,15 @@ def print_value_of_data(table: dict, law_path: str, out=None) -> None:
     )
     print(head, file=out)
     for row in table["rows"]:
-        label = "unlimited" if row["multiple"] is None else _count(row["unique_tokens"])
+        label = "unlimited" if row["multiple"] is None else format_count(row["unique_tokens"])
         label += "" if row["multiple"] in (None,) else f" ({row['data']})"
         if not row["identified"]:
             print(f"    {label:<20}{row['note']}", file=out)
             continue
         epochs = f"{row['epochs']['value']:.2f}" if row["epochs"] else "1.00"
         print(
-            f"    {label:<20}{_count(row['params']['value']):>9}"
-            f"{_count(row['tokens']['value']):>9}{epochs:>8}  "
+            f"    {label:<20}{format_count(row['params']['value']):>9}"
+            f"{format_count(row['tokens']['value']):>9}{epochs:>8}  "
             f"{_with_interval(row['loss'], lambda x: f'{x:.3f}'):<24}"
             f"{_with_interval(row['flops_for_reference_loss'], _sci):<34}"
             f"{_with_interval(row['flops_ratio'], lambda x: f'{x:.2f}')}",
