@@ -271,7 +271,8 @@ def test_backtested_drift_widens_intervals_only_past_the_fitted_range(tmp_path):
     range grow with it, while inside the range they stay the bootstrap's."""
     write_run(tmp_path / "run", power_law(E, A, ALPHA), noise=0.003, total_steps=2000)
     run = load_run(tmp_path / "run")
-    rf = fit_run(run, forms=("power", "power-nofloor"), use_first=0.3, n_boot=200)
+    # every point (the start rule may begin at 8 of them, which leaves two backtest origins)
+    rf = fit_run(run, forms=("power", "power-nofloor"), use_first=0.3, n_boot=200, min_step=0)
     right, wrong = rf.fits["power"], rf.fits["power-nofloor"]
     assert rf.settings["backtest"]["power-nofloor"]["origins"] > 3
     assert wrong.drift > 3 * right.drift > 0
@@ -404,9 +405,10 @@ def test_without_warmup_the_start_holds_to_the_form_on_sparse_evaluations(tmp_pa
     """30 log-spaced evaluations, warm-up 0, a transient 20x the loss at step 1: with only
     a few points past the drop, the backtests alone kept the drop in the fit (start 0,
     forecast 34-35% low on seeds 3-5); a start counts only where the floored power law
-    holds from its first point, so most of the drop is left out. What remains of it still
-    bends the floored fits (the floor-averaged one 16% high on seed 3, the floor-free one
-    31% low): the forecast is better than with the drop kept, not good."""
+    holds from its first point, and may leave as few points as one backtest needs, so the
+    fit starts past the drop (8 points from step 147; asking for one point more kept
+    points from step 46, where what was left of the drop put the forecast 16% high on seed
+    3; now 2-3% high on seeds 3-5, against 28-30% low with the drop kept)."""
     total, tokens_per_step = 5000, 65536
     steps = np.unique(np.round(np.geomspace(1, total, 30)).astype(int))
     E_, alpha = 2.0, 0.6
@@ -431,10 +433,10 @@ def test_without_warmup_the_start_holds_to_the_form_on_sparse_evaluations(tmp_pa
     )
     rf = fit_run(run, use_first=0.3, n_boot=100)
     truth = E_ + A_ * run.final_tokens**-alpha
-    assert rf.settings["min_step"] > 0
+    assert rf.settings["min_step"] > 100  # the drop is down to exp(-4) of its start there
     value = rf.predict_at(run.final_tokens)["forecast"]["value"]
     kept = fit_run(run, use_first=0.3, n_boot=0, min_step=0).predict_at(run.final_tokens)
-    assert abs(value / truth - 1) < 0.7 * abs(kept["forecast"]["value"] / truth - 1)
+    assert abs(value / truth - 1) < 0.2 * abs(kept["forecast"]["value"] / truth - 1)
 
 
 def _forecast_benchmark():

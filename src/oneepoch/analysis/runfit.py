@@ -355,8 +355,10 @@ def _fast_drop_end(steps: np.ndarray, loss: np.ndarray, need: int) -> float:
     """Where the fast initial drop is over, decided from the curve itself.
 
     No form here describes the drop, so a fit that includes it bends to it. The fit may
-    start at each of FAST_DROP_STARTS (shares of the last step) that leaves ``need`` + 4
-    points. A start counts only when its floored power-law fit holds from its first point
+    start at each of FAST_DROP_STARTS (shares of the last step) that leaves ``need`` + 3
+    points, the fewest with which ``_backtest`` has an origin (its 3 target points after
+    the first ``need``); asking for one more kept 30 log-spaced evaluations from starting
+    past the drop (docs/analysis.md). A start counts only when its floored power-law fit holds from its first point
     on (``CurveFit.valid_range``: no systematic departure beyond 3 standard errors of the
     model-free noise), which rules out starts inside a drop the noise does not hide; of
     those, the one whose power-law fits (with and without a floor) backtest best
@@ -367,7 +369,7 @@ def _fast_drop_end(steps: np.ndarray, loss: np.ndarray, need: int) -> float:
     best_rate, best_start, latest = np.inf, None, 0.0
     for share in FAST_DROP_STARTS:
         keep = steps > share * steps[-1]
-        if keep.sum() < need + 4:
+        if keep.sum() < need + 3:
             break
         latest = share * float(steps[-1])
         x, y = steps[keep], loss[keep]
