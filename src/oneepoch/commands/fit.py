@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import sys
 
+from oneepoch.analysis.format import format_estimate, format_number, format_param
 from oneepoch.cliflags import (
     add_uncertainty_flags,
     check_output_files,
@@ -232,12 +233,12 @@ def _print_run_fit(r: dict) -> None:
     for name, form in r["forms"].items():
         print(f"  {name}: {form['formula']}")
         for p in form["param_names"]:
-            print("  " + _fmt_param(p, form[p]))
+            print("  " + format_param(p, form[p]))
         g, v = form["goodness"], form["valid_range"]
         print(
             f"    fit: rmse(log) {g['rmse_log']:.3g}, max error {g['max_abs_rel_error']:.2%}, "
-            f"R^2 {_fmt(g['r2'])}, residual lag-1 autocorrelation "
-            f"{_fmt(g['residual_lag1_autocorr'])}"
+            f"R^2 {format_number(g['r2'])}, residual lag-1 autocorrelation "
+            f"{format_number(g['residual_lag1_autocorr'])}"
         )
         if v["n_points"]:
             print(
@@ -258,8 +259,8 @@ def _print_run_fit(r: dict) -> None:
     if "predict_at" in r:
         pa = r["predict_at"]
         for name, est in pa["forms"].items():
-            print(f"  loss at t = {pa['x']:.4g} ({name}): {_fmt_value(est)}")
-        print(f"  forecast: loss at t = {pa['x']:.4g}: {_fmt_value(pa['forecast'])}{_how(pa)}")
+            print(f"  loss at t = {pa['x']:.4g} ({name}): {format_estimate(est)}")
+        print(f"  forecast: loss at t = {pa['x']:.4g}: {format_estimate(pa['forecast'])}{_how(pa)}")
         _print_forecast_lines(pa["forecast"])
         if pa["observed_loss"] is not None:
             print(
@@ -271,8 +272,10 @@ def _print_run_fit(r: dict) -> None:
         fc = jt["forecast"]
         print(f"  joint schedule-aware fit over {', '.join(jt['runs'])}: {jt['formula']}")
         for name, est in jt["params"].items():
-            print("  " + _fmt_param(name, est))
-        print(f"  forecast under the planned schedule: loss at t = {fc['x']:.4g}: {_fmt_value(fc)}")
+            print("  " + format_param(name, est))
+        print(
+            f"  forecast under the planned schedule: loss at t = {fc['x']:.4g}: {format_estimate(fc)}"
+        )
         if fc["observed_loss"] is not None:
             print(f"  observed loss at t = {fc['x']:.4g}: {fc['observed_loss']:.4f}" + _error(fc))
         for note in jt["notes"]:
@@ -286,11 +289,15 @@ def _print_run_fit(r: dict) -> None:
                     f"(p_reach {est['p_reach']:.2f})"
                 )
                 continue
-            parts = [f"{k} {_fmt_value(est[k])}" for k in ("tokens", "steps", "wall_s") if k in est]
+            parts = [
+                f"{k} {format_estimate(est[k])}" for k in ("tokens", "steps", "wall_s") if k in est
+            ]
             print(f"  to reach loss {tg['loss']:g} ({name}): " + ", ".join(parts))
         fc = tg["forecast"]
         if fc["reached"]:
-            parts = [f"{k} {_fmt_value(fc[k])}" for k in ("tokens", "steps", "wall_s") if k in fc]
+            parts = [
+                f"{k} {format_estimate(fc[k])}" for k in ("tokens", "steps", "wall_s") if k in fc
+            ]
             print(f"  forecast: to reach loss {tg['loss']:g}: " + ", ".join(parts) + _how(tg))
         else:
             print(f"  forecast: loss {tg['loss']:g} not reached{_how(tg)}")
@@ -318,23 +325,3 @@ def _print_forecast_lines(forecast: dict) -> None:
         print(f"  warning: {line}")
     for line in forecast["notes"]:
         print(f"  note: {line}")
-
-
-def _fmt(x) -> str:
-    return "n/a" if x is None else f"{x:.4g}"
-
-
-def _fmt_value(est) -> str:
-    if not isinstance(est, dict):
-        return _fmt(est)
-    if est["ci_low"] is None and est["ci_high"] is None:  # no interval (no bootstrap)
-        return _fmt(est["value"])
-    hi = "inf" if est["ci_high"] is None and est["value"] is not None else _fmt(est["ci_high"])
-    return f"{_fmt(est['value'])} [{_fmt(est['ci_low'])}, {hi}]"
-
-
-def _fmt_param(name: str, est: dict) -> str:
-    se = f"  se {_fmt(est['se'])}" if est.get("se") is not None else ""
-    why = next((f"  ({est[k]})" for k in ("note", "fixed") if k in est), "")
-    tied = f"  (tied to {est['tied']})" if "tied" in est else ""
-    return f"  {name:>12} {_fmt_value(est)}{se}{why}{tied}"

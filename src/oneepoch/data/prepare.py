@@ -44,8 +44,9 @@ from oneepoch.data.defaults import (
     DEFAULT_VAL_FRACTION,
     DEFAULT_VOCAB_SIZE,
 )
+from oneepoch.data.resolve import resolve_source
 from oneepoch.data.shards import ShardWriter, dtype_for_vocab, open_tokens
-from oneepoch.data.sources import Source, Tally, resolve_source, split_long
+from oneepoch.data.sources import Source, Tally, split_long
 from oneepoch.data.tokenizer import (
     BytesTokenizer,
     HFTokenizer,
