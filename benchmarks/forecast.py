@@ -253,7 +253,7 @@ def train_tiny(out: Path, data: Path, seeds: range) -> list[Path]:
     (exact resume makes reproduce's segments the same curve); runs already complete are
     kept. Returns their folders."""
     from oneepoch.config import RunConfig
-    from oneepoch.plan.planner import corpus_from_data
+    from oneepoch.plan.planner import corpus_of_dataset
     from oneepoch.reproduce.experiments import RunSpec, plan_job
     from oneepoch.reproduce.job import run_config
     from oneepoch.reproduce.presets import get_preset
@@ -261,7 +261,7 @@ def train_tiny(out: Path, data: Path, seeds: range) -> list[Path]:
     from oneepoch.train import train
 
     preset = get_preset("tiny")
-    corpus = corpus_from_data(data)
+    corpus = corpus_of_dataset(data)
     plan = plan_job(preset, corpus.train_tokens, corpus.vocab_size)
     specs = [RunSpec(**plan["runs"][key]) for key in plan["exp2"].values()]
     paths = []

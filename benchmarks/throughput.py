@@ -338,7 +338,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from oneepoch.flops import Shape, train_flops_per_token
-    from oneepoch.hardware import device_name, peak_flops
+    from oneepoch.measure.machine import device_name, peak_flops
 
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes.split(";")]
     needed = args.steps * args.batch_size * (args.seq_len + 1) * 2

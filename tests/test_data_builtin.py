@@ -18,7 +18,8 @@ from oneepoch.data.builtin import (
 )
 from oneepoch.data.dataset import open_dataset
 from oneepoch.data.prepare import prepare
-from oneepoch.data.sources import Tally, resolve_source
+from oneepoch.data.resolve import resolve_source
+from oneepoch.data.sources import Tally
 from oneepoch.errors import UserError
 
 

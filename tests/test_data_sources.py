@@ -7,11 +7,11 @@ import tracemalloc
 import pytest
 
 from oneepoch.data import sources
+from oneepoch.data.resolve import resolve_source
 from oneepoch.data.sources import (
     HFStreamSource,
     Tally,
     read_text_pieces,
-    resolve_source,
     split_long,
 )
 from oneepoch.errors import UserError

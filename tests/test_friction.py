@@ -339,7 +339,8 @@ def test_fit_predict_at_final_gives_the_error_against_the_observed_loss(capsys, 
 
 
 def test_a_floor_at_its_bound_is_said_to_be_unidentified():
-    from oneepoch.commands.fit import AT_BOUND, _annotate, _fmt_param
+    from oneepoch.analysis.format import format_param as _fmt_param
+    from oneepoch.commands.fit import AT_BOUND, _annotate
 
     est = {"value": 8.3e-07, "ci_low": None, "ci_high": None, "se": None}
     ok = {"value": 1.9, "ci_low": None, "ci_high": None, "se": None}

@@ -309,7 +309,7 @@ def test_a_measuring_process_that_does_not_answer_is_an_error_that_says_what_to_
 ):
     """A measuring process that does not answer in its time (starved, hung) used to end
     `plan` and `sweep` with a TimeoutError traceback."""
-    from oneepoch.plan import calibrate
+    from oneepoch.measure import throughput as calibrate
 
     monkeypatch.setattr(calibrate, "_answered", lambda receive, pid, limit_s: False)
     argv = ["--budget", "1e11", "--data", byte_dataset, "--out", tmp_path / "out", *FAST]
@@ -360,7 +360,7 @@ def test_a_paused_measuring_process_is_waited_for_not_given_up():
     import threading
     import time
 
-    from oneepoch.plan import calibrate
+    from oneepoch.measure import throughput as calibrate
 
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:

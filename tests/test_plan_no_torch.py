@@ -1,6 +1,6 @@
 """The planner's arithmetic, the run directory and the shared CLI pieces work without torch.
 
-Only measuring throughput (plan.calibrate's Calibration and measure_point) needs torch;
+Only measuring throughput (plan.calibrate.Calibration, oneepoch.measure) needs torch;
 a fixed throughput stands in for it here.
 """
 

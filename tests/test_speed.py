@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from helpers import SRC
-from oneepoch import hardware
 from oneepoch.analysis.runs import FORECAST_KIND
-from oneepoch.hardware import gpu_table_peak
+from oneepoch.measure import machine as hardware
+from oneepoch.measure.machine import gpu_table_peak
 
 
 @pytest.mark.parametrize(
@@ -111,7 +111,7 @@ def test_matmul_benchmark_runs_in_the_dtype_and_reports_its_best_size():
 
 @pytest.mark.parametrize(("bf16", "fp32", "faster"), [(5e12, 1e12, True), (1e12, 2e12, False)])
 def test_auto_dtype_on_cpu_follows_the_measured_matmul_speed(monkeypatch, bf16, fp32, faster):
-    from oneepoch.train import pick_dtype
+    from oneepoch.measure.dtype import pick_dtype
 
     monkeypatch.setattr(hardware, "cpu_supports_bf16", lambda: True)
     monkeypatch.setattr(
@@ -128,9 +128,9 @@ def test_auto_dtype_on_cpu_follows_the_measured_matmul_speed(monkeypatch, bf16, 
 
 
 def test_auto_dtype_on_cpu_times_the_runs_own_step_and_caches_it(monkeypatch, tmp_path):
-    from oneepoch import dtype_probe
     from oneepoch.config import ModelConfig
-    from oneepoch.train import pick_dtype
+    from oneepoch.measure import dtype as dtype_probe
+    from oneepoch.measure.dtype import pick_dtype
 
     monkeypatch.setenv("ONEEPOCH_CACHE", str(tmp_path))
     monkeypatch.setattr(hardware, "cpu_supports_bf16", lambda: True)
@@ -182,7 +182,7 @@ def test_auto_dtype_on_cpu_times_the_runs_own_step_and_caches_it(monkeypatch, tm
     ("capability", "dtype"), [((7, 0), "float32"), ((8, 0), "bfloat16"), ((9, 0), "bfloat16")]
 )
 def test_auto_dtype_on_gpus_needs_bf16_tensor_cores(monkeypatch, capability, dtype):
-    from oneepoch.train import pick_dtype
+    from oneepoch.measure.dtype import pick_dtype
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     assert pick_dtype("auto", torch.device("cuda", 0)) == dtype  # V100: emulated bf16 is slow

@@ -3,7 +3,7 @@ defaults and help text taken from the config dataclasses, the flags several comm
 (bootstrap intervals), the check of output file paths, and one JSON printer for every
 command's --json.
 
-A flag of a config setting is declared once, in ``CONFIG_FLAGS``; ``oneepoch train`` takes
+A flag of a config setting is declared once, in ``oneepoch.config.CONFIG_FLAGS``; ``oneepoch train`` takes
 all of them as overrides (``None`` unless given), and commands that run or plan training
 (``plan``, ``sweep``) take the few they need with the config's default.
 """
@@ -17,56 +17,11 @@ import os
 import sys
 from pathlib import Path
 
-from oneepoch.config import DEVICES, DTYPES, PARALLEL, SCHEDULES, RunConfig
+from oneepoch.config import CONFIG_FLAGS, RunConfig
 from oneepoch.errors import UserError
 
 SIGPIPE_EXIT = 141  # what a shell reports for a command stopped by a closed pipe
 
-# section.key -> the help of its flag, --key (with "-" for "_"). The default is appended to
-# the help from the dataclasses ("{default}" places it), unless the help says what the
-# default means itself.
-SETTING_HELP: dict[str, str] = {
-    "model.n_layer": "transformer blocks",
-    "model.n_head": "attention heads; must divide --d-model",
-    "model.d_model": "residual stream width",
-    "model.seq_len": "context length in tokens",
-    "model.dropout": "dropout probability (default {default:g}: one epoch needs none)",
-    "data.epochs": "{default:g} (default): one pass, no window twice. E > 1: the multi-epoch "
-    "baseline, repeating the first budget/E tokens E times, reshuffled each epoch",
-    "train.batch_size": "sequences per optimizer step, summed over ranks and accumulation",
-    "train.grad_accum": "micro-batches per step",
-    "optim.lr": "peak learning rate",
-    "optim.min_lr_ratio": "final LR as a fraction of the peak",
-    "optim.warmup_steps": "linear warm-up steps (default: 2%% of the run)",
-    "optim.schedule": "LR after warm-up: " + ", ".join(SCHEDULES) + " (default {default})",
-    "optim.weight_decay": "AdamW decay of weight matrices",
-    "optim.grad_clip": "clip the gradient norm to this; 0 disables",
-    "train.seed": "seed of initialisation and data order",
-    "train.eval_every": "also evaluate every N steps (default: ~20 evaluations a run, plus "
-    "log-spaced early ones)",
-    "train.eval_tokens": "validation tokens, the same ones at every evaluation",
-    "train.log_every": "write a metrics line every N steps",
-    "train.checkpoint_every": "checkpoint every N steps (default: ~10 a run)",
-    "train.dtype": "{default} (default: bf16 autocast on GPUs with bf16 tensor cores and on "
-    "CPUs whose measured bf16 matmuls beat fp32, as with AMX; else float32; what ran is "
-    "recorded), " + " or ".join(d for d in DTYPES if d != "auto"),
-    "train.device": "{default} (default: a CUDA GPU if one is visible, else the CPU), "
-    + " or ".join(d for d in DEVICES if d != "auto"),
-    "train.parallel": f"under torchrun: {PARALLEL[0]} (default; a model replica per process) "
-    f"or {PARALLEL[1]} (FSDP2: parameters, gradients and optimizer state sharded over "
-    "processes, for models too big for one device)",
-    "log.tensorboard": "while training, also write TensorBoard event files (train/val loss, "
-    "lr, tokens/s, MFU) into DIR/<run folder name>, for `tensorboard --logdir DIR`; a resumed "
-    "run continues its curves; metrics.jsonl stays the record (default: none)",
-    "forecast.target_loss": "with the live forecast, show when the run is forecast to reach "
-    "this validation loss (step and wall-clock), or that it will not by the end, and warn "
-    "once when it becomes unlikely (default: none)",
-}
-# flag -> (section.key, help), in the order of `oneepoch train --help`.
-CONFIG_FLAGS: dict[str, tuple[str, str]] = {
-    "--" + setting.split(".")[1].replace("_", "-"): (setting, text)
-    for setting, text in SETTING_HELP.items()
-}
 METAVARS = {"--tensorboard": "DIR", "--target-loss": "X"}
 
 
@@ -121,6 +76,24 @@ def check_positive(**flags) -> None:
             raise UserError(
                 f"--{name.replace('_', '-')} must be a finite number above 0, not {value}."
             )
+
+
+def add_sweep_csv_flags(parser, loss_default: str | None = "final") -> None:
+    """--loss and --params of the scaling CSV (`scaling sweep-csv`, `oneepoch sweep`).
+    ``loss_default`` None: the command chooses (`sweep`: best with --epochs)."""
+    parser.add_argument(
+        "--loss",
+        choices=("final", "best"),
+        default=loss_default,
+        help="final or best validation loss (best: with the tokens seen at that evaluation); "
+        + ("default final" if loss_default else "default final, best with --epochs"),
+    )
+    parser.add_argument(
+        "--params",
+        choices=("non-embedding", "total"),
+        default="non-embedding",
+        help="which run.json parameter count (default non-embedding)",
+    )
 
 
 def add_uncertainty_flags(parser: argparse.ArgumentParser, n_boot: int = 200) -> None:

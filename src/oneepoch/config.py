@@ -1,7 +1,9 @@
 """Typed configuration: one small dataclass per component, composed into ``RunConfig``.
 
 Precedence: defaults < ``--config FILE.toml`` < command-line flags. The resolved config
-is written to the run directory as ``config.toml``.
+is written to the run directory as ``config.toml``. Each setting's flag and its help are
+declared here too (``SETTING_HELP``, ``CONFIG_FLAGS``), for ``oneepoch.cliflags`` and for the
+messages that say where a bad setting came from.
 """
 
 from __future__ import annotations
@@ -21,6 +23,52 @@ DTYPES = ("float32", "bfloat16", "auto")
 DEVICES = ("auto", "cpu", "cuda")
 PARALLEL = ("ddp", "fsdp")
 SEED_LIMIT = 2**32  # seeds are 0 .. 2**32 - 1, which every use of a seed accepts
+
+# section.key -> the help of its flag, --key (with "-" for "_"). The default is appended to
+# the help from the dataclasses ("{default}" places it), unless the help says what the
+# default means itself.
+SETTING_HELP: dict[str, str] = {
+    "model.n_layer": "transformer blocks",
+    "model.n_head": "attention heads; must divide --d-model",
+    "model.d_model": "residual stream width",
+    "model.seq_len": "context length in tokens",
+    "model.dropout": "dropout probability (default {default:g}: one epoch needs none)",
+    "data.epochs": "{default:g} (default): one pass, no window twice. E > 1: the multi-epoch "
+    "baseline, repeating the first budget/E tokens E times, reshuffled each epoch",
+    "train.batch_size": "sequences per optimizer step, summed over ranks and accumulation",
+    "train.grad_accum": "micro-batches per step",
+    "optim.lr": "peak learning rate",
+    "optim.min_lr_ratio": "final LR as a fraction of the peak",
+    "optim.warmup_steps": "linear warm-up steps (default: 2%% of the run)",
+    "optim.schedule": "LR after warm-up: " + ", ".join(SCHEDULES) + " (default {default})",
+    "optim.weight_decay": "AdamW decay of weight matrices",
+    "optim.grad_clip": "clip the gradient norm to this; 0 disables",
+    "train.seed": "seed of initialisation and data order",
+    "train.eval_every": "also evaluate every N steps (default: ~20 evaluations a run, plus "
+    "log-spaced early ones)",
+    "train.eval_tokens": "validation tokens, the same ones at every evaluation",
+    "train.log_every": "write a metrics line every N steps",
+    "train.checkpoint_every": "checkpoint every N steps (default: ~10 a run)",
+    "train.dtype": "{default} (default: bf16 autocast on GPUs with bf16 tensor cores and on "
+    "CPUs whose measured bf16 matmuls beat fp32, as with AMX; else float32; what ran is "
+    "recorded), " + " or ".join(d for d in DTYPES if d != "auto"),
+    "train.device": "{default} (default: a CUDA GPU if one is visible, else the CPU), "
+    + " or ".join(d for d in DEVICES if d != "auto"),
+    "train.parallel": f"under torchrun: {PARALLEL[0]} (default; a model replica per process) "
+    f"or {PARALLEL[1]} (FSDP2: parameters, gradients and optimizer state sharded over "
+    "processes, for models too big for one device)",
+    "log.tensorboard": "while training, also write TensorBoard event files (train/val loss, "
+    "lr, tokens/s, MFU) into DIR/<run folder name>, for `tensorboard --logdir DIR`; a resumed "
+    "run continues its curves; metrics.jsonl stays the record (default: none)",
+    "forecast.target_loss": "with the live forecast, show when the run is forecast to reach "
+    "this validation loss (step and wall-clock), or that it will not by the end, and warn "
+    "once when it becomes unlikely (default: none)",
+}
+# flag -> (section.key, help), in the order of `oneepoch train --help`.
+CONFIG_FLAGS: dict[str, tuple[str, str]] = {
+    "--" + setting.split(".")[1].replace("_", "-"): (setting, text)
+    for setting, text in SETTING_HELP.items()
+}
 
 
 @dataclass
@@ -198,9 +246,22 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def validate(cfg: RunConfig) -> None:
-    """Reject impossible or inconsistent settings with one clear sentence."""
-    m, o, t = cfg.model, cfg.optim, cfg.train
-    # NaN passes every comparison below and inf most of them: refuse both first, by name.
+    """Reject impossible or inconsistent settings with one clear sentence (the first wrong
+    one, in the order below)."""
+    _check_finite(cfg)
+    _check_shape(cfg.model, cfg.train)
+    _check_bounds(cfg.optim, cfg.train)
+    _check_choices(cfg.optim, cfg.train)
+    _check_budget(cfg)
+    _check_forecast(cfg.forecast)
+    if cfg.data.epochs > 1 and cfg.train.time_s:
+        raise UserError(
+            "epochs > 1 needs a steps or tokens budget (not time_s), so the repeated subset can be sized."
+        )
+
+
+def _check_finite(cfg: RunConfig) -> None:
+    """NaN passes every comparison and inf most of them: refuse both first, by name."""
     for section in dataclasses.fields(cfg):
         for f in dataclasses.fields(getattr(cfg, section.name)):
             value = getattr(getattr(cfg, section.name), f.name)
@@ -210,6 +271,10 @@ def validate(cfg: RunConfig) -> None:
                     f"{setting} must be a finite number, got {value}; give it a real value "
                     f"({_where(setting)})."
                 )
+
+
+def _check_shape(m: ModelConfig, t: TrainConfig) -> None:
+    """The model's sizes and the batch's."""
     for name, value in [
         ("n_layer", m.n_layer),
         ("n_head", m.n_head),
@@ -227,6 +292,10 @@ def validate(cfg: RunConfig) -> None:
         )
     if not 0.0 <= m.dropout < 1.0:
         raise UserError(f"dropout must be in [0, 1), got {m.dropout}.")
+
+
+def _check_bounds(o: OptimConfig, t: TrainConfig) -> None:
+    """Numbers with a least or a range: cadences, the optimizer's settings, the seed."""
     # Settings where 0 or a negative number means nothing (0 is "auto" for the cadences).
     auto = "chosen for the run"
     for setting, value, low, meaning in [
@@ -249,6 +318,10 @@ def validate(cfg: RunConfig) -> None:
                 f"{setting} must be in [0, 1), got {value}; change it in the --config file."
             )
     check_seed(t.seed, f"train.seed ({_where('train.seed')})")
+
+
+def _check_choices(o: OptimConfig, t: TrainConfig) -> None:
+    """Settings that name one of a few choices, and the learning rate's schedule."""
     if o.schedule not in SCHEDULES:
         raise UserError(f"unknown schedule {o.schedule!r}; choose one of {', '.join(SCHEDULES)}.")
     if o.lr <= 0:
@@ -263,6 +336,11 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(
             f"unknown parallel mode {t.parallel!r}; choose one of {', '.join(PARALLEL)}."
         )
+
+
+def _check_budget(cfg: RunConfig) -> None:
+    """Exactly one budget, at least a batch of tokens, whole epochs."""
+    m, t = cfg.model, cfg.train
     if t.batch_size % t.grad_accum:
         raise UserError(f"grad_accum ({t.grad_accum}) must divide batch_size ({t.batch_size}).")
     budgets = [b for b in (t.steps, t.tokens, t.time_s) if b]
@@ -281,18 +359,17 @@ def validate(cfg: RunConfig) -> None:
         )
     if cfg.data.epochs < 1:
         raise UserError(f"epochs must be at least 1, got {cfg.data.epochs}.")
-    if cfg.forecast.target_loss < 0:
+
+
+def _check_forecast(f: ForecastConfig) -> None:
+    if f.target_loss < 0:
         raise UserError(
-            f"target_loss must be a positive loss (or 0 for none), got {cfg.forecast.target_loss}."
+            f"target_loss must be a positive loss (or 0 for none), got {f.target_loss}."
         )
-    if cfg.forecast.stop_if_unreachable and not cfg.forecast.target_loss:
+    if f.stop_if_unreachable and not f.target_loss:
         raise UserError("--stop-if-unreachable needs a --target-loss to judge by; give one.")
-    if cfg.forecast.stop_if_unreachable and not cfg.forecast.live:
+    if f.stop_if_unreachable and not f.live:
         raise UserError("--stop-if-unreachable needs the live forecast; drop --no-forecast.")
-    if cfg.data.epochs > 1 and t.time_s:
-        raise UserError(
-            "epochs > 1 needs a steps or tokens budget (not time_s), so the repeated subset can be sized."
-        )
 
 
 def check_seed(seed, name: str) -> None:
@@ -302,8 +379,6 @@ def check_seed(seed, name: str) -> None:
 
 
 def _where(setting: str) -> str:
-    from oneepoch.cliflags import CONFIG_FLAGS  # cliflags imports this module
-
     flags = [flag for flag, (key, _) in CONFIG_FLAGS.items() if key == setting]
     flags += ["--time"] if setting == "train.time_s" else []
     return f"the flag {flags[0]} or the --config file" if flags else "in the --config file"

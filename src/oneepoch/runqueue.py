@@ -28,8 +28,8 @@ from pathlib import Path
 
 from oneepoch.atomic import write_atomic
 from oneepoch.errors import UserError
-from oneepoch.plan.budget import format_seconds
 from oneepoch.rundir import read_status
+from oneepoch.units import format_seconds
 
 QUEUE_FORMAT = "oneepoch-queue"
 

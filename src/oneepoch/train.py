@@ -34,22 +34,20 @@ from oneepoch.atomic import write_atomic
 from oneepoch.config import RunConfig, load_toml, total_steps, validate
 from oneepoch.data.dataset import Dataset, open_dataset
 from oneepoch.distributed import Ranks, full_state, init_distributed, load_full_state, parallelize
-from oneepoch.dtype_probe import quiet_tokens_per_s
 from oneepoch.errors import UserError
 from oneepoch.flops import Shape, activation_bytes, param_counts, train_flops_per_token
-from oneepoch.hardware import hardware_info, peak_flops, pick_device, pick_dtype
 from oneepoch.live_forecast import ForecastPlan, LiveForecast
 from oneepoch.locking import hold
+from oneepoch.measure.dtype import pick_dtype, quiet_tokens_per_s
+from oneepoch.measure.machine import hardware_info, peak_flops, pick_device, sync
 from oneepoch.model import GPT, check_state
 from oneepoch.prefetch import Prefetcher
 from oneepoch.progress import Progress
 from oneepoch.rundir import MetricsLog, check_run_dir, read_json, write_json
 from oneepoch.sampler import OnePassSampler, RepeatedSampler, num_windows
-from oneepoch.schedule import Cadence, log_spaced_steps, lr_at
+from oneepoch.schedule import Cadence, lr_at
 from oneepoch.slowdown import slowed_now, slowed_summary
 from oneepoch.step import autocast, build_optimizer, micro_step, read_windows, train_step
-
-__all__ = ["Interrupted", "train", "pick_dtype", "log_spaced_steps", "read_windows"]
 
 
 class Interrupted(Exception):
@@ -66,12 +64,8 @@ class TrainClock:
     def __init__(self, device: torch.device, elapsed: float = 0.0):
         self.device, self.elapsed, self._since = device, elapsed, None
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     def start(self) -> None:
-        self._sync()
+        sync(self.device)
         self._since = time.perf_counter()
 
     def now(self) -> float:
@@ -80,7 +74,7 @@ class TrainClock:
         return self.elapsed + running
 
     def stop(self) -> float:
-        self._sync()
+        sync(self.device)
         if self._since is not None:
             self.elapsed += time.perf_counter() - self._since
             self._since = None

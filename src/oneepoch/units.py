@@ -1,4 +1,5 @@
-"""Parsing human-friendly quantities: token counts ("2M", "1.5e9") and durations ("20min")."""
+"""Human-friendly quantities: parsing token counts ("2M", "1.5e9") and durations ("20min"),
+and writing counts (320k) and durations (12.5 min)."""
 
 from __future__ import annotations
 
@@ -58,3 +59,12 @@ def format_count(n: float | None) -> str:
         if abs(n) >= size:
             return f"{n / size:.3g}{suffix}"
     return f"{n:.3g}"
+
+
+def format_seconds(s: float) -> str:
+    """A duration as people say it: 45 s, 12.5 min, 3.20 h."""
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.2f} h"

@@ -63,6 +63,37 @@ def compare_runs(
         "B": {k: v for k, v in costs["B"].items() if not k.startswith("_")},
         "extrapolated": costs["A"]["extrapolated"] or costs["B"]["extrapolated"],
     }
+    _add_speedups(result, costs, level)
+    reached = [key for key in ("A", "B") if costs[key]["reached"]]
+    if not reached:
+        # Two extrapolations divided by each other are no measurement of a speedup.
+        for name in SPEEDUPS.values():
+            result[name] = None
+        result.pop("speedup_intervals", None)
+        result["no_common_loss"] = True
+        result.setdefault("notes", []).append(
+            f"neither run reached loss {target:.4g} (best losses: A {best['A']:.4g}, B "
+            f"{best['B']:.4g}), so there is no speedup to report; give a --target-loss that "
+            "at least one run reaches."
+        )
+    for key, run in (("A", run_a), ("B", run_b)):
+        if reached and key not in reached:
+            _add_bound(result, key, _trained(run), costs[key], costs[reached[0]], best[key])
+    check = throughput_check({"A": run_a, "B": run_b})
+    result["throughput"] = check
+    at_median = _speedup_at_median_throughput(costs, check)
+    result["wall_clock_speedup_at_median_throughput"] = at_median
+    if check["notes"]:
+        result.setdefault("notes", []).extend(check["notes"])
+        if at_median is not None:
+            result["notes"].append(
+                f"at each run's median throughput the wall-clock speedup would be {at_median:.3g}x."
+            )
+    return result
+
+
+def _add_speedups(result: dict, costs: dict, level: float) -> None:
+    """A's cost / B's on each axis, with intervals when either cost is extrapolated."""
     intervals = {}
     for axis, name in SPEEDUPS.items():
         a, b = costs["A"]["_raw"].get(axis), costs["B"]["_raw"].get(axis)
@@ -78,58 +109,35 @@ def compare_runs(
                 intervals[name] = robust.estimate(ratio, samples, level, df)
     if intervals:
         result["speedup_intervals"] = intervals
-    reached = [key for key in ("A", "B") if costs[key]["reached"]]
-    if not reached:
-        # Two extrapolations divided by each other are no measurement of a speedup.
-        for name in SPEEDUPS.values():
-            result[name] = None
-        result.pop("speedup_intervals", None)
-        result["no_common_loss"] = True
-        result.setdefault("notes", []).append(
-            f"neither run reached loss {target:.4g} (best losses: A {best['A']:.4g}, B "
-            f"{best['B']:.4g}), so there is no speedup to report; give a --target-loss that "
-            "at least one run reaches."
+
+
+def _add_bound(result: dict, key: str, trained: dict, cost: dict, other: dict, best: float) -> None:
+    """Run ``key`` never reached the target: its whole length bounds its cost (a lower bound
+    on A's cost, so on the speedup; an upper one for B), and when its extrapolated cost lies
+    far beyond that length the bound is all there is."""
+    reach = other["_raw"]
+    bound = {
+        name: (trained[axis] / reach[axis][0] if key == "A" else reach[axis][0] / trained[axis])
+        for axis, name in SPEEDUPS.items()
+        if trained.get(axis) and axis in reach and reach[axis][0] > 0
+    }
+    result["bound"] = {"kind": "lower" if key == "A" else "upper", **bound}
+    tokens = cost["_raw"]["tokens"][0]
+    far = not np.isfinite(tokens) or tokens > BOUND_ONLY_BEYOND * trained["tokens"]
+    step_bound = bound.get("step_speedup")
+    target = result["target_loss"]
+    result.setdefault("notes", []).append(
+        f"run {key} never reached loss {target:.4g} (best {best:.4g}); its costs "
+        "are extrapolated with a power-law fit and carry intervals"
+        + (
+            f", but that is more than {BOUND_ONLY_BEYOND:g}x its trained length: the "
+            f"ratio is only a bound (step speedup {'at least' if key == 'A' else 'at most'} "
+            f"{step_bound:.3g}x)."
+            if far and step_bound
+            else "."
         )
-    for key in ("A", "B"):
-        if reached and key not in reached:
-            other = reached[0]
-            trained = _trained(run_a if key == "A" else run_b)
-            reach = costs[other]["_raw"]
-            # The run's whole length is a lower bound on its cost: a bound, not a measurement.
-            bound = {
-                name: (
-                    trained[axis] / reach[axis][0] if key == "A" else reach[axis][0] / trained[axis]
-                )
-                for axis, name in SPEEDUPS.items()
-                if trained.get(axis) and axis in reach and reach[axis][0] > 0
-            }
-            result["bound"] = {"kind": "lower" if key == "A" else "upper", **bound}
-            tokens = costs[key]["_raw"]["tokens"][0]
-            far = not np.isfinite(tokens) or tokens > BOUND_ONLY_BEYOND * trained["tokens"]
-            step_bound = bound.get("step_speedup")
-            result.setdefault("notes", []).append(
-                f"run {key} never reached loss {target:.4g} (best {best[key]:.4g}); its costs "
-                "are extrapolated with a power-law fit and carry intervals"
-                + (
-                    f", but that is more than {BOUND_ONLY_BEYOND:g}x its trained length: the "
-                    f"ratio is only a bound (step speedup {'at least' if key == 'A' else 'at most'} "
-                    f"{step_bound:.3g}x)."
-                    if far and step_bound
-                    else "."
-                )
-            )
-            result["bound_only"] = bool(far)
-    check = throughput_check({"A": run_a, "B": run_b})
-    result["throughput"] = check
-    at_median = _speedup_at_median_throughput(costs, check)
-    result["wall_clock_speedup_at_median_throughput"] = at_median
-    if check["notes"]:
-        result.setdefault("notes", []).extend(check["notes"])
-        if at_median is not None:
-            result["notes"].append(
-                f"at each run's median throughput the wall-clock speedup would be {at_median:.3g}x."
-            )
-    return result
+    )
+    result["bound_only"] = bool(far)
 
 
 # An extrapolation past this multiple of a run's trained tokens is reported as a bound only.

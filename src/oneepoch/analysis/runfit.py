@@ -282,18 +282,8 @@ def fit_run(
     constant = log is not None and LRSchedule(*log).constant
     n_params = {n: N_PARAMS[n] - (constant and FORM_SPECS[n][0] is ScheduleForm) for n in FORMS}
     curve = eval_curve(run, x)
-    keep = np.ones(curve["steps"].shape, dtype=bool)
-    cutoff = None
-    if use_first is not None:
-        if not 0 < use_first <= 1:
-            raise UserError(f"--use-first must be a fraction in (0, 1], not {use_first}.")
-        cutoff = use_first * run.final_tokens
-        keep &= curve["tokens"] <= cutoff
-    if min_step is None:
-        need = max(n_params[name] for name in forms) + 2
-        min_step = _default_min_step(run, curve["steps"][keep], curve["loss"][keep], need)
-    min_step = float(min_step)
-    keep &= curve["steps"] > min_step
+    need = max(n_params[name] for name in forms) + 2
+    keep, cutoff, min_step = _fitted_evaluations(run, curve, use_first, min_step, need)
     x_fit, loss_fit = curve["x"][keep], curve["loss"][keep]
 
     short = [name for name in forms if x_fit.size < n_params[name] + 2]
@@ -307,19 +297,7 @@ def fit_run(
         )
     forms = tuple(name for name in forms if name not in short)
     built = {name: _build_form(name, run, x, x_fit, decay) for name in forms}
-    rng = np.random.default_rng(seed)
-    averaged_rng = np.random.default_rng((seed, 1))  # leaves the other forms' draws as they were
-    fits = {
-        name: fit_floor_averaged(
-            form, x_fit, loss_fit, n_boot=n_boot, level=level, rng=averaged_rng
-        )
-        if name in FLOOR_AVERAGED
-        else fit_curve(form, x_fit, loss_fit, n_boot=n_boot, level=level, rng=rng)
-        for name, form in built.items()
-    }
-    backtest = {name: _backtest(fit) for name, fit in fits.items()}
-    for name, fit in fits.items():
-        fit.with_drift(backtest[name]["log_error_per_log_distance"] or 0.0, rng)
+    fits, backtest = _fit_forms(built, x_fit, loss_fit, n_boot, level, seed)
     settings = {
         "forms_left_out": {n: f"needs {n_params[n] + 2} evaluations" for n in short},
         "min_step": min_step,
@@ -333,6 +311,43 @@ def fit_run(
     }
     tail = _tail_check(fits, tail_fraction)
     return RunFit(run, x, fits, settings, tail, run.wall_rate(max_tokens=cutoff))
+
+
+def _fitted_evaluations(run: Run, curve: dict, use_first, min_step, need: int):
+    """(mask of the evaluations to fit, the --use-first token cutoff or None, min_step):
+    those within ``use_first`` of the run's tokens and after ``min_step`` (by default
+    chosen so that ``need`` evaluations remain, ``_default_min_step``)."""
+    keep = np.ones(curve["steps"].shape, dtype=bool)
+    cutoff = None
+    if use_first is not None:
+        if not 0 < use_first <= 1:
+            raise UserError(f"--use-first must be a fraction in (0, 1], not {use_first}.")
+        cutoff = use_first * run.final_tokens
+        keep &= curve["tokens"] <= cutoff
+    if min_step is None:
+        min_step = _default_min_step(run, curve["steps"][keep], curve["loss"][keep], need)
+    min_step = float(min_step)
+    keep &= curve["steps"] > min_step
+    return keep, cutoff, min_step
+
+
+def _fit_forms(built: dict, x_fit, loss_fit, n_boot: int, level: float, seed: int):
+    """(fits, backtests): each form fitted with its bootstrap, backtested, and widened by
+    the drift its backtest showed."""
+    rng = np.random.default_rng(seed)
+    averaged_rng = np.random.default_rng((seed, 1))  # leaves the other forms' draws as they were
+    fits = {
+        name: fit_floor_averaged(
+            form, x_fit, loss_fit, n_boot=n_boot, level=level, rng=averaged_rng
+        )
+        if name in FLOOR_AVERAGED
+        else fit_curve(form, x_fit, loss_fit, n_boot=n_boot, level=level, rng=rng)
+        for name, form in built.items()
+    }
+    backtest = {name: _backtest(fit) for name, fit in fits.items()}
+    for name, fit in fits.items():
+        fit.with_drift(backtest[name]["log_error_per_log_distance"] or 0.0, rng)
+    return fits, backtest
 
 
 def _default_min_step(run: Run, steps: np.ndarray, loss: np.ndarray, need: int) -> float:

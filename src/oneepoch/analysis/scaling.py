@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from oneepoch.analysis import robust
-from oneepoch.analysis.runs import Run
+from oneepoch.analysis.runs import Run, load_run
 from oneepoch.errors import UserError
 
 FORMS = ("chinchilla", "data-constrained")
@@ -1061,3 +1061,11 @@ def _last_finite(values: np.ndarray):
         return ""
     v = float(finite[-1])
     return int(v) if v.is_integer() else v
+
+
+def write_sweep_csv(run_dirs, fh, loss: str, params: str) -> None:
+    """The scaling CSV of ``run_dirs`` (one row per run, SWEEP_COLUMNS) written to ``fh``."""
+    rows = sweep_rows([load_run(p) for p in run_dirs], loss=loss, params=params.replace("-", "_"))
+    writer = csv.DictWriter(fh, fieldnames=SWEEP_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)

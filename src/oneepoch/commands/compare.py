@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from oneepoch.analysis.format import format_estimate, format_number
 from oneepoch.cliflags import (
     add_uncertainty_flags,
     check_positive,
     check_uncertainty_flags,
     print_json,
 )
-from oneepoch.commands.fit import _fmt, _fmt_value
 from oneepoch.errors import UserError
 
 HELP = "wall-clock, step, token and FLOP speedup of run B over run A"
@@ -45,7 +45,7 @@ def run(args) -> int:
     for key in ("A", "B"):
         cost = result[key]
         how = "reached" if cost["reached"] else "NEVER REACHED: extrapolated with a power-law fit"
-        parts = [f"{axis} {_fmt_value(cost[axis])}" for axis in SPEEDUPS if axis in cost]
+        parts = [f"{axis} {format_estimate(cost[axis])}" for axis in SPEEDUPS if axis in cost]
         print(f"  {key} {result['run_' + key.lower()]}: {how}; " + ", ".join(parts))
     intervals = result.get("speedup_intervals", {})
     for name in SPEEDUPS.values():
@@ -53,7 +53,7 @@ def run(args) -> int:
         text = "n/a" if value is None else f"{value:.4g}x"
         if name in intervals:
             est = intervals[name]
-            text += f" [{_fmt(est['ci_low'])}, {_fmt(est['ci_high'])}]"
+            text += f" [{format_number(est['ci_low'])}, {format_number(est['ci_high'])}]"
         print(f"  {name}: {text} (A's cost / B's cost)")
     for note in result.get("notes", []):
         print(f"  note: {note}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import sys
 
+from oneepoch.analysis.format import format_estimate, format_number, format_param
 from oneepoch.cliflags import (
     add_uncertainty_flags,
     check_output_files,
@@ -227,17 +228,29 @@ def _print_run_fit(r: dict) -> None:
         + (f", first {r['use_first']:.0%} of tokens" if r["use_first"] else "")
         + f"), t = {r['x']}, {r['level']:.0%} intervals"
     )
+    _print_forms(r)
+    _print_tail_check(r["tail_check"])
+    if "predict_at" in r:
+        _print_prediction(r["predict_at"])
+    if "joint" in r:
+        _print_joint(r["joint"])
+    if "target" in r:
+        _print_target(r["target"])
+
+
+def _print_forms(r: dict) -> None:
+    """Each fitted form: its parameters, goodness of fit, valid range, notes."""
     for name, why in r["forms_left_out"].items():
         print(f"  {name}: left out, too few evaluations ({why})")
     for name, form in r["forms"].items():
         print(f"  {name}: {form['formula']}")
         for p in form["param_names"]:
-            print("  " + _fmt_param(p, form[p]))
+            print("  " + format_param(p, form[p]))
         g, v = form["goodness"], form["valid_range"]
         print(
             f"    fit: rmse(log) {g['rmse_log']:.3g}, max error {g['max_abs_rel_error']:.2%}, "
-            f"R^2 {_fmt(g['r2'])}, residual lag-1 autocorrelation "
-            f"{_fmt(g['residual_lag1_autocorr'])}"
+            f"R^2 {format_number(g['r2'])}, residual lag-1 autocorrelation "
+            f"{format_number(g['residual_lag1_autocorr'])}"
         )
         if v["n_points"]:
             print(
@@ -246,7 +259,10 @@ def _print_run_fit(r: dict) -> None:
             )
         for note in form["notes"]:
             print(f"    note: {note}")
-    tail = r["tail_check"]
+
+
+def _print_tail_check(tail: dict) -> None:
+    """How each form predicted the held-out last evaluations."""
     if tail.get("rmse_log"):
         scores = ", ".join(f"{k} {v:.3g}" for k, v in tail["rmse_log"].items())
         print(
@@ -255,49 +271,62 @@ def _print_run_fit(r: dict) -> None:
         )
     elif "skipped" in tail:
         print(f"  held-out tail check skipped: {tail['skipped']}")
-    if "predict_at" in r:
-        pa = r["predict_at"]
-        for name, est in pa["forms"].items():
-            print(f"  loss at t = {pa['x']:.4g} ({name}): {_fmt_value(est)}")
-        print(f"  forecast: loss at t = {pa['x']:.4g}: {_fmt_value(pa['forecast'])}{_how(pa)}")
-        _print_forecast_lines(pa["forecast"])
-        if pa["observed_loss"] is not None:
+
+
+def _print_prediction(pa: dict) -> None:
+    """The loss at --predict-at: each form's, the forecast, and what was observed."""
+    for name, est in pa["forms"].items():
+        print(f"  loss at t = {pa['x']:.4g} ({name}): {format_estimate(est)}")
+    print(f"  forecast: loss at t = {pa['x']:.4g}: {format_estimate(pa['forecast'])}{_how(pa)}")
+    _print_forecast_lines(pa["forecast"])
+    if pa["observed_loss"] is not None:
+        print(
+            f"  observed loss at t = {pa['x']:.4g}: {pa['observed_loss']:.4f}"
+            + _error(pa["forecast"])
+        )
+
+
+def _print_joint(jt: dict) -> None:
+    """The schedule-aware fit over several runs and its forecast."""
+    fc = jt["forecast"]
+    print(f"  joint schedule-aware fit over {', '.join(jt['runs'])}: {jt['formula']}")
+    for name, est in jt["params"].items():
+        print("  " + format_param(name, est))
+    print(
+        f"  forecast under the planned schedule: loss at t = {fc['x']:.4g}: {format_estimate(fc)}"
+    )
+    if fc["observed_loss"] is not None:
+        print(f"  observed loss at t = {fc['x']:.4g}: {fc['observed_loss']:.4f}" + _error(fc))
+    for note in jt["notes"]:
+        print(f"  note: {note}")
+
+
+def _print_target(tg: dict) -> None:
+    """When --target-loss is reached: by each form, by the forecast, and as observed."""
+    for name, est in tg["forms"].items():
+        if not est["reached"]:
             print(
-                f"  observed loss at t = {pa['x']:.4g}: {pa['observed_loss']:.4f}"
-                + _error(pa["forecast"])
+                f"  loss {tg['loss']:g} ({name}): not reached by the fitted curve "
+                f"(p_reach {est['p_reach']:.2f})"
             )
-    if "joint" in r:
-        jt = r["joint"]
-        fc = jt["forecast"]
-        print(f"  joint schedule-aware fit over {', '.join(jt['runs'])}: {jt['formula']}")
-        for name, est in jt["params"].items():
-            print("  " + _fmt_param(name, est))
-        print(f"  forecast under the planned schedule: loss at t = {fc['x']:.4g}: {_fmt_value(fc)}")
-        if fc["observed_loss"] is not None:
-            print(f"  observed loss at t = {fc['x']:.4g}: {fc['observed_loss']:.4f}" + _error(fc))
-        for note in jt["notes"]:
-            print(f"  note: {note}")
-    if "target" in r:
-        tg = r["target"]
-        for name, est in tg["forms"].items():
-            if not est["reached"]:
-                print(
-                    f"  loss {tg['loss']:g} ({name}): not reached by the fitted curve "
-                    f"(p_reach {est['p_reach']:.2f})"
-                )
-                continue
-            parts = [f"{k} {_fmt_value(est[k])}" for k in ("tokens", "steps", "wall_s") if k in est]
-            print(f"  to reach loss {tg['loss']:g} ({name}): " + ", ".join(parts))
-        fc = tg["forecast"]
-        if fc["reached"]:
-            parts = [f"{k} {_fmt_value(fc[k])}" for k in ("tokens", "steps", "wall_s") if k in fc]
-            print(f"  forecast: to reach loss {tg['loss']:g}: " + ", ".join(parts) + _how(tg))
-        else:
-            print(f"  forecast: loss {tg['loss']:g} not reached{_how(tg)}")
-        _print_forecast_lines(fc)
-        if tg["observed"]:
-            obs = tg["observed"]
-            print(f"  observed: reached at tokens {obs['tokens']:.4g}, step {obs['steps']:.4g}")
+            continue
+        print(f"  to reach loss {tg['loss']:g} ({name}): " + _costs(est))
+    fc = tg["forecast"]
+    if fc["reached"]:
+        print(f"  forecast: to reach loss {tg['loss']:g}: " + _costs(fc) + _how(tg))
+    else:
+        print(f"  forecast: loss {tg['loss']:g} not reached{_how(tg)}")
+    _print_forecast_lines(fc)
+    if tg["observed"]:
+        obs = tg["observed"]
+        print(f"  observed: reached at tokens {obs['tokens']:.4g}, step {obs['steps']:.4g}")
+
+
+def _costs(est: dict) -> str:
+    """What reaching a loss costs: tokens, steps and seconds, each with its interval."""
+    return ", ".join(
+        f"{k} {format_estimate(est[k])}" for k in ("tokens", "steps", "wall_s") if k in est
+    )
 
 
 def _error(forecast: dict) -> str:
@@ -318,23 +347,3 @@ def _print_forecast_lines(forecast: dict) -> None:
         print(f"  warning: {line}")
     for line in forecast["notes"]:
         print(f"  note: {line}")
-
-
-def _fmt(x) -> str:
-    return "n/a" if x is None else f"{x:.4g}"
-
-
-def _fmt_value(est) -> str:
-    if not isinstance(est, dict):
-        return _fmt(est)
-    if est["ci_low"] is None and est["ci_high"] is None:  # no interval (no bootstrap)
-        return _fmt(est["value"])
-    hi = "inf" if est["ci_high"] is None and est["value"] is not None else _fmt(est["ci_high"])
-    return f"{_fmt(est['value'])} [{_fmt(est['ci_low'])}, {hi}]"
-
-
-def _fmt_param(name: str, est: dict) -> str:
-    se = f"  se {_fmt(est['se'])}" if est.get("se") is not None else ""
-    why = next((f"  ({est[k]})" for k in ("note", "fixed") if k in est), "")
-    tied = f"  (tied to {est['tied']})" if "tied" in est else ""
-    return f"  {name:>12} {_fmt_value(est)}{se}{why}{tied}"

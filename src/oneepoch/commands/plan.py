@@ -89,7 +89,7 @@ def run(args) -> int:
         return run_check(args)
     from oneepoch.plan.budget import parse_budget
     from oneepoch.plan.planfile import write_plan
-    from oneepoch.plan.planner import Corpus, Planner, Settings, corpus_from_data
+    from oneepoch.plan.planner import Corpus, Planner, Settings, corpus_of_dataset
     from oneepoch.plan.rules import PUBLISHED, make_rule
     from oneepoch.units import parse_count
 
@@ -97,7 +97,7 @@ def run(args) -> int:
         raise UserError("give a budget: --budget 3e15 (FLOPs), 20min or '50M tokens'.")
     budget = parse_budget(args.budget)
     if args.data:
-        corpus = corpus_from_data(args.data)
+        corpus = corpus_of_dataset(args.data)
         if args.vocab_size and args.vocab_size != corpus.vocab_size:
             raise UserError(
                 f"--vocab-size {args.vocab_size} differs from {args.data}'s tokenizer "
@@ -173,7 +173,7 @@ def _ratio_cell(p) -> str:
 
 
 def print_plans(plans, chosen, budget, corpus, planner, written, out=None) -> None:
-    from oneepoch.plan.budget import format_seconds
+    from oneepoch.units import format_seconds
 
     out = out or sys.stdout
     T = planner.T
@@ -244,7 +244,7 @@ def print_plans(plans, chosen, budget, corpus, planner, written, out=None) -> No
 def check_seconds(s: float) -> str:
     """Seconds, to a tenth, up to 10 minutes: a check compares runs of a few minutes, where
     minutes to one decimal (2.6 vs 2.5 min) hide a 6 s difference."""
-    from oneepoch.plan.budget import format_seconds
+    from oneepoch.units import format_seconds
 
     return f"{s:.1f} s" if s < 600 else format_seconds(s)
 

@@ -119,9 +119,9 @@ def run(args) -> int:
 def print_job(job: dict, preset, data: Path, out: Path, launch, as_json: bool) -> int:
     """``--dry-run``: every run with what it costs here and what is left of it, then the
     totals and where the runs will go; nothing is trained or written."""
-    from oneepoch.plan.budget import format_seconds
     from oneepoch.plan.calibrate import Calibration
     from oneepoch.reproduce.estimate import job_rows
+    from oneepoch.units import format_seconds
 
     calib = Calibration()
     try:

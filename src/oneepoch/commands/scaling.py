@@ -7,7 +7,9 @@ import math
 import sys
 from pathlib import Path
 
+from oneepoch.analysis.format import format_param
 from oneepoch.cliflags import (
+    add_sweep_csv_flags,
     add_uncertainty_flags,
     check_output_files,
     check_positive,
@@ -15,7 +17,6 @@ from oneepoch.cliflags import (
     json_text,
     needs_subcommand,
 )
-from oneepoch.commands.fit import _fmt_param
 from oneepoch.errors import UserError
 
 HELP = "fit L(N, D[, U]) across runs; build the CSV from run directories"
@@ -81,24 +82,6 @@ def add_arguments(p) -> None:
     s.set_defaults(func=run_sweep_csv)
 
 
-def add_sweep_csv_flags(parser, loss_default: str | None = "final") -> None:
-    """--loss and --params of the scaling CSV (`scaling sweep-csv`, `oneepoch sweep`).
-    ``loss_default`` None: the command chooses (`sweep`: best with --epochs)."""
-    parser.add_argument(
-        "--loss",
-        choices=("final", "best"),
-        default=loss_default,
-        help="final or best validation loss (best: with the tokens seen at that evaluation); "
-        + ("default final" if loss_default else "default final, best with --epochs"),
-    )
-    parser.add_argument(
-        "--params",
-        choices=("non-embedding", "total"),
-        default="non-embedding",
-        help="which run.json parameter count (default non-embedding)",
-    )
-
-
 def run_fit(args) -> int:
     from oneepoch.analysis.scaling import fit_scaling, load_law, read_csv
 
@@ -161,13 +144,13 @@ def run_fit(args) -> int:
             f"  outliers: {result['outliers']['policy']}, {len(result['outliers']['dropped_lines'])} rows dropped"
         )
         for name in fit.form.param_names:
-            print(_fmt_param(name, result[name]))
+            print(format_param(name, result[name]))
         for line in result["warnings"]:
             print(f"  warning: {line}")
-        print(_fmt_param("N_opt ~ C^a", result["N_opt_exponent"]))
-        print(_fmt_param("D_opt ~ C^b", result["D_opt_exponent"]))
+        print(format_param("N_opt ~ C^a", result["N_opt_exponent"]))
+        print(format_param("D_opt ~ C^b", result["D_opt_exponent"]))
         print(
-            _fmt_param("D/N at C", result["tokens_per_param"])
+            format_param("D/N at C", result["tokens_per_param"])
             + f"  (C = {result['tokens_per_param_at_flops']:.3g} FLOPs)"
         )
         print(f"written: {args.json}" + (f", {args.plot}" if args.plot else ""))
@@ -186,18 +169,7 @@ def _base_text(base: dict | None) -> str:
 
 
 def run_sweep_csv(args) -> int:
+    from oneepoch.analysis.scaling import write_sweep_csv
+
     write_sweep_csv(args.runs, sys.stdout, args.loss, args.params)
     return 0
-
-
-def write_sweep_csv(run_dirs, fh, loss: str, params: str) -> None:
-    """The scaling CSV of ``run_dirs`` (one row per run, analysis.scaling's SWEEP_COLUMNS)."""
-    import csv
-
-    from oneepoch.analysis.runs import load_run
-    from oneepoch.analysis.scaling import SWEEP_COLUMNS, sweep_rows
-
-    rows = sweep_rows([load_run(p) for p in run_dirs], loss=loss, params=params.replace("-", "_"))
-    writer = csv.DictWriter(fh, fieldnames=SWEEP_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)

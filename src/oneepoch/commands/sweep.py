@@ -6,8 +6,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from oneepoch.cliflags import add_config_flags, add_launch_flags, check_positive, print_json
-from oneepoch.commands.scaling import add_sweep_csv_flags, write_sweep_csv
+from oneepoch.cliflags import (
+    add_config_flags,
+    add_launch_flags,
+    add_sweep_csv_flags,
+    check_positive,
+    print_json,
+)
 from oneepoch.errors import UserError
 from oneepoch.launch import Here
 from oneepoch.plan.sweep import DEFAULT_EPOCHS
@@ -140,10 +145,10 @@ def plan_sweep(args, budgets, sizes, epochs, out: Path) -> tuple[list[dict], lis
     from oneepoch.config import total_steps
     from oneepoch.plan.calibrate import Calibration
     from oneepoch.plan.planfile import run_config
-    from oneepoch.plan.planner import Planner, Settings, corpus_from_data
+    from oneepoch.plan.planner import Planner, Settings, corpus_of_dataset
     from oneepoch.plan.sweep import build_grid
 
-    corpus = corpus_from_data(args.data)
+    corpus = corpus_of_dataset(args.data)
     settings = Settings(seq_len=args.seq_len, eval_tokens=args.eval_tokens)
     calib = Calibration(args.device, args.dtype, measure=not args.no_calibrate)
     planner = Planner(corpus, settings, calib)
@@ -177,7 +182,7 @@ def plan_sweep(args, budgets, sizes, epochs, out: Path) -> tuple[list[dict], lis
 
 
 def print_grid(grid: list[dict], notes: list[str], launch) -> None:
-    from oneepoch.plan.budget import format_seconds
+    from oneepoch.units import format_seconds
 
     width = max([26] + [len(pt["name"]) + 2 for pt in grid])
     print(
@@ -288,6 +293,8 @@ def _identifies_r_d(grid: list[dict]) -> list[str]:
 
 def write_csv(out: Path, run_dirs: list[Path], args) -> Path:
     """out/sweep.csv, as `oneepoch scaling sweep-csv RUN_DIR... --loss --params` prints it."""
+    from oneepoch.analysis.scaling import write_sweep_csv
+
     if not run_dirs:
         raise UserError("no run of the sweep completed, so there is no CSV to write.")
     path = out / "sweep.csv"

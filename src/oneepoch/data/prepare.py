@@ -44,8 +44,9 @@ from oneepoch.data.defaults import (
     DEFAULT_VAL_FRACTION,
     DEFAULT_VOCAB_SIZE,
 )
+from oneepoch.data.resolve import resolve_source
 from oneepoch.data.shards import ShardWriter, dtype_for_vocab, open_tokens
-from oneepoch.data.sources import Source, Tally, resolve_source, split_long
+from oneepoch.data.sources import Source, Tally, split_long
 from oneepoch.data.tokenizer import (
     BytesTokenizer,
     HFTokenizer,
@@ -244,7 +245,13 @@ def replace_dataset(out: Path, build: Path) -> None:
     _discard_quietly(old, out)
 
 
-def _disk_full(exc: OSError, out: Path) -> UserError | None:
+def _disk_full(exc: BaseException, out: Path) -> UserError | None:
+    """The error that says the disk (or the file-size limit) is full, when ``exc`` means
+    that; None otherwise."""
+    if not isinstance(exc, OSError):
+        if "(os error 28)" not in str(exc):  # ENOSPC from a Rust library (tokenizers)
+            return None
+        exc = OSError(errno.ENOSPC, str(exc))
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return UserError(
             f"the disk is full (no space left on the device holding {out.parent}), so prepare "
@@ -502,13 +509,7 @@ def prepare(
     """
     started = time.perf_counter()
     out = Path(out).expanduser()
-    if val_fraction is not None and val_documents is not None:
-        raise UserError("give either --val-fraction or --val-documents, not both.")
-    if val_documents is not None and val_documents < 1:
-        raise UserError("--val-documents must be at least 1.")
-    fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
-    if not 0 < fraction < 1:
-        raise UserError(f"--val-fraction {fraction} must be between 0 and 1 (e.g. 0.01).")
+    fraction = _val_fraction(val_fraction, val_documents)
     for flag, value in (("--max-doc-chars", max_doc_chars), ("--shard-tokens", shard_tokens)):
         if value < 1:
             raise UserError(f"{flag} must be at least 1, not {value}.")
@@ -516,12 +517,7 @@ def prepare(
         raise UserError(f"--workers must be at least 1, not {workers}.")
     check_seed(seed, "--seed")
     if tokenizer == "bpe":
-        if tokenizer_sample_chars < 1:
-            raise UserError(
-                "--tokenizer-sample-mb leaves no text to train the tokenizer on; give a "
-                f"positive size in MiB (default {DEFAULT_SAMPLE_CHARS / 2**20:g})."
-            )
-        check_bpe_vocab(vocab_size)  # before any work: a vocabulary too large aborts natively
+        _check_bpe_options(vocab_size, tokenizer_sample_chars)
     srcs = _check_sources(sources, out, text_field)
     tok = _resolve_tokenizer(tokenizer, workers)  # before claiming: it may live in `out`
 
@@ -534,15 +530,7 @@ def prepare(
         with hold(out, "prepare"):
             for stale in _stale_builds(out):  # left by a killed prepare
                 _discard_quietly(stale, out)
-            build = build_dir(out)
-            try:
-                build.mkdir()
-            except OSError as exc:
-                raise _disk_full(exc, out) or UserError(
-                    f"cannot create {build} ({exc.strerror}): prepare builds the new dataset "
-                    f"beside {out} and swaps it in when complete; make {out.parent} writable "
-                    "or choose another --out."
-                ) from None
+            build = _make_build_dir(out)
             try:
                 try:
                     os.link(out / LOCK_NAME, build / LOCK_NAME)  # locked in place after the swap
@@ -557,34 +545,59 @@ def prepare(
                     shard_tokens=shard_tokens,
                 )
                 manifest = _build(
-                    build,
-                    srcs,
-                    tok,
-                    vocab_size,
-                    tokenizer_sample_chars,
-                    workers,
-                    options,
-                    started,
-                    progress,
-                )
+                    build, srcs, tok, vocab_size, tokenizer_sample_chars, workers, options,
+                    started, progress
+                )  # fmt: skip
                 (build / MARKER).unlink()
                 replace_dataset(out, build)
-            except OSError as exc:
+            except BaseException as exc:
                 _discard_quietly(build, out)
                 full = _disk_full(exc, out)
                 if full is not None:
                     raise full from None
-                raise
-            except BaseException as exc:
-                _discard_quietly(build, out)
-                if "(os error 28)" in str(exc):  # ENOSPC from a Rust library (tokenizers)
-                    raise _disk_full(OSError(errno.ENOSPC, str(exc)), out) from None
                 raise
     except BaseException:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # we made it for nothing
         raise
     return manifest
+
+
+def _val_fraction(val_fraction: float | None, val_documents: int | None) -> float:
+    """The validation fraction (the default when neither it nor a document count is given)."""
+    if val_fraction is not None and val_documents is not None:
+        raise UserError("give either --val-fraction or --val-documents, not both.")
+    if val_documents is not None and val_documents < 1:
+        raise UserError("--val-documents must be at least 1.")
+    fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
+    if not 0 < fraction < 1:
+        raise UserError(f"--val-fraction {fraction} must be between 0 and 1 (e.g. 0.01).")
+    return fraction
+
+
+def _check_bpe_options(vocab_size: int, sample_chars: int) -> None:
+    """Before any work: a BPE tokenizer needs text to train on, and a vocabulary too large
+    aborts natively."""
+    if sample_chars < 1:
+        raise UserError(
+            "--tokenizer-sample-mb leaves no text to train the tokenizer on; give a "
+            f"positive size in MiB (default {DEFAULT_SAMPLE_CHARS / 2**20:g})."
+        )
+    check_bpe_vocab(vocab_size)
+
+
+def _make_build_dir(out: Path) -> Path:
+    """The folder the new dataset is built in, beside ``out``."""
+    build = build_dir(out)
+    try:
+        build.mkdir()
+    except OSError as exc:
+        raise _disk_full(exc, out) or UserError(
+            f"cannot create {build} ({exc.strerror}): prepare builds the new dataset "
+            f"beside {out} and swaps it in when complete; make {out.parent} writable "
+            "or choose another --out."
+        ) from None
+    return build
 
 
 def _build(out, srcs, tok, vocab_size, sample_chars, workers, options, started, progress):

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 
 from oneepoch.errors import UserError
-from oneepoch.units import parse_count, parse_duration
+from oneepoch.units import format_seconds, parse_count, parse_duration
 
 KINDS = ("flops", "seconds", "tokens")
 _NUMBER = r"([0-9_]*\.?[0-9]+(?:e[+-]?[0-9]+)?)"
@@ -57,11 +57,3 @@ def parse_budget(text: str) -> Budget:
     if not value > 0:
         raise UserError(f"the budget must be positive, got {raw!r}.")
     return Budget(kind, value, raw)
-
-
-def format_seconds(s: float) -> str:
-    if s < 90:
-        return f"{s:.0f} s"
-    if s < 5400:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.2f} h"

@@ -18,7 +18,7 @@ from pathlib import Path
 from oneepoch.config import ModelConfig, TrainConfig
 from oneepoch.errors import UserError
 from oneepoch.flops import Shape, activation_bytes, train_flops_per_token
-from oneepoch.plan.budget import Budget, format_seconds
+from oneepoch.plan.budget import Budget
 from oneepoch.plan.calibrate import Calibration, Rate
 from oneepoch.plan.estimate import Estimate, estimate_run
 from oneepoch.plan.heuristics import (
@@ -45,6 +45,7 @@ from oneepoch.plan.shapes import (
     smallest,
 )
 from oneepoch.sampler import num_windows
+from oneepoch.units import format_seconds
 
 C_HIGHEST = 1e30
 MEASURE_CHOSEN, MEASURE_OTHERS = 3, 1  # near-equal shapes timed for the chosen rule / others
@@ -76,8 +77,8 @@ def _short(n: float) -> str:
     return f"{n:.0f}"
 
 
-def corpus_from_data(path: str | Path) -> Corpus:
-    """Split sizes from the manifest alone: no shard is opened."""
+def corpus_of_dataset(path: str | Path) -> Corpus:
+    """The corpus of a prepared dataset, from its manifest alone: no shard is opened."""
     from oneepoch.data.dataset import read_manifest
 
     manifest = read_manifest(path)

@@ -30,9 +30,9 @@ def open_job(
 ) -> dict:
     """The job's plan, checked against OUT/job.json when it exists (its fixed settings must
     match); written there unless ``write`` is False (``--dry-run`` only shows it)."""
-    from oneepoch.plan.planner import corpus_from_data
+    from oneepoch.plan.planner import corpus_of_dataset
 
-    corpus = corpus_from_data(data)
+    corpus = corpus_of_dataset(data)
     spec = {
         "format": JOB_FORMAT,
         "version": 1,

@@ -1,8 +1,9 @@
-"""What machine this is, and the peak FLOP/s that MFU is measured against.
+"""What machine this is, the key of its cached measurements, and the peak FLOP/s that MFU
+is measured against.
 
 On known GPUs the peak comes from a table of dense (no-sparsity) datasheet figures per
 dtype. Elsewhere (CPUs, unknown GPUs) it is measured: square matmuls in the training dtype
-at a few sizes, the best rate kept, cached per device, thread count, torch version and dtype
+at a few sizes, the best rate kept, cached per machine (``machine_key``) and dtype
 (a second or two, once). The matmul rate is what a training step can at best attain, so the
 MFU it gives is an honest fraction, not one against a number that no kernel here reaches.
 """
@@ -19,8 +20,11 @@ import torch
 
 from oneepoch.allocator import keep_freed_memory
 from oneepoch.cache import cache_dir, read_entries, store_entry
-from oneepoch.config import ModelConfig
 from oneepoch.errors import UserError
+
+# Of every cached measurement (peaks, dtype choices, throughput): it begins each machine key,
+# so raising it retires all of them at once. 2: one key for the three caches.
+MEASURE_VERSION = 2
 
 # Dense peak FLOP/s by device-name pattern (first match wins) and dtype. "float32" is the
 # TF32 tensor-core peak where the GPU has one, because the trainer enables TF32 for float32
@@ -59,6 +63,22 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return cpu_name()
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work: a timer read after this has timed the work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def machine_key(device: torch.device) -> str:
+    """What a cached measurement on ``device`` is valid for: this version of the measuring,
+    the device, torch's threads and version, and the allocator setting in effect."""
+    return (
+        f"v{MEASURE_VERSION}|{device.type}|{device_name(device)}"
+        f"|threads={torch.get_num_threads()}|torch={torch.__version__}"
+        f"|malloc={keep_freed_memory()}"
+    )
 
 
 def hardware_info(device: torch.device, world_size: int = 1) -> dict:
@@ -101,10 +121,6 @@ def measure_matmul_flops(
     tried; the best observed rate estimates the attainable peak.
     """
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     best, best_size = 0.0, sizes[0]
     for size in sizes:
         a = torch.randn(size, size, device=device).to(dtype)
@@ -113,10 +129,10 @@ def measure_matmul_flops(
         deadline = time.perf_counter() + seconds / len(sizes)
         reps = 0
         while reps < 2 or time.perf_counter() < deadline:
-            sync()
+            sync(device)
             t0 = time.perf_counter()
             a @ b
-            sync()
+            sync(device)
             rate = 2 * size**3 / (time.perf_counter() - t0)
             if rate > best:
                 best, best_size = rate, size
@@ -129,8 +145,7 @@ def cache_path() -> Path:
 
 
 def _peak_key(device: torch.device, dtype_name: str) -> str:
-    name = device_name(device)
-    return f"{device.type}|{name}|threads={torch.get_num_threads()}|torch={torch.__version__}|{dtype_name}"
+    return f"{machine_key(device)}|{dtype_name}"
 
 
 def peak_is_known(device: torch.device, dtype_name: str) -> bool:
@@ -193,7 +208,7 @@ def gpu_supports_bf16(device: torch.device) -> bool:
 
 
 # ---------------------------------------------------------------------------------------
-# Device and dtype of a run: chosen once, here, for the trainer and the planner alike
+# The device of a run: chosen once, here, for the trainer and the planner alike
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
@@ -206,25 +221,3 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
-
-
-def pick_dtype(
-    name: str, device: torch.device, model: ModelConfig | None = None, micro_batch: int = 0
-) -> str:
-    """The compute dtype: "auto" means bf16 autocast where it makes training faster.
-
-    GPUs: bf16 tensor cores (Ampere on). CPUs with bf16 instructions: given the run's model
-    and micro-batch, its own training step timed in both dtypes (dtype_probe, cached);
-    without them (the planner, before it has chosen a shape), the measured matmul peaks.
-    """
-    if name != "auto":
-        return name
-    if device.type == "cuda":
-        return "bfloat16" if gpu_supports_bf16(device) else "float32"
-    if not cpu_supports_bf16():
-        return "float32"  # bf16 would be emulated: never faster
-    if model is not None and micro_batch > 0:
-        from oneepoch.dtype_probe import choose_cpu_dtype
-
-        return choose_cpu_dtype(model, micro_batch)["dtype"]
-    return "bfloat16" if cpu_bf16_is_faster() else "float32"
