@@ -275,23 +275,20 @@ def export(run_dir, out, fmt: str = "hf", data_dir: str | None = None) -> dict:
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; the formats are: {', '.join(FORMATS)}.")
     _check_out(out)
-    if not (run / "config.toml").is_file():
-        raise UserError(
-            f"{run} is not a run directory (no config.toml); give the --out of `oneepoch train`."
-        )
     from oneepoch import checkpoint
-    from oneepoch.config import RunConfig, load_toml
     from oneepoch.data.dataset import read_manifest
     from oneepoch.model import check_state
-    from oneepoch.rundir import check_same_tokenizer
+    from oneepoch.rundir import RunDir, check_same_tokenizer
 
-    cfg = RunConfig.from_dict(load_toml(run / "config.toml"))
-    ckpt = checkpoint.latest(run / "checkpoints")
+    cfg = RunDir(run).read_config()
+    ckpt = checkpoint.latest(RunDir(run).checkpoints)
     if ckpt is None:
         raise UserError(f"{run} has no checkpoint yet; train longer or lower --checkpoint-every.")
     m = cfg.model
     if m.vocab_size <= 0:
-        raise UserError(f"{run}/config.toml has no vocab_size; it was not written by the trainer.")
+        raise UserError(
+            f"{RunDir(run).config} has no vocab_size; it was not written by the trainer."
+        )
     data = Path(data_dir or cfg.data.path)
     if not (data / "manifest.json").is_file():
         raise UserError(

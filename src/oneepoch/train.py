@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from oneepoch import __version__, checkpoint
-from oneepoch.atomic import write_atomic
 from oneepoch.config import RunConfig, load_toml, total_steps, validate
 from oneepoch.data.dataset import Dataset, open_dataset
 from oneepoch.distributed import Ranks, full_state, init_distributed, load_full_state, parallelize
@@ -43,7 +42,7 @@ from oneepoch.locking import hold
 from oneepoch.model import GPT, check_state
 from oneepoch.prefetch import Prefetcher
 from oneepoch.progress import Progress
-from oneepoch.rundir import MetricsLog, check_run_dir, read_json, write_json
+from oneepoch.rundir import RunDir
 from oneepoch.sampler import OnePassSampler, RepeatedSampler, num_windows
 from oneepoch.schedule import Cadence, log_spaced_steps, lr_at
 from oneepoch.slowdown import slowed_now, slowed_summary
@@ -100,7 +99,8 @@ RESUME_MAY_CHANGE = {"data.path", "train.parallel", "log.tensorboard"} | {
 
 def resolve_config(base: RunConfig, out: Path, resume: bool, overrides: dict) -> RunConfig:
     """The run's config, a copy: the saved one when resuming (overrides may not change it)."""
-    saved = out / "config.toml"
+    files = RunDir(out)
+    saved = files.config
     if resume and saved.is_file():
         cfg = RunConfig.from_dict(load_toml(saved), str(saved))
         wanted = RunConfig.from_dict(cfg.to_dict())
@@ -124,11 +124,11 @@ def resolve_config(base: RunConfig, out: Path, resume: bool, overrides: dict) ->
             if k in overrides.get(sec, {}):
                 setattr(getattr(cfg, sec), k, overrides[sec][k])
         return cfg
-    if resume and not saved.exists() and not (out / "checkpoints").exists():
+    if resume and not saved.exists() and not files.checkpoints.exists():
         # Say so rather than refuse: a job that is started again and again with --resume
         # (on a preemptible machine, say) must also be able to start its run the first time.
         print(f"note: {out} holds no run yet, so --resume starts a new one there.", file=sys.stderr)
-    if not resume and (saved.exists() or (out / "metrics.jsonl").exists()):
+    if not resume and (saved.exists() or files.metrics.exists()):
         raise UserError(
             f"{out} already holds a run; resume it (`oneepoch train --resume`) or choose "
             "another run directory (--out)."
@@ -165,6 +165,10 @@ class Run:
     cadence: Cadence
     shape: Shape
     resolved: dict = field(default_factory=dict)  # what "auto"s and zeros became (run.json)
+
+    @property
+    def dir(self) -> RunDir:
+        return RunDir(self.out)
 
     @property
     def max_steps(self) -> int:
@@ -217,7 +221,7 @@ def claim_run_dir(out: Path, stack: contextlib.ExitStack) -> None:
     for folder in reversed(created):  # run last, deepest first
         stack.callback(_remove_if_empty, folder)
     stack.enter_context(hold(out, "train"))
-    check_run_dir(out)  # a link there would have us write wherever it points, say
+    RunDir(out).check()  # a link there would have us write wherever it points, say
 
 
 def _remove_if_empty(folder: Path) -> None:
@@ -254,7 +258,7 @@ def setup(
     ranks.from_main(lambda: open_dataset(cfg.data.path, verify_checksums=True).path)
     data = open_dataset(cfg.data.path, verify_checksums=False)
     if m.vocab_size and m.vocab_size != data.vocab_size:
-        if resume and (out / "config.toml").is_file():  # the run's own, not a setting to drop
+        if resume and RunDir(out).config.is_file():  # the run's own, not a setting to drop
             raise UserError(
                 f"{cfg.data.path} has a vocabulary of {data.vocab_size} but the run in {out} "
                 f"was trained with {m.vocab_size}; resume with the dataset the run started on."
@@ -404,7 +408,7 @@ class Resumed:
 
 def restore(run: Run, model, optimizer, meter: LossMeter, resume: bool) -> Resumed:
     """Load the latest checkpoint (rank 0 reads, every rank loads) when resuming."""
-    ckpt_root, tensors = run.out / "checkpoints", [{}, {}]
+    ckpt_root, tensors = run.dir.checkpoints, [{}, {}]
 
     def read() -> dict | None:
         if not resume:
@@ -424,7 +428,7 @@ def restore(run: Run, model, optimizer, meter: LossMeter, resume: bool) -> Resum
                     f"resumed; delete {ckpt_root} to restart it from step 0, or start a new "
                     "run with another --out."
                 )
-            if (run.out / "config.toml").exists():
+            if run.dir.holds_run():
                 print(
                     f"note: {run.out} has no checkpoint yet, so --resume starts it again from "
                     "step 0.",
@@ -477,7 +481,7 @@ def save_checkpoint(run: Run, model, optimizer, meter: LossMeter, record, step, 
             world_size=run.ranks.world_size,
         )
         checkpoint.save(
-            run.out / "checkpoints", step, model_state, state, keep=run.cfg.train.keep_checkpoints
+            run.dir.checkpoints, step, model_state, state, keep=run.cfg.train.keep_checkpoints
         )
     run.ranks.barrier()  # nobody leaves (e.g. on a signal) before the checkpoint is complete
 
@@ -490,7 +494,7 @@ class RunRecord:
     """config.toml, metrics.jsonl and run.json; rank 0 writes, the others only keep count."""
 
     def __init__(self, run: Run, metrics_bytes: int | None, resumed_step: int = 0):
-        self.run, self.path = run, run.out / "run.json"
+        self.run = run
         ranks, cfg, data, t = run.ranks, run.cfg, run.data, run.cfg.train
         # Measured by rank 0 alone (the others would compete for the same cores), then shared.
         peak = ranks.from_main(
@@ -537,9 +541,9 @@ class RunRecord:
         self.metrics = self.events = None
         if ranks.is_main:
             run.out.mkdir(parents=True, exist_ok=True)
-            write_atomic(run.out / "config.toml", cfg.to_toml().encode())
-            self.metrics = MetricsLog(run.out / "metrics.jsonl", truncate_to=metrics_bytes)
-            write_json(self.path, self.info)
+            run.dir.write_config(cfg.to_toml())
+            self.metrics = run.dir.open_metrics(truncate_to=metrics_bytes)
+            run.dir.write_info(self.info)
             if cfg.log.tensorboard:  # a view of metrics.jsonl, which stays the record
                 from oneepoch.tensorboard import live_log
 
@@ -587,12 +591,12 @@ class RunRecord:
             },
         )
         try:
-            write_json(self.path, self.info)
+            self.run.dir.write_info(self.info)
         except OSError:
             if status != "failed":
                 raise
             return self.info  # a full disk, say: the error that stopped the run is reported
-        return read_json(self.path)
+        return self.run.dir.read_info()
 
 
 class Evaluator:
@@ -661,7 +665,7 @@ def log_line(run: Run, record: RunRecord, meter: LossMeter, step: int, lr: float
         raise UserError(
             f"the training loss became {train_loss} at step {step}; lower the learning rate "
             f"(now {run.cfg.optim.lr:g}) and start again (checkpoints before it are in "
-            f"{run.out / 'checkpoints'})."
+            f"{run.dir.checkpoints})."
         )
     line = {"kind": "train", "step": step, **run.sampler.progress(step), "lr": lr}
     line.update(train_loss=train_loss, wall_s=wall)
@@ -731,7 +735,7 @@ def train(
 def completed_info(run: Run) -> dict | None:
     """run.json of a completed run (saying so on stderr), which resuming leaves as it is."""
     try:
-        info = read_json(run.out / "run.json")
+        info = run.dir.read_info()
     except (OSError, ValueError):
         return None
     if info.get("status") != "completed":
@@ -748,7 +752,7 @@ def completed_info(run: Run) -> dict | None:
 
 
 def disk_full(run: Run) -> UserError:
-    last = checkpoint.latest(run.out / "checkpoints")
+    last = checkpoint.latest(run.dir.checkpoints)
     kept = (
         f"the previous checkpoint, {last}, is intact" if last else "no checkpoint was written yet"
     )

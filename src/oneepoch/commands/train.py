@@ -183,6 +183,7 @@ def record_plan(config: str, out: str, resume: bool = False) -> None:
     from pathlib import Path
 
     from oneepoch.plan.planfile import PLAN_FORMAT, sidecar_path
+    from oneepoch.rundir import RunDir
     from oneepoch.safefs import open_file
 
     side, run = sidecar_path(config), Path(out)
@@ -194,9 +195,9 @@ def record_plan(config: str, out: str, resume: bool = False) -> None:
             return
     except (OSError, ValueError, AttributeError):
         return
-    if (run / "config.toml").exists() and not resume:
+    if RunDir(run).holds_run() and not resume:
         return  # another run lives there: train refuses it, and so do we
-    if not (run / "config.toml").exists() and run.is_dir() and any(run.iterdir()):
+    if not RunDir(run).holds_run() and run.is_dir() and any(run.iterdir()):
         return  # a folder holding something else: leave it alone
     run.mkdir(parents=True, exist_ok=True)
     with open_file(target, "xb") as f:  # never through a link planted under that name

@@ -11,29 +11,30 @@ from pathlib import Path
 
 from oneepoch.atomic import write_atomic
 from oneepoch.reproduce import law_prediction, plots
+from oneepoch.reproduce.jobdir import JobDir
+from oneepoch.reproduce.results import JobRuns
 from oneepoch.reproduce.verdicts import FORECAST_FRACTION, ratio_miss
 
 PAPER_REF = "Komatsuzaki, One Epoch Is All You Need, arXiv:1906.06669 (2019)"
 
 
-def write_report(out: Path, results: dict, job: dict) -> dict[str, Path]:
-    figures = _figures(out, results, job)
+def write_report(folder: JobDir, results: dict, job: dict, runs: JobRuns) -> dict[str, Path]:
+    """The report of ``results``; its figures draw seed 0's ``runs`` (as results read them)."""
+    figures = _figures(folder, results, job, runs)
     blocks = _blocks(results, job, figures)
-    md, page = out / "report.md", out / "report.html"
-    write_atomic(md, _markdown(blocks, out).encode())
+    md, page = folder.report_md, folder.report_html
+    write_atomic(md, _markdown(blocks, folder.path).encode())
     write_atomic(page, _html(blocks).encode())
     return {"html": page, "md": md}
 
 
-def _figures(out: Path, results: dict, job: dict) -> dict[str, Path]:
-    from oneepoch.reproduce.results import load_job_run
-
-    fig_dir = out / "figures"
+def _figures(folder: JobDir, results: dict, job: dict, runs: JobRuns) -> dict[str, Path]:
+    fig_dir = folder.figures
     fig_dir.mkdir(exist_ok=True)
     exps, plan = results["experiments"], job["plan"]
 
     def load(key: str):
-        return load_job_run(out, plan, 0, key)
+        return runs[(0, key)]
 
     figs = {
         "exp1": plots.exp1_curves(load, exps["exp1"], 0, fig_dir / "exp1_curves.png"),
