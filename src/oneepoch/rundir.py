@@ -23,37 +23,28 @@ RUN_FILES = (CONFIG, METRICS, INFO, PLAN)
 CHECKPOINTS = "checkpoints"
 
 
+def entry(name: str) -> property:
+    """A folder type's path to its entry ``name`` (the type has a ``path``)."""
+    return property(lambda self: self.path / name, doc=f"{name} in the folder")
+
+
 @dataclass(frozen=True)
 class RunDir:
     """One run directory: its paths, its status, its run.json."""
 
     path: Path
 
+    config = entry(CONFIG)
+    metrics = entry(METRICS)
+    info = entry(INFO)
+    plan = entry(PLAN)
+    checkpoints = entry(CHECKPOINTS)
+
     def __post_init__(self):
         object.__setattr__(self, "path", Path(self.path))
 
     def __str__(self) -> str:
         return str(self.path)
-
-    @property
-    def config(self) -> Path:
-        return self.path / CONFIG
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / METRICS
-
-    @property
-    def info(self) -> Path:
-        return self.path / INFO
-
-    @property
-    def plan(self) -> Path:
-        return self.path / PLAN
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / CHECKPOINTS
 
     @property
     def lock(self) -> Path:

@@ -194,10 +194,11 @@ def write_outputs(out: Path, job: dict) -> dict[str, Path]:
 def summary_text(paths: dict[str, Path]) -> str:
     """What a finished job prints: a line per claim, and where the report is."""
     from oneepoch.reproduce.report import claim_lines
+    from oneepoch.reproduce.verdicts import Claim
 
     results = json.loads(paths["results"].read_text())
     report = f"report: {paths['html']} (and {paths['md'].name}, {paths['results'].name})"
-    return "\n".join([*claim_lines(results["claims"]), report])
+    return "\n".join([*claim_lines([Claim.from_dict(c) for c in results["claims"]]), report])
 
 
 def prepare_builtin(data: Path) -> None:

@@ -9,35 +9,21 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from oneepoch.rundir import RunDir
+from oneepoch.rundir import RunDir, entry
 
 
 @dataclass(frozen=True)
 class JobDir:
     path: Path
 
+    job = entry("job.json")  # the plan, and the settings a rerun must keep
+    results = entry("results.json")
+    report_md = entry("report.md")
+    report_html = entry("report.html")
+    figures = entry("figures")
+
     def __post_init__(self):
         object.__setattr__(self, "path", Path(self.path))
-
-    @property
-    def job(self) -> Path:
-        return self.path / "job.json"
-
-    @property
-    def results(self) -> Path:
-        return self.path / "results.json"
-
-    @property
-    def report_md(self) -> Path:
-        return self.path / "report.md"
-
-    @property
-    def report_html(self) -> Path:
-        return self.path / "report.html"
-
-    @property
-    def figures(self) -> Path:
-        return self.path / "figures"
 
     @staticmethod
     def run_name(seed: int, key: str) -> str:

@@ -9,11 +9,21 @@ import base64
 import html
 from pathlib import Path
 
+from oneepoch.analysis.compare import RATE_TOLERANCE
 from oneepoch.atomic import write_atomic
+from oneepoch.plan.planner import RATIO_TOLERANCE
 from oneepoch.reproduce import law_prediction, plots
 from oneepoch.reproduce.jobdir import JobDir
 from oneepoch.reproduce.results import JobRuns
-from oneepoch.reproduce.verdicts import FORECAST_FRACTION, ratio_miss
+from oneepoch.reproduce.verdicts import (
+    FORECAST_FRACTION,
+    HOLDS_WITHIN,
+    INTERVAL,
+    UNDECIDED,
+    Claim,
+    ratio_miss,
+    speedup_range,
+)
 
 PAPER_REF = "Komatsuzaki, One Epoch Is All You Need, arXiv:1906.06669 (2019)"
 
@@ -141,7 +151,7 @@ def _blocks(results: dict, job: dict, figs: dict) -> list[tuple]:
             "list",
             notes
             or [
-                "Every compared run kept within 25% of its median throughput, and runs of the same configuration agreed: the wall-clock comparisons were not bent by load."
+                f"Every compared run kept within {RATE_TOLERANCE:.0%} of its median throughput, and runs of the same configuration agreed: the wall-clock comparisons were not bent by load."
             ],
         ),
     ]
@@ -334,7 +344,7 @@ def _exp3_blocks(exp3: dict, figs: dict) -> list[tuple]:
         ("h2", "Experiment 3: the power law"),
         (
             "p",
-            f"Experiment 3's own run ({long_runs}) is one epoch of the baseline model, long enough that the range fitted after the warm-up's effect (from twice the warm-up) spans the decades of tokens the claim is about; it is judged. The other one-epoch curves of experiments 1-2 are fitted too, for the forecast and for comparison. Each is fitted with L = E + A t^-alpha (t = tokens) and the other forms of `oneepoch fit`, with 90% bootstrap intervals; the power law holds over the widest stretch of evaluations within 2% of it. The forecast uses only the first {FORECAST_FRACTION:.0%} of each run; its interval width is relative to the forecast.",
+            f"Experiment 3's own run ({long_runs}) is one epoch of the baseline model, long enough that the range fitted after the warm-up's effect (from twice the warm-up) spans the decades of tokens the claim is about; it is judged. The other one-epoch curves of experiments 1-2 are fitted too, for the forecast and for comparison. Each is fitted with L = E + A t^-alpha (t = tokens) and the other forms of `oneepoch fit`, with {INTERVAL:.0%} bootstrap intervals; the power law holds over the widest stretch of evaluations within {HOLDS_WITHIN:.0%} of it. The forecast uses only the first {FORECAST_FRACTION:.0%} of each run; its interval width is relative to the forecast.",
         ),
         *fig,
         (
@@ -342,9 +352,9 @@ def _exp3_blocks(exp3: dict, figs: dict) -> list[tuple]:
             [
                 "seed",
                 "run",
-                "power law: E, A, alpha [90%]",
+                f"power law: E, A, alpha [{INTERVAL:.0%}]",
                 "holds over (decades of tokens)",
-                "forecast of final loss [90%]",
+                f"forecast of final loss [{INTERVAL:.0%}]",
                 "observed (error)",
             ],
             rows,
@@ -409,7 +419,8 @@ def _exp4_blocks(exp4: list[dict], figs: dict, preset: dict) -> list[tuple]:
         ("h2", "Experiment 4: size and iterations for the budget"),
         (
             "p",
-            "At each compute budget (a fraction of experiment 1's), the baseline model trained one epoch for as many steps as the budget pays for, against the sizes the allocation rules choose at the same compute, one epoch each. Each rule's run is the one `oneepoch plan` makes for that compute (the shape and steps that keep a ratio rule's tokens per parameter, with the preset's batch and context; among shapes within 10% of the ratio, the nearest to it), its steps rounded to the evaluation cadence; the table gives the rule's ratio beside the run's. The baseline is experiment 1's model: the size a practitioner would train for many epochs on this data; at one epoch it sees about one token per parameter, far from both rules' ratios, the situation the paper's adjustment addresses. Speedup: the baseline's wall-clock to its final loss over the rule's run's wall-clock to the same loss (below 1: the rule's run is slower, or never got there). The FLOP speedup beside it is what the rules optimise; where it exceeds the wall-clock speedup, the smaller model ran at a lower share of the machine's peak (small matmuls, the output head and per-step overheads weigh more).",
+            "At each compute budget (a fraction of experiment 1's), the baseline model trained one epoch for as many steps as the budget pays for, against the sizes the allocation rules choose at the same compute, one epoch each. Each rule's run is the one `oneepoch plan` makes for that compute (the shape and steps that keep a ratio rule's tokens per parameter, with the preset's batch and context; among shapes within "
+            f"{RATIO_TOLERANCE - 1:.0%} of the ratio, the nearest to it), its steps rounded to the evaluation cadence; the table gives the rule's ratio beside the run's. The baseline is experiment 1's model: the size a practitioner would train for many epochs on this data; at one epoch it sees about one token per parameter, far from both rules' ratios, the situation the paper's adjustment addresses. Speedup: the baseline's wall-clock to its final loss over the rule's run's wall-clock to the same loss (below 1: the rule's run is slower, or never got there). The FLOP speedup beside it is what the rules optimise; where it exceeds the wall-clock speedup, the smaller model ran at a lower share of the machine's peak (small matmuls, the output head and per-step overheads weigh more).",
         ),
         (
             "img",
@@ -487,61 +498,49 @@ def _throughput_notes(exps: dict) -> list[str]:
 # Formatting
 
 
-def claim_lines(claims: list[dict]) -> list[str]:
+def claim_lines(claims: list[Claim]) -> list[str]:
     """The claims table as plain text lines, for the terminal."""
     lines = []
     for c in claims:
         exp, claim, paper, ours, steps, verdict = _claim_row(c)
-        steps = f" ({_compact(c['steps'])} in steps)" if steps else ""
+        steps = f" ({_compact(c.steps)} in steps)" if steps else ""
         lines.append(
             f"[{verdict.strip('*'):>13}] exp {exp}: {claim} | paper {paper} | ours {ours}{steps}"
         )
     return lines
 
 
-def _rules(claims: list[dict]) -> list[str]:
+def _rules(claims: list[Claim]) -> list[str]:
     """Each distinct rule once, with the claims it decides and what qualified them."""
-    by_rule: dict[str, list[dict]] = {}
+    by_rule: dict[str, list[Claim]] = {}
     for c in claims:
-        by_rule.setdefault(c["rule"], []).append(c)
+        by_rule.setdefault(c.rule, []).append(c)
     items = []
     for rule, cs in by_rule.items():
-        exps = ", ".join(dict.fromkeys(str(c["experiment"]) for c in cs))
+        exps = ", ".join(dict.fromkeys(str(c.experiment) for c in cs))
         several = "s" if "," in exps else ""
         names = (
-            f"Experiment {exps}, {cs[0]['claim']}"
-            if len(cs) == 1
-            else f"Experiment{several} {exps}"
+            f"Experiment {exps}, {cs[0].claim}" if len(cs) == 1 else f"Experiment{several} {exps}"
         )
-        why = sorted({w for c in cs for w in c.get("why", [])})
+        why = sorted({w for c in cs for w in c.why})
         items.append(f"**{names}.** {rule}" + (f" Here: {'; '.join(why)}." if why else ""))
     return items
 
 
-def _claim_row(c: dict) -> list[str]:
+def _claim_row(c: Claim) -> list[str]:
     """exp, claim, paper, ours (a sentence, or the speedup's spread), ours in steps, verdict."""
-    m = c["measured"]
-    if c.get("ours"):
-        ours = c["ours"]
+    m = c.measured
+    if c.ours:
+        ours = c.ours
     elif isinstance(m, dict) and "values" in m:
-        ours = _spread(m) + (" at median throughput" if c.get("basis") == "median" else "")
+        ours = _spread(m) + (" at median throughput" if c.basis == "median" else "")
     else:
         ours = str(m)
-    if c["verdict"] == "cannot decide" and c.get("why") and c.get("steps") is not None:
-        ours += f" ({c['why'][0]})"  # a speedup that decides nothing says why beside it
-    steps = _spread(c["steps"]) if c.get("steps") else ""
-    paper = f"{c['paper'][0]:g}-{c['paper'][1]:g}x" if c.get("paper") else "(qualitative)"
-    return [str(c["experiment"]), c["claim"], paper, ours, steps, f"**{c['verdict']}**"]
-
-
-def _short_value(v) -> str:
-    if isinstance(v, dict) and "values" in v:
-        return _spread(v, "{:+.4f}")
-    if isinstance(v, list):
-        return ", ".join("yes" if x is True else "no" if x is False else str(x) for x in v)
-    if isinstance(v, float):
-        return f"{v:.2f}x"
-    return str(v)
+    if c.verdict == UNDECIDED and c.why and c.steps is not None:
+        ours += f" ({c.why[0]})"  # a speedup that decides nothing says why beside it
+    steps = _spread(c.steps) if c.steps else ""
+    paper = speedup_range(c.paper) if c.paper else "(qualitative)"
+    return [str(c.experiment), c.claim, paper, ours, steps, f"**{c.verdict}**"]
 
 
 def _spread(s: dict, fmt: str = "{:.2f}x", over: str = "seeds") -> str:

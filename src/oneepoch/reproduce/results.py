@@ -376,6 +376,8 @@ def write_results(path: Path, results: dict) -> None:
 
 
 def _jsonable(value):
+    if isinstance(value, verdicts.Claim):
+        return value.to_dict()
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
     if isinstance(value, tuple):
