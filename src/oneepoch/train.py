@@ -258,15 +258,7 @@ def setup(
     ranks.from_main(lambda: open_dataset(cfg.data.path, verify_checksums=True).path)
     data = open_dataset(cfg.data.path, verify_checksums=False)
     if m.vocab_size and m.vocab_size != data.vocab_size:
-        if resume and RunDir(out).config.is_file():  # the run's own, not a setting to drop
-            raise UserError(
-                f"{cfg.data.path} has a vocabulary of {data.vocab_size} but the run in {out} "
-                f"was trained with {m.vocab_size}; resume with the dataset the run started on."
-            )
-        raise UserError(
-            f"the config's vocab_size ({m.vocab_size}) does not match the dataset's tokenizer "
-            f"({data.vocab_size}); remove vocab_size from the config or use the matching dataset."
-        )
+        raise vocab_mismatch(cfg, data, out, resume)
     m.vocab_size = data.vocab_size
     steps = total_steps(cfg)
     micro = t.batch_size // t.grad_accum
@@ -309,6 +301,18 @@ def setup(
         cadence=cadence,
         shape=shape,
         resolved=resolved,
+    )
+
+
+def vocab_mismatch(cfg: RunConfig, data: Dataset, out: Path, resume: bool) -> UserError:
+    if resume and RunDir(out).config.is_file():  # the run's own, not a setting to drop
+        return UserError(
+            f"{cfg.data.path} has a vocabulary of {data.vocab_size} but the run in {out} "
+            f"was trained with {cfg.model.vocab_size}; resume with the dataset the run started on."
+        )
+    return UserError(
+        f"the config's vocab_size ({cfg.model.vocab_size}) does not match the dataset's tokenizer "
+        f"({data.vocab_size}); remove vocab_size from the config or use the matching dataset."
     )
 
 

@@ -111,7 +111,13 @@ def write_run(
         },
     }
     files.write_info(info)
-    config = (
+    files.write_config(_config_toml(epochs, warmup_steps, total_steps, eval_every, log_every, seed))
+    return path
+
+
+def _config_toml(epochs, warmup_steps, total_steps, eval_every, log_every, seed) -> str:
+    """A config.toml as the trainer writes it, for the synthetic run."""
+    return (
         "[model]\nn_layer = 2\nn_head = 2\nd_model = 64\nseq_len = 64\nvocab_size = 256\n"
         "dropout = 0.0\n\n"
         f'[data]\npath = "synthetic"\nsampler = "{"one-pass" if epochs == 1 else "repeated"}"\n'
@@ -121,8 +127,6 @@ def write_run(
         f"[train]\nbatch_size = 8\ngrad_accum = 1\nsteps = {total_steps}\n"
         f"eval_every = {eval_every}\nlog_every = {log_every}\nseed = {seed}\n"
     )
-    files.write_config(config)
-    return path
 
 
 def power_law(E: float, A: float, alpha: float, x: str = "tokens"):

@@ -70,7 +70,6 @@ def _blocks(results: dict, job: dict, figs: dict) -> list[tuple]:
     hw = machine.get("hardware") or {}
     peak = machine.get("peak_flops") or {}
     seeds = results["seeds"]
-    sched = results["schedule"]
     b: list[tuple] = [
         ("h1", "One Epoch Is All You Need, reproduced on this corpus and machine"),
         (
@@ -90,6 +89,39 @@ def _blocks(results: dict, job: dict, figs: dict) -> list[tuple]:
         ("img", figs["speedups"], "Wall-clock speedups: our seeds against the paper's ranges."),
         ("h3", "How each verdict is decided"),
         ("list", _rules(claims)),
+        *_setup_blocks(results),
+    ]
+    step_cost = _dropout_cost(exps["exp2"])
+    b += _exp1_blocks(exps["exp1"], figs, step_cost)
+    b += law_prediction.blocks(results.get("law"), exps["exp1"])
+    b += _exp2_blocks(exps["exp2"], figs, step_cost)
+    b += _exp3_blocks(exps["exp3"], figs)
+    b += _exp4_blocks(exps["exp4"], figs, preset)
+    b += _exp5_blocks(exps["exp5"], step_cost)
+    notes = _throughput_notes(exps)
+    b += [
+        ("h2", "Throughput checks"),
+        (
+            "list",
+            notes
+            or [
+                f"Every compared run kept within {RATE_TOLERANCE:.0%} of its median throughput, and runs of the same configuration agreed: the wall-clock comparisons were not bent by load."
+            ],
+        ),
+    ]
+    b += [
+        (
+            "p",
+            "Every number here is in results.json, with per-seed values and the run directory each comes from.",
+        )
+    ]
+    return b
+
+
+def _setup_blocks(results: dict) -> list[tuple]:
+    """The preset, how the runs were scheduled, and a row for each run."""
+    preset, sched = results["preset"], results["schedule"]
+    return [
         ("h2", "Setup"),
         (
             "p",
@@ -137,31 +169,6 @@ def _blocks(results: dict, job: dict, figs: dict) -> list[tuple]:
             _run_rows(results),
         ),
     ]
-    step_cost = _dropout_cost(exps["exp2"])
-    b += _exp1_blocks(exps["exp1"], figs, step_cost)
-    b += law_prediction.blocks(results.get("law"), exps["exp1"])
-    b += _exp2_blocks(exps["exp2"], figs, step_cost)
-    b += _exp3_blocks(exps["exp3"], figs)
-    b += _exp4_blocks(exps["exp4"], figs, preset)
-    b += _exp5_blocks(exps["exp5"], step_cost)
-    notes = _throughput_notes(exps)
-    b += [
-        ("h2", "Throughput checks"),
-        (
-            "list",
-            notes
-            or [
-                f"Every compared run kept within {RATE_TOLERANCE:.0%} of its median throughput, and runs of the same configuration agreed: the wall-clock comparisons were not bent by load."
-            ],
-        ),
-    ]
-    b += [
-        (
-            "p",
-            "Every number here is in results.json, with per-seed values and the run directory each comes from.",
-        )
-    ]
-    return b
 
 
 def _dropout_cost(exp2: dict) -> str:
