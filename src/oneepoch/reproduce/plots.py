@@ -135,14 +135,21 @@ def exp2_curves(load: Loader, exp2_runs: dict, seed: int, path: Path) -> Path:
     ax.set_yscale("log")
     ax.set_ylim(*_loss_limits(load, exp2_runs.values(), from_share=0.1))
     ax.set_xlim(left=0.08 * max(load(k).evals["step"].max() for k in exp2_runs.values()))
+    _label_log_log(
+        ax, "step", "loss (nats/token)", f"Experiment 2: dropout under one epoch (seed {seed})"
+    )
+    return _save(fig, path)
+
+
+def _label_log_log(ax, xlabel: str, ylabel: str, title: str) -> None:
+    """Plain-number ticks on both log axes (once their limits are set), labels, grid, legend."""
     _plain_log_ticks(ax)
     _plain_log_ticks(ax, "x")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
-    ax.set_title(f"Experiment 2: dropout under one epoch (seed {seed})")
+    ax.set_title(title)
     ax.legend(fontsize=8)
-    return _save(fig, path)
 
 
 def exp3_fit(run: Run, path: Path, use_first: float) -> Path:
@@ -179,13 +186,12 @@ def exp4_time_to_loss(load: Loader, exp4: list[dict], seed: int, path: Path) -> 
         ax.set_yscale("log")
         lo = min(load(k).evals["val_loss"].min() for k in seen)
         ax.set_ylim(lo * 0.97, target * 1.25)
-        _plain_log_ticks(ax)
-        _plain_log_ticks(ax, "x")
-        ax.set_xlabel("training wall-clock (s)")
-        ax.set_ylabel("validation loss (nats/token)")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.set_title(f"Experiment 4: sizes at {b['fraction']:g}x compute (seed {seed})")
-        ax.legend(fontsize=8)
+        _label_log_log(
+            ax,
+            "training wall-clock (s)",
+            "validation loss (nats/token)",
+            f"Experiment 4: sizes at {b['fraction']:g}x compute (seed {seed})",
+        )
     return _save(fig, path)
 
 
