@@ -738,12 +738,9 @@ def train(
 
 def completed_info(run: Run) -> dict | None:
     """run.json of a completed run (saying so on stderr), which resuming leaves as it is."""
-    try:
-        info = run.dir.read_info()
-    except (OSError, ValueError):
+    if run.dir.status()[0] != "completed":
         return None
-    if info.get("status") != "completed":
-        return None
+    info = run.dir.read_info()
     final = info.get("final") or {}
     val = final.get("val_loss")
     print(
