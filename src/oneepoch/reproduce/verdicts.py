@@ -168,7 +168,9 @@ def judge(exps: dict, job: dict) -> list[Claim]:
                     experiment=1,
                     claim=f"one epoch reaches the {e:g}-epoch run's ({label}) best test loss "
                     + (
-                        f"{_range(paper)} sooner in wall-clock" if paper else "sooner in wall-clock"
+                        f"{speedup_range(paper)} sooner in wall-clock"
+                        if paper
+                        else "sooner in wall-clock"
                     ),
                     label=f"1 epoch vs {e:g} epochs, {label}",
                     rule=RANGE_RULE if paper else _FASTER_RULE,
@@ -191,7 +193,7 @@ def judge(exps: dict, job: dict) -> list[Claim]:
                 experiment=4,
                 claim=f"at {_fraction(b['fraction'])} experiment 1's compute, the size and "
                 "iterations of the paper's heuristic (komatsuzaki) reach the baseline's final "
-                f"loss {_range(paper)} sooner",
+                f"loss {speedup_range(paper)} sooner",
                 label=f"komatsuzaki size at {_fraction(b['fraction'])} compute",
                 fraction=b["fraction"],
                 rule=RATIO_RULE,
@@ -206,7 +208,7 @@ def judge(exps: dict, job: dict) -> list[Claim]:
             Claim(
                 experiment=5,
                 claim=f"one epoch at the adjusted size reaches the regularized "
-                f"{e5['epochs']:g}-epoch baseline's best loss {_range(paper)} sooner",
+                f"{e5['epochs']:g}-epoch baseline's best loss {speedup_range(paper)} sooner",
                 label=f"komatsuzaki size vs {e5['epochs']:g} epochs + dropout",
                 rule=RATIO_RULE,
                 **_judge_rule(comps, e5["rules"]["komatsuzaki"], paper),
@@ -215,7 +217,7 @@ def judge(exps: dict, job: dict) -> list[Claim]:
     return claims
 
 
-def _range(paper: tuple[float, float]) -> str:
+def speedup_range(paper: tuple[float, float]) -> str:
     """A published speedup range as the claims state it: 1.9-3.3x."""
     return f"{paper[0]:g}-{paper[1]:g}x"
 
