@@ -257,7 +257,7 @@ def train_tiny(out: Path, data: Path, seeds: range) -> list[Path]:
     from oneepoch.reproduce.experiments import RunSpec, plan_job
     from oneepoch.reproduce.job import run_config
     from oneepoch.reproduce.presets import get_preset
-    from oneepoch.rundir import read_status
+    from oneepoch.rundir import RunDir
     from oneepoch.train import train
 
     preset = get_preset("tiny")
@@ -268,7 +268,7 @@ def train_tiny(out: Path, data: Path, seeds: range) -> list[Path]:
     for seed in seeds:
         for spec in specs:
             path = out / f"seed{seed}" / spec.key
-            if read_status(path)[0] != "completed":
+            if RunDir(path).status()[0] != "completed":
                 cfg = RunConfig.from_dict(run_config(preset, data, spec, seed), "reproduce")
                 train(cfg, path, resume=path.exists(), show_progress=False)
             paths.append(path)

@@ -20,6 +20,7 @@ SCRIPT = textwrap.dedent(
     from oneepoch.analysis import fit_run, load_run
     from oneepoch.analysis.synthetic import cosine_lr, power_law, write_run
     from oneepoch.cli import main
+    import oneepoch.reproduce.report  # the job's folder, results and report: read, not trained
 
     try:
         import torch  # noqa: F401

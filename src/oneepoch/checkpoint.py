@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from oneepoch import statecodec
 from oneepoch.atomic import fsync_dir, write_atomic
 from oneepoch.errors import UserError
+from oneepoch.rundir import CHECKPOINTS
 from oneepoch.safefs import refuse_links, remove_tree
 
 MODEL, STATE_TENSORS, STATE_JSON = "model.safetensors", "state.safetensors", "state.json"
@@ -249,7 +250,7 @@ def upgrade_all(folder: Path) -> tuple[list[Path], int]:
     converted, current = [], 0
     for root, dirs, _ in os.walk(folder):
         dirs.sort()
-        if Path(root).name != "checkpoints":
+        if Path(root).name != CHECKPOINTS:
             continue
         for name in list(dirs):
             d = Path(root) / name

@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from oneepoch.errors import UserError
+from oneepoch.rundir import RunDir
 
 FORMATS = ("hf",)
 
@@ -271,27 +272,22 @@ def tokenizer_files(manifest: dict, data_dir: Path) -> dict[str, str | dict]:
 
 def export(run_dir, out, fmt: str = "hf", data_dir: str | None = None) -> dict:
     """Write RUN's latest checkpoint to ``out`` in ``fmt``; returns what was written."""
-    run, out = Path(run_dir), Path(out)
+    run, out = RunDir(run_dir), Path(out)
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; the formats are: {', '.join(FORMATS)}.")
     _check_out(out)
-    if not (run / "config.toml").is_file():
-        raise UserError(
-            f"{run} is not a run directory (no config.toml); give the --out of `oneepoch train`."
-        )
     from oneepoch import checkpoint
-    from oneepoch.config import RunConfig, load_toml
     from oneepoch.data.dataset import read_manifest
     from oneepoch.model import check_state
     from oneepoch.rundir import check_same_tokenizer
 
-    cfg = RunConfig.from_dict(load_toml(run / "config.toml"))
-    ckpt = checkpoint.latest(run / "checkpoints")
+    cfg = run.read_config()
+    ckpt = checkpoint.latest(run.checkpoints)
     if ckpt is None:
         raise UserError(f"{run} has no checkpoint yet; train longer or lower --checkpoint-every.")
     m = cfg.model
     if m.vocab_size <= 0:
-        raise UserError(f"{run}/config.toml has no vocab_size; it was not written by the trainer.")
+        raise UserError(f"{run.config} has no vocab_size; it was not written by the trainer.")
     data = Path(data_dir or cfg.data.path)
     if not (data / "manifest.json").is_file():
         raise UserError(
@@ -299,7 +295,7 @@ def export(run_dir, out, fmt: str = "hf", data_dir: str | None = None) -> dict:
             "with the dataset it was trained on, for its tokenizer."
         )
     manifest = read_manifest(data)
-    check_same_tokenizer(run, data, manifest, cfg.data.path)  # run.json's: before torch
+    check_same_tokenizer(run.path, data, manifest, cfg.data.path)  # run.json's: before torch
     tok = manifest["tokenizer"]
     if tok["vocab_size"] != m.vocab_size:
         raise UserError(
@@ -308,7 +304,7 @@ def export(run_dir, out, fmt: str = "hf", data_dir: str | None = None) -> dict:
         )
     check_model_config(m)
     model_state, state = checkpoint.load(ckpt)
-    check_same_tokenizer(run, data, manifest, cfg.data.path, state)  # the checkpoint's
+    check_same_tokenizer(run.path, data, manifest, cfg.data.path, state)  # the checkpoint's
     check_state(model_state, m, ckpt, state)
     tensors = hf_state_dict(model_state)
     dtypes = {str(t.dtype).removeprefix("torch.") for t in tensors.values()}

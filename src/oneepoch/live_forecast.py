@@ -32,6 +32,7 @@ from pathlib import Path
 from oneepoch.analysis.runs import FORECAST_KIND
 from oneepoch.cliflags import jsonable
 from oneepoch.progress import format_clock
+from oneepoch.rundir import RunDir
 
 # Where a live forecast starts: at this share of the planned run and with at least this
 # many evaluations fitted. benchmarks/forecast.py --use-first decided them: from 20% its
@@ -181,7 +182,7 @@ class LiveForecast:
         self._worker: _Worker | None = None
         self._pending: list[int] = []
         self._last_bucket = -1
-        self._warned = enabled and _already_warned(plan.run_dir / "metrics.jsonl")
+        self._warned = enabled and _already_warned(RunDir(plan.run_dir).metrics)
 
     def after_line(self, step: int, evaluated: bool, evaluates, elapsed_s: float) -> None:
         """After a metrics line is written: queue a re-fit when the evaluation at ``step``

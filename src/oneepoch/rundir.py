@@ -1,4 +1,6 @@
-"""Writing a run directory: config.toml, metrics.jsonl, run.json (see docs/formats.md)."""
+"""The run directory (docs/formats.md): where each of its files is, the run's status, and
+reading and writing them. The one place that names them; torch-free (analysis reads runs).
+"""
 
 from __future__ import annotations
 
@@ -6,15 +8,89 @@ import json
 import math
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from oneepoch.atomic import write_atomic
+from oneepoch.config import RunConfig, load_toml
 from oneepoch.errors import UserError
+from oneepoch.locking import lock_path
 from oneepoch.safefs import open_file, refuse_links
 
 # What a trainer writes in a run directory: files, and the folder of checkpoints.
-RUN_FILES = ("config.toml", "metrics.jsonl", "run.json", "plan.json")
+CONFIG, METRICS, INFO, PLAN = "config.toml", "metrics.jsonl", "run.json", "plan.json"
+RUN_FILES = (CONFIG, METRICS, INFO, PLAN)
 CHECKPOINTS = "checkpoints"
+
+
+def entry(name: str) -> property:
+    """A folder type's path to its entry ``name`` (the type has a ``path``)."""
+    return property(lambda self: self.path / name, doc=f"{name} in the folder")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One run directory: its paths, its status, its run.json."""
+
+    path: Path
+
+    config = entry(CONFIG)
+    metrics = entry(METRICS)
+    info = entry(INFO)
+    plan = entry(PLAN)
+    checkpoints = entry(CHECKPOINTS)
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path))
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def lock(self) -> Path:
+        return lock_path(self.path)
+
+    def holds_run(self) -> bool:
+        """A run was started here: the trainer writes config.toml before anything else."""
+        return self.config.exists()
+
+    def status(self) -> tuple[str, int]:
+        """(status, step) from run.json: "completed", "paused", "interrupted", "failed" or
+        "running" with the last step it recorded (-1 when its run.json says nothing of it
+        yet, as while a session trains), or ("new", 0) where no run has started."""
+        try:
+            info = self.read_info()
+        except (OSError, ValueError):
+            return ("new", 0) if not self.holds_run() else ("running", -1)
+        if not isinstance(info, dict):
+            return "running", -1
+        step = (info.get("final") or {}).get("step")
+        return str(info.get("status", "running")), step if isinstance(step, int) else -1
+
+    def read_config(self) -> RunConfig:
+        """config.toml; a plain error where there is none (not a run directory)."""
+        if not self.config.is_file():
+            raise UserError(
+                f"{self.path} is not a run directory (no {CONFIG}); give the --out of "
+                "`oneepoch train`."
+            )
+        return RunConfig.from_dict(load_toml(self.config), str(self.config))
+
+    def read_info(self) -> dict:
+        """run.json (OSError when absent, ValueError when not JSON)."""
+        return read_json(self.info)
+
+    def write_info(self, info: dict) -> None:
+        write_json(self.info, info)
+
+    def write_config(self, toml_text: str) -> None:
+        write_atomic(self.config, toml_text.encode())
+
+    def open_metrics(self, truncate_to: int | None = None) -> MetricsLog:
+        return MetricsLog(self.metrics, truncate_to)
+
+    def check(self) -> None:
+        check_run_dir(self.path)
 
 
 def check_run_dir(run_dir: Path) -> None:
@@ -132,7 +208,7 @@ def trained_tokenizer_sha256(run_dir: Path, train_state: dict | None = None) -> 
     if train_state and isinstance(train_state.get("tokenizer_sha256"), str):
         return train_state["tokenizer_sha256"]
     try:
-        return json.loads((Path(run_dir) / "run.json").read_text())["data"]["tokenizer_sha256"]
+        return RunDir(run_dir).read_info()["data"]["tokenizer_sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -149,18 +225,3 @@ def check_same_tokenizer(
             "(their hashes differ), so the model's token ids would stand for other text; pass "
             f"--data the dataset the run trained on (it was {trained_on})."
         )
-
-
-def read_status(run_dir: Path) -> tuple[str, int]:
-    """(status, step) of a run directory, from its run.json: "completed", "paused",
-    "interrupted", "failed" or "running" with the last step it recorded (-1 when its
-    run.json says nothing of it yet, as while a session trains), or ("new", 0) where no run
-    has started."""
-    try:
-        info = read_json(run_dir / "run.json")
-    except (OSError, ValueError):
-        return ("new", 0) if not (run_dir / "config.toml").exists() else ("running", -1)
-    if not isinstance(info, dict):
-        return "running", -1
-    step = (info.get("final") or {}).get("step")
-    return str(info.get("status", "running")), step if isinstance(step, int) else -1

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from oneepoch.atomic import write_atomic
 from oneepoch.errors import UserError
-from oneepoch.rundir import read_status
+from oneepoch.rundir import RunDir
 from oneepoch.units import format_seconds
 
 QUEUE_FORMAT = "oneepoch-queue"
@@ -109,7 +109,7 @@ class RunQueue:
 
     def states(self) -> dict[str, tuple[str, int]]:
         """{name: (status, step)} as the run directories say now."""
-        return {r.name: read_status(r.out) for r in self.runs}
+        return {r.name: RunDir(r.out).status() for r in self.runs}
 
 
 class Stopped(Exception):

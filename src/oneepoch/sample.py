@@ -9,17 +9,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from oneepoch.config import RunConfig, load_toml
 from oneepoch.errors import UserError
-
-
-def _config(run_dir: str | Path) -> RunConfig:
-    run = Path(run_dir)
-    if not (run / "config.toml").is_file():
-        raise UserError(
-            f"{run} is not a run directory (no config.toml); give the --out of `oneepoch train`."
-        )
-    return RunConfig.from_dict(load_toml(run / "config.toml"))
+from oneepoch.rundir import RunDir
 
 
 def _load(run_dir: str | Path):
@@ -27,9 +18,9 @@ def _load(run_dir: str | Path):
     from oneepoch import checkpoint
     from oneepoch.model import GPT, check_state
 
-    run = Path(run_dir)
-    cfg = _config(run)
-    ckpt = checkpoint.latest(run / "checkpoints")
+    run = RunDir(run_dir)
+    cfg = run.read_config()
+    ckpt = checkpoint.latest(run.checkpoints)
     if ckpt is None:
         raise UserError(f"{run} has no checkpoint yet; train longer or lower --checkpoint-every.")
     model_state, state = checkpoint.load(ckpt)
@@ -98,7 +89,7 @@ def sample_text(
     from oneepoch.rundir import check_same_tokenizer
 
     check_options(max_new_tokens, temperature, top_k, prompt, seed)
-    cfg = _config(run_dir)
+    cfg = RunDir(run_dir).read_config()
     data = Path(data_dir or cfg.data.path)
     manifest = read_manifest(data)
 

@@ -31,7 +31,7 @@ def slowed_now(rates: list[float], quiet_rate: float | None = None) -> str:
 def slowed_summary(
     rates: list[float], seconds: list[float], quiet_rate: float | None = None
 ) -> dict:
-    """run.json's record: how much of the training time ran slowed, and the load."""
+    """What run.json records: how much of the training time ran slowed, and the load."""
     limit = SLOW_FRACTION * max((r for _, r in _references(rates, quiet_rate)), default=0.0)
     slow = [s for r, s in zip(rates, seconds) if r < limit]
     total = sum(seconds)

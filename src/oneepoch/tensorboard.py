@@ -31,6 +31,7 @@ from pathlib import Path
 
 from oneepoch.analysis.runs import FORECAST_KIND
 from oneepoch.errors import UserError
+from oneepoch.rundir import RunDir
 
 SUFFIX = ".oneepoch"  # marks the event files written here, so a new conversion replaces them
 
@@ -152,7 +153,7 @@ def live_log(
     from metrics.jsonl's last line, so the curves are those a conversion would draw."""
     run = Path(run_dir)
     log_dir = check_log_dir(log_root, run)
-    last = _last_line(run / "metrics.jsonl")
+    last = _last_line(RunDir(run).metrics)
     start = (last.get("tokens", 0.0), last.get("wall_s", 0.0))
     return EventLog(log_dir, flops_per_token, peak_flops, resumed_step + 1, start)
 
@@ -202,8 +203,8 @@ def write_events(run_dir: str | Path, log_dir: str | Path) -> dict:
     {"log_dir", "file", "lines", "scalars": {tag: points}}."""
     from oneepoch.analysis.runs import _last_per_step, _read_jsonl, metrics_lines
 
-    run, log_dir = Path(run_dir), Path(log_dir)
-    metrics = run / "metrics.jsonl"
+    run, log_dir = RunDir(run_dir), Path(log_dir)
+    metrics = run.metrics
     if not metrics.is_file():
         raise UserError(f"{metrics} is missing; pass a run directory written by `oneepoch train`.")
     records = _read_jsonl(metrics)
@@ -213,11 +214,11 @@ def write_events(run_dir: str | Path, log_dir: str | Path) -> dict:
     if not lines:
         raise UserError(f"{metrics} has no metrics lines; train the run before converting it.")
     info = {}
-    if (run / "run.json").is_file():
+    if run.info.is_file():
         try:
-            info = json.loads((run / "run.json").read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            raise UserError(f"{run / 'run.json'} is not valid JSON; fix or remove it.") from None
+            info = run.read_info()
+        except ValueError:
+            raise UserError(f"{run.info} is not valid JSON; fix or remove it.") from None
     if log_dir.exists() and not log_dir.is_dir():
         raise UserError(f"{log_dir} is a file; give a folder for the TensorBoard logs.")
     pattern = f"events.out.tfevents.*{SUFFIX}"

@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from oneepoch import __version__, checkpoint
-from oneepoch.atomic import write_atomic
 from oneepoch.config import RunConfig, load_toml, total_steps, validate
 from oneepoch.data.dataset import Dataset, open_dataset
 from oneepoch.distributed import Ranks, full_state, init_distributed, load_full_state, parallelize
@@ -43,7 +42,7 @@ from oneepoch.measure.machine import hardware_info, peak_flops, pick_device, syn
 from oneepoch.model import GPT, check_state
 from oneepoch.prefetch import Prefetcher
 from oneepoch.progress import Progress
-from oneepoch.rundir import MetricsLog, check_run_dir, read_json, write_json
+from oneepoch.rundir import RunDir
 from oneepoch.sampler import OnePassSampler, RepeatedSampler, num_windows
 from oneepoch.schedule import Cadence, lr_at
 from oneepoch.slowdown import slowed_now, slowed_summary
@@ -94,7 +93,8 @@ RESUME_MAY_CHANGE = {"data.path", "train.parallel", "log.tensorboard"} | {
 
 def resolve_config(base: RunConfig, out: Path, resume: bool, overrides: dict) -> RunConfig:
     """The run's config, a copy: the saved one when resuming (overrides may not change it)."""
-    saved = out / "config.toml"
+    files = RunDir(out)
+    saved = files.config
     if resume and saved.is_file():
         cfg = RunConfig.from_dict(load_toml(saved), str(saved))
         wanted = RunConfig.from_dict(cfg.to_dict())
@@ -118,11 +118,11 @@ def resolve_config(base: RunConfig, out: Path, resume: bool, overrides: dict) ->
             if k in overrides.get(sec, {}):
                 setattr(getattr(cfg, sec), k, overrides[sec][k])
         return cfg
-    if resume and not saved.exists() and not (out / "checkpoints").exists():
+    if resume and not saved.exists() and not files.checkpoints.exists():
         # Say so rather than refuse: a job that is started again and again with --resume
         # (on a preemptible machine, say) must also be able to start its run the first time.
         print(f"note: {out} holds no run yet, so --resume starts a new one there.", file=sys.stderr)
-    if not resume and (saved.exists() or (out / "metrics.jsonl").exists()):
+    if not resume and (saved.exists() or files.metrics.exists()):
         raise UserError(
             f"{out} already holds a run; resume it (`oneepoch train --resume`) or choose "
             "another run directory (--out)."
@@ -159,6 +159,10 @@ class Run:
     cadence: Cadence
     shape: Shape
     resolved: dict = field(default_factory=dict)  # what "auto"s and zeros became (run.json)
+
+    @property
+    def dir(self) -> RunDir:
+        return RunDir(self.out)
 
     @property
     def max_steps(self) -> int:
@@ -211,7 +215,7 @@ def claim_run_dir(out: Path, stack: contextlib.ExitStack) -> None:
     for folder in reversed(created):  # run last, deepest first
         stack.callback(_remove_if_empty, folder)
     stack.enter_context(hold(out, "train"))
-    check_run_dir(out)  # a link there would have us write wherever it points, say
+    RunDir(out).check()  # a link there would have us write wherever it points, say
 
 
 def _remove_if_empty(folder: Path) -> None:
@@ -248,15 +252,7 @@ def setup(
     ranks.from_main(lambda: open_dataset(cfg.data.path, verify_checksums=True).path)
     data = open_dataset(cfg.data.path, verify_checksums=False)
     if m.vocab_size and m.vocab_size != data.vocab_size:
-        if resume and (out / "config.toml").is_file():  # the run's own, not a setting to drop
-            raise UserError(
-                f"{cfg.data.path} has a vocabulary of {data.vocab_size} but the run in {out} "
-                f"was trained with {m.vocab_size}; resume with the dataset the run started on."
-            )
-        raise UserError(
-            f"the config's vocab_size ({m.vocab_size}) does not match the dataset's tokenizer "
-            f"({data.vocab_size}); remove vocab_size from the config or use the matching dataset."
-        )
+        raise vocab_mismatch(cfg, data, out, resume)
     m.vocab_size = data.vocab_size
     steps = total_steps(cfg)
     micro = t.batch_size // t.grad_accum
@@ -299,6 +295,18 @@ def setup(
         cadence=cadence,
         shape=shape,
         resolved=resolved,
+    )
+
+
+def vocab_mismatch(cfg: RunConfig, data: Dataset, out: Path, resume: bool) -> UserError:
+    if resume and RunDir(out).config.is_file():  # the run's own, not a setting to drop
+        return UserError(
+            f"{cfg.data.path} has a vocabulary of {data.vocab_size} but the run in {out} "
+            f"was trained with {cfg.model.vocab_size}; resume with the dataset the run started on."
+        )
+    return UserError(
+        f"the config's vocab_size ({cfg.model.vocab_size}) does not match the dataset's tokenizer "
+        f"({data.vocab_size}); remove vocab_size from the config or use the matching dataset."
     )
 
 
@@ -398,7 +406,7 @@ class Resumed:
 
 def restore(run: Run, model, optimizer, meter: LossMeter, resume: bool) -> Resumed:
     """Load the latest checkpoint (rank 0 reads, every rank loads) when resuming."""
-    ckpt_root, tensors = run.out / "checkpoints", [{}, {}]
+    ckpt_root, tensors = run.dir.checkpoints, [{}, {}]
 
     def read() -> dict | None:
         if not resume:
@@ -418,7 +426,7 @@ def restore(run: Run, model, optimizer, meter: LossMeter, resume: bool) -> Resum
                     f"resumed; delete {ckpt_root} to restart it from step 0, or start a new "
                     "run with another --out."
                 )
-            if (run.out / "config.toml").exists():
+            if run.dir.holds_run():
                 print(
                     f"note: {run.out} has no checkpoint yet, so --resume starts it again from "
                     "step 0.",
@@ -471,7 +479,7 @@ def save_checkpoint(run: Run, model, optimizer, meter: LossMeter, record, step, 
             world_size=run.ranks.world_size,
         )
         checkpoint.save(
-            run.out / "checkpoints", step, model_state, state, keep=run.cfg.train.keep_checkpoints
+            run.dir.checkpoints, step, model_state, state, keep=run.cfg.train.keep_checkpoints
         )
     run.ranks.barrier()  # nobody leaves (e.g. on a signal) before the checkpoint is complete
 
@@ -484,7 +492,7 @@ class RunRecord:
     """config.toml, metrics.jsonl and run.json; rank 0 writes, the others only keep count."""
 
     def __init__(self, run: Run, metrics_bytes: int | None, resumed_step: int = 0):
-        self.run, self.path = run, run.out / "run.json"
+        self.run = run
         ranks, cfg, data, t = run.ranks, run.cfg, run.data, run.cfg.train
         # Measured by rank 0 alone (the others would compete for the same cores), then shared.
         peak = ranks.from_main(
@@ -531,9 +539,9 @@ class RunRecord:
         self.metrics = self.events = None
         if ranks.is_main:
             run.out.mkdir(parents=True, exist_ok=True)
-            write_atomic(run.out / "config.toml", cfg.to_toml().encode())
-            self.metrics = MetricsLog(run.out / "metrics.jsonl", truncate_to=metrics_bytes)
-            write_json(self.path, self.info)
+            run.dir.write_config(cfg.to_toml())
+            self.metrics = run.dir.open_metrics(truncate_to=metrics_bytes)
+            run.dir.write_info(self.info)
             if cfg.log.tensorboard:  # a view of metrics.jsonl, which stays the record
                 from oneepoch.tensorboard import live_log
 
@@ -581,12 +589,12 @@ class RunRecord:
             },
         )
         try:
-            write_json(self.path, self.info)
+            self.run.dir.write_info(self.info)
         except OSError:
             if status != "failed":
                 raise
             return self.info  # a full disk, say: the error that stopped the run is reported
-        return read_json(self.path)
+        return self.run.dir.read_info()
 
 
 class Evaluator:
@@ -655,7 +663,7 @@ def log_line(run: Run, record: RunRecord, meter: LossMeter, step: int, lr: float
         raise UserError(
             f"the training loss became {train_loss} at step {step}; lower the learning rate "
             f"(now {run.cfg.optim.lr:g}) and start again (checkpoints before it are in "
-            f"{run.out / 'checkpoints'})."
+            f"{run.dir.checkpoints})."
         )
     line = {"kind": "train", "step": step, **run.sampler.progress(step), "lr": lr}
     line.update(train_loss=train_loss, wall_s=wall)
@@ -724,12 +732,9 @@ def train(
 
 def completed_info(run: Run) -> dict | None:
     """run.json of a completed run (saying so on stderr), which resuming leaves as it is."""
-    try:
-        info = read_json(run.out / "run.json")
-    except (OSError, ValueError):
+    if run.dir.status()[0] != "completed":
         return None
-    if info.get("status") != "completed":
-        return None
+    info = run.dir.read_info()
     final = info.get("final") or {}
     val = final.get("val_loss")
     print(
@@ -742,7 +747,7 @@ def completed_info(run: Run) -> dict | None:
 
 
 def disk_full(run: Run) -> UserError:
-    last = checkpoint.latest(run.out / "checkpoints")
+    last = checkpoint.latest(run.dir.checkpoints)
     kept = (
         f"the previous checkpoint, {last}, is intact" if last else "no checkpoint was written yet"
     )

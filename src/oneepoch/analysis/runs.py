@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from oneepoch.errors import UserError
+from oneepoch.rundir import RunDir
 
 # The ``kind`` of the live forecast's records in metrics.jsonl (oneepoch.live_forecast).
 FORECAST_KIND = "forecast"
@@ -91,7 +92,7 @@ class Run:
         if not self.config:
             return None
         try:
-            cfg = RunConfig.from_dict(self.config, origin=str(self.path / "config.toml"))
+            cfg = RunConfig.from_dict(self.config, origin=str(RunDir(self.path).config))
         except (UserError, TypeError, ValueError):
             return None
         total = total_steps(cfg)
@@ -146,7 +147,8 @@ def load_run(path: str | Path, until_step: float | None = None) -> Run:
         raise UserError(
             f"run directory {path} does not exist; pass a directory written by `oneepoch train`."
         )
-    metrics = path / "metrics.jsonl"
+    files = RunDir(path)
+    metrics = files.metrics
     if not metrics.is_file():
         raise UserError(f"{metrics} is missing; pass a run directory written by `oneepoch train`.")
     records = metrics_lines(_read_jsonl(metrics))
@@ -177,8 +179,8 @@ def load_run(path: str | Path, until_step: float | None = None) -> Run:
     evals = _columns([r for r, ok in zip(evaluations, good) if ok], COLUMNS + ("val_loss",))
     if not np.isfinite(lines["tokens"]).any():
         raise UserError(f"{metrics} has no `tokens` values; it does not follow docs/formats.md.")
-    info = _read_json(path / "run.json")
-    config = _read_toml(path / "config.toml")
+    info = _read_json(files.info)
+    config = _read_toml(files.config)
     return Run(path, lines, evals, info, config, dropped_evals=int((~good).sum()))
 
 

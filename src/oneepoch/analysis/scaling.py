@@ -46,6 +46,7 @@ import numpy as np
 from oneepoch.analysis import robust
 from oneepoch.analysis.runs import Run, load_run
 from oneepoch.errors import UserError
+from oneepoch.rundir import RunDir
 
 FORMS = ("chinchilla", "data-constrained")
 HUBER_DELTA = 1e-3
@@ -1030,7 +1031,7 @@ def sweep_rows(runs: list[Run], loss: str = "final", params: str = "non_embeddin
         count = run.info.get("params", {}).get(params)
         if not isinstance(count, (int, float)) or count <= 0:
             raise UserError(
-                f"{run.path}/run.json has no params.{params}; "
+                f"{RunDir(run.path).info} has no params.{params}; "
                 "finish the run or pass a different --params."
             )
         val = run.evals["val_loss"]

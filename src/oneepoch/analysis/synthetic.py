@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from oneepoch.rundir import RunDir
+
 
 def eval_schedule(total_steps: int, eval_every: int) -> np.ndarray:
     """Log-spaced steps (1, 2, 3, 5, 8, ...) up to eval_every, then every eval_every, and
@@ -70,7 +72,8 @@ def write_run(
     val = val * np.exp(rng.normal(0.0, noise, val.shape)) if noise else val
     val_by_step = dict(zip(evals.tolist(), val.tolist()))
 
-    with (path / "metrics.jsonl").open("w", encoding="utf-8") as fh:
+    files = RunDir(path)
+    with files.metrics.open("w", encoding="utf-8") as fh:
         for step in np.union1d(train_steps, evals).tolist():
             tokens = step * tokens_per_step
             line = {
@@ -107,8 +110,14 @@ def write_run(
             "val_loss": final_val,
         },
     }
-    (path / "run.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
-    config = (
+    files.write_info(info)
+    files.write_config(_config_toml(epochs, warmup_steps, total_steps, eval_every, log_every, seed))
+    return path
+
+
+def _config_toml(epochs, warmup_steps, total_steps, eval_every, log_every, seed) -> str:
+    """A config.toml as the trainer writes it, for the synthetic run."""
+    return (
         "[model]\nn_layer = 2\nn_head = 2\nd_model = 64\nseq_len = 64\nvocab_size = 256\n"
         "dropout = 0.0\n\n"
         f'[data]\npath = "synthetic"\nsampler = "{"one-pass" if epochs == 1 else "repeated"}"\n'
@@ -118,8 +127,6 @@ def write_run(
         f"[train]\nbatch_size = 8\ngrad_accum = 1\nsteps = {total_steps}\n"
         f"eval_every = {eval_every}\nlog_every = {log_every}\nseed = {seed}\n"
     )
-    (path / "config.toml").write_text(config, encoding="utf-8")
-    return path
 
 
 def power_law(E: float, A: float, alpha: float, x: str = "tokens"):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from oneepoch.errors import UserError
 
-HELP = "the paper's experiments on the built-in corpus, with a report (~10 min on 2 CPU cores)"
+HELP = "the paper's experiments on the built-in corpus, with a report (~11 min on 2 CPU cores)"
 DESCRIPTION = """\
 Prepare the built-in corpus (when absent), run `oneepoch reproduce --preset tiny` on it, and
 print the report's path and a sample of the one-epoch model's text.
@@ -28,7 +28,8 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from oneepoch.launch import Here
-    from oneepoch.reproduce.job import prepare_builtin, run_job, summary_text, trained_dir
+    from oneepoch.reproduce.job import prepare_builtin, run_job, summary_text
+    from oneepoch.reproduce.jobdir import JobDir
     from oneepoch.reproduce.presets import get_preset
     from oneepoch.runqueue import Stopped
     from oneepoch.sample import sample_text
@@ -46,7 +47,7 @@ def run(args) -> int:
         return 128 + exc.signum
     print(summary_text(paths))
     print("\n== a sample from the one-epoch model (seed 0)")
-    one = trained_dir(out, 0, "one-epoch")  # experiment 3 may have trained it longer
-    print(sample_text(one, "The king", max_new_tokens=60))
-    print(f"\nopen {out / 'report.html'} in a browser for the report")
+    one = JobDir(out).trained_run(0, "one-epoch")  # experiment 3 may have trained it longer
+    print(sample_text(one.path, "The king", max_new_tokens=60))
+    print(f"\nopen {JobDir(out).report_html} in a browser for the report")
     return 0

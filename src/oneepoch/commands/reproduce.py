@@ -195,12 +195,11 @@ def print_job(job: dict, preset, data: Path, out: Path, launch, as_json: bool) -
 
 def _left(out: Path, seeds: int, key: str) -> str:
     """What is left of run ``key`` over the job's seeds: train, done, or resume at a step."""
-    from oneepoch.reproduce.job import run_dir
-    from oneepoch.rundir import read_status
+    from oneepoch.reproduce.jobdir import JobDir
 
     left = []
     for seed in range(seeds):
-        status, step = read_status(run_dir(out, seed, key))
+        status, step = JobDir(out).run(seed, key).status()
         left.append({"completed": "done", "new": "train"}.get(status, f"resume at {step}"))
     return (
         left[0] if len(set(left)) == 1 else ", ".join(f"seed {i}: {x}" for i, x in enumerate(left))

@@ -16,7 +16,7 @@ from oneepoch.cliflags import (
 from oneepoch.errors import UserError
 from oneepoch.launch import Here
 from oneepoch.plan.sweep import DEFAULT_EPOCHS
-from oneepoch.rundir import read_status
+from oneepoch.rundir import RunDir
 from oneepoch.runqueue import QueuedRun, RunQueue, Stopped
 
 HELP = "train a grid of model sizes per compute budget and write the scaling CSV"
@@ -113,7 +113,7 @@ def run(args) -> int:
     for point in grid:
         if point.get("queued"):
             point["action"] = "failed" if point["name"] in outcome.failed else "trained"
-    done = [out / pt["name"] for pt in grid if read_status(out / pt["name"])[0] == "completed"]
+    done = [out / pt["name"] for pt in grid if RunDir(out / pt["name"]).status()[0] == "completed"]
     csv_path = write_csv(out, done, args) if done or not outcome.failed else None
     for name, why in outcome.failed.items():
         print(f"failed: {name}: {why}", file=sys.stderr)
@@ -159,7 +159,7 @@ def plan_sweep(args, budgets, sizes, epochs, out: Path) -> tuple[list[dict], lis
     runs = []
     for point in grid:
         plan, run_dir = point["plan"], out / point["name"]
-        status = read_status(run_dir)[0]
+        status = RunDir(run_dir).status()[0]
         if plan.problem:
             point["action"] = "skip: " + plan.problem
         elif status == "completed":

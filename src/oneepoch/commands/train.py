@@ -183,10 +183,12 @@ def record_plan(config: str, out: str, resume: bool = False) -> None:
     from pathlib import Path
 
     from oneepoch.plan.planfile import PLAN_FORMAT, sidecar_path
+    from oneepoch.rundir import RunDir
     from oneepoch.safefs import open_file
 
     side, run = sidecar_path(config), Path(out)
-    target = run / "plan.json"
+    files = RunDir(run)
+    target = files.plan
     if not side.is_file() or os.path.lexists(target):
         return
     try:
@@ -194,9 +196,9 @@ def record_plan(config: str, out: str, resume: bool = False) -> None:
             return
     except (OSError, ValueError, AttributeError):
         return
-    if (run / "config.toml").exists() and not resume:
+    if files.holds_run() and not resume:
         return  # another run lives there: train refuses it, and so do we
-    if not (run / "config.toml").exists() and run.is_dir() and any(run.iterdir()):
+    if not files.holds_run() and run.is_dir() and any(run.iterdir()):
         return  # a folder holding something else: leave it alone
     run.mkdir(parents=True, exist_ok=True)
     with open_file(target, "xb") as f:  # never through a link planted under that name

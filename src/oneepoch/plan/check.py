@@ -50,16 +50,17 @@ def check_run(
     """Predicted vs actual training wall-clock, elapsed time, tokens/s, evaluations, loss."""
     from oneepoch.config import RunConfig, load_toml
     from oneepoch.plan.planfile import read_plan
+    from oneepoch.rundir import CONFIG, INFO, RunDir
 
-    run_dir = Path(run_dir)
-    info_path, cfg_path = run_dir / "run.json", run_dir / "config.toml"
+    files = RunDir(run_dir)
+    run_dir, info_path, cfg_path = files.path, files.info, files.config
     if not info_path.is_file() or not cfg_path.is_file():
         raise UserError(
-            f"{run_dir} is not a run directory (no run.json or config.toml); pass one written by "
+            f"{run_dir} is not a run directory (no {INFO} or {CONFIG}); pass one written by "
             "`oneepoch train`."
         )
     try:
-        info = json.loads(info_path.read_text())
+        info = files.read_info()
     except ValueError:
         raise UserError(f"{info_path} is not valid JSON.") from None
     run_cfg = load_toml(cfg_path)
@@ -72,7 +73,7 @@ def check_run(
     if info.get("status") != "completed":
         notes.append(f"the run is {info.get('status')}, not completed: it stopped early")
     plan = None
-    path = Path(plan_path) if plan_path else run_dir / "plan.json"
+    path = Path(plan_path) if plan_path else files.plan
     if plan_path or path.is_file():
         plan = read_plan(path)
         if not _config_matches(plan.get("config", {}), run_cfg):
@@ -98,7 +99,7 @@ def check_run(
             "elapsed is measured from config.toml to the final run.json, so process start-up "
             f"(~{est['startup_s']:.0f} s predicted) is left out of both sides"
         )
-    evals = _count_evaluations(run_dir / "metrics.jsonl")
+    evals = _count_evaluations(files.metrics)
     val = final.get("val_loss")
     return {
         "run": str(run_dir),

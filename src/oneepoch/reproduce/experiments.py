@@ -66,15 +66,7 @@ _NOT_SETUP = ("key", "steps", "role", "prefix_of")
 def plan_job(preset: Preset, train_tokens: int, vocab_size: int, epochs=None, rules=None) -> dict:
     """Runs and experiments for ``preset`` on a corpus of ``train_tokens`` training tokens."""
     epochs = tuple(float(e) for e in (epochs or preset.epochs))
-    seq = preset.seq_len
-    windows = max(0, (train_tokens - 1) // seq)  # whole windows, as the sampler cuts them
-    need = max(preset.tokens, preset.power_law_steps * preset.power_law_tokens_per_step)
-    if windows * seq < need:
-        raise UserError(
-            f"the corpus has {train_tokens:,} training tokens, but --preset {preset.name} "
-            f"needs at least {need + 1:,} (one epoch of its longest one-epoch run); prepare "
-            "a larger corpus or choose a smaller preset."
-        )
+    windows = _windows(preset, train_tokens)
     runs: dict[str, RunSpec] = {}
 
     def add(spec: RunSpec) -> str:
@@ -86,34 +78,7 @@ def plan_job(preset: Preset, train_tokens: int, vocab_size: int, epochs=None, ru
 
     base = dict(n_layer=preset.n_layer, n_head=preset.n_head, d_model=preset.d_model)
     one = add(RunSpec(ONE_EPOCH, **base, steps=preset.steps, role="one epoch, dropout 0"))
-    exp1 = []
-    for e in epochs:
-        if e <= 1:
-            raise UserError(f"--epochs values must be above 1, got {e:g}.")
-        repeated = add(
-            RunSpec(f"E{e:g}", **base, steps=preset.steps, epochs=e, role=f"{e:g} epochs")
-        )
-        p = preset.multi_epoch_dropout
-        regularized = add(
-            RunSpec(
-                f"E{e:g}-dropout{p:g}",
-                **base,
-                steps=preset.steps,
-                epochs=e,
-                dropout=p,
-                role=f"{e:g} epochs, dropout {p:g}",
-            )
-        )
-        exp1.append(
-            {
-                "epochs": e,
-                "unique_tokens": preset.tokens / e,
-                "one_epoch": one,
-                "repeated": repeated,
-                "regularized": regularized,
-                "dropout": p,
-            }
-        )
+    exp1 = [_exp1_runs(preset, e, base, one, add) for e in epochs]
     exp2 = {"0": one}
     for p in preset.dropouts:
         exp2[f"{p:g}"] = add(
@@ -139,25 +104,7 @@ def plan_job(preset: Preset, train_tokens: int, vocab_size: int, epochs=None, ru
                 )
             )
         )
-
-    base_shape = Shape(preset.n_layer, preset.n_head, preset.d_model, seq, vocab_size)
-    full_flops = train_flops_per_token(base_shape) * preset.tokens
-    planner = Planner(
-        Corpus(train_tokens, vocab_size),
-        Settings(seq_len=seq, eval_tokens=preset.eval_tokens, batch_size=preset.batch_size),
-        UniformRate(),
-    )
-    exp4 = []
-    for f in sorted(preset.budget_fractions):
-        steps = max(1, round(f * preset.steps))
-        label = f"C{f:g}"
-        baseline = add(
-            RunSpec(f"baseline-{label}", **base, steps=steps, role=f"baseline at {label}")
-        )
-        budget = {"fraction": f, "flops": f * full_flops, "baseline": baseline, "rules": {}}
-        for name in rules or preset.rules:
-            budget["rules"][name] = rule_run(name, f * full_flops, preset, planner, add)
-        exp4.append(budget)
+    exp4 = _exp4_runs(preset, train_tokens, vocab_size, base, rules or preset.rules, add)
     full = next(b for b in exp4 if b["fraction"] == max(preset.budget_fractions))
     e5 = PAPER_EPOCHS if PAPER_EPOCHS in epochs else epochs[0]
     exp5 = {
@@ -177,6 +124,73 @@ def plan_job(preset: Preset, train_tokens: int, vocab_size: int, epochs=None, ru
         "exp5": exp5,
         "corpus": {"train_tokens": train_tokens, "vocab_size": vocab_size, "windows": windows},
     }
+
+
+def _windows(preset: Preset, train_tokens: int) -> int:
+    """The corpus's whole windows (as the sampler cuts them), refused when too few for the
+    preset's longest one-epoch run."""
+    seq = preset.seq_len
+    windows = max(0, (train_tokens - 1) // seq)
+    need = max(preset.tokens, preset.power_law_steps * preset.power_law_tokens_per_step)
+    if windows * seq < need:
+        raise UserError(
+            f"the corpus has {train_tokens:,} training tokens, but --preset {preset.name} "
+            f"needs at least {need + 1:,} (one epoch of its longest one-epoch run); prepare "
+            "a larger corpus or choose a smaller preset."
+        )
+    return windows
+
+
+def _exp1_runs(preset: Preset, e: float, base: dict, one: str, add) -> dict:
+    """Experiment 1 against ``e`` epochs: the one-epoch run, and the same steps over 1/e of
+    the tokens, without and with dropout."""
+    if e <= 1:
+        raise UserError(f"--epochs values must be above 1, got {e:g}.")
+    repeated = add(RunSpec(f"E{e:g}", **base, steps=preset.steps, epochs=e, role=f"{e:g} epochs"))
+    p = preset.multi_epoch_dropout
+    regularized = add(
+        RunSpec(
+            f"E{e:g}-dropout{p:g}",
+            **base,
+            steps=preset.steps,
+            epochs=e,
+            dropout=p,
+            role=f"{e:g} epochs, dropout {p:g}",
+        )
+    )
+    return {
+        "epochs": e,
+        "unique_tokens": preset.tokens / e,
+        "one_epoch": one,
+        "repeated": repeated,
+        "regularized": regularized,
+        "dropout": p,
+    }
+
+
+def _exp4_runs(preset: Preset, train_tokens: int, vocab_size: int, base: dict, rules, add):
+    """Experiment 4: at each fraction of experiment 1's compute, the baseline's run and each
+    rule's."""
+    seq = preset.seq_len
+    base_shape = Shape(preset.n_layer, preset.n_head, preset.d_model, seq, vocab_size)
+    full_flops = train_flops_per_token(base_shape) * preset.tokens
+    planner = Planner(
+        Corpus(train_tokens, vocab_size),
+        Settings(seq_len=seq, eval_tokens=preset.eval_tokens, batch_size=preset.batch_size),
+        UniformRate(),
+    )
+    exp4 = []
+    for f in sorted(preset.budget_fractions):
+        steps = max(1, round(f * preset.steps))
+        label = f"C{f:g}"
+        baseline = add(
+            RunSpec(f"baseline-{label}", **base, steps=steps, role=f"baseline at {label}")
+        )
+        budget = {"fraction": f, "flops": f * full_flops, "baseline": baseline, "rules": {}}
+        for name in rules:
+            budget["rules"][name] = rule_run(name, f * full_flops, preset, planner, add)
+        exp4.append(budget)
+    return exp4
 
 
 def rule_run(name: str, flops: float, preset: Preset, planner: Planner, add) -> dict:

@@ -18,6 +18,7 @@ from oneepoch.data.dataset import dataset_fingerprint, read_manifest
 from oneepoch.errors import UserError
 from oneepoch.flops import train_flops_per_token
 from oneepoch.reproduce.experiments import RunSpec, plan_job, trained
+from oneepoch.reproduce.jobdir import JobDir
 from oneepoch.reproduce.presets import Preset
 
 JOB_FORMAT = "oneepoch-reproduce"
@@ -42,7 +43,7 @@ def open_job(
         "epochs": [float(e) for e in (epochs or preset.epochs)],
         "seeds": seeds,
     }
-    path = out / "job.json"
+    path = JobDir(out).job
     if path.is_file():
         try:
             old = json.loads(path.read_text())
@@ -68,16 +69,6 @@ def open_job(
         out.mkdir(parents=True, exist_ok=True)
         write_atomic(path, (json.dumps(spec, indent=1) + "\n").encode())
     return spec
-
-
-def run_dir(out: Path, seed: int, key: str) -> Path:
-    return out / "runs" / f"seed{seed}" / key
-
-
-def trained_dir(out: Path, seed: int, key: str) -> Path:
-    """The folder run ``key`` is read from: its own, or the longer run's it begins."""
-    plan = json.loads((out / "job.json").read_text())["plan"]
-    return run_dir(out, seed, plan["runs"][key].get("prefix_of") or key)
 
 
 def run_config(preset: Preset, data: Path, spec: RunSpec, seed: int) -> dict:
@@ -127,15 +118,15 @@ def job_queue(job: dict, out: Path, preset: Preset, data: Path, sequential: bool
     interleaved in the preset's segments unless ``sequential``."""
     from oneepoch.runqueue import QueuedRun, RunQueue
 
-    vocab = job["plan"]["corpus"]["vocab_size"]
+    vocab, folder = job["plan"]["corpus"]["vocab_size"], JobDir(out)
     runs = []
     for seed in range(job["seeds"]):
         for spec in trained(job["plan"]).values():  # the others: these runs' first steps
             per_token = train_flops_per_token(spec.shape(preset.seq_len, vocab))
             runs.append(
                 QueuedRun(
-                    name=f"seed{seed}/{spec.key}",
-                    out=run_dir(out, seed, spec.key),
+                    name=folder.run_name(seed, spec.key),
+                    out=folder.run(seed, spec.key).path,
                     config=run_config(preset, data, spec, seed),
                     steps=spec.steps,
                     flops=per_token * tokens_per_step(preset, spec) * spec.steps,
@@ -191,20 +182,23 @@ def run_job(
 def write_outputs(out: Path, job: dict) -> dict[str, Path]:
     """results.json, then the report built from it."""
     from oneepoch.reproduce.report import write_report
-    from oneepoch.reproduce.results import compute_results, write_results
+    from oneepoch.reproduce.results import compute_results, load_job_runs, write_results
 
-    results = compute_results(out, job)
-    write_results(out / "results.json", results)
-    return {"results": out / "results.json", **write_report(out, results, job)}
+    folder = JobDir(out)
+    runs = load_job_runs(folder, job)
+    results = compute_results(folder, job, runs)
+    write_results(folder.results, results)
+    return {"results": folder.results, **write_report(folder, results, job, runs)}
 
 
 def summary_text(paths: dict[str, Path]) -> str:
     """What a finished job prints: a line per claim, and where the report is."""
     from oneepoch.reproduce.report import claim_lines
+    from oneepoch.reproduce.verdicts import Claim
 
     results = json.loads(paths["results"].read_text())
     report = f"report: {paths['html']} (and {paths['md'].name}, {paths['results'].name})"
-    return "\n".join([*claim_lines(results["claims"]), report])
+    return "\n".join([*claim_lines([Claim.from_dict(c) for c in results["claims"]]), report])
 
 
 def prepare_builtin(data: Path) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from oneepoch.analysis.runs import Run
+from oneepoch.reproduce.experiments import PAPER_EPOCHS
+from oneepoch.reproduce.verdicts import PAPER, Claim
 
 Loader = Callable[[str], Run]  # a run of the job (seed 0) by its key
 
@@ -133,14 +135,21 @@ def exp2_curves(load: Loader, exp2_runs: dict, seed: int, path: Path) -> Path:
     ax.set_yscale("log")
     ax.set_ylim(*_loss_limits(load, exp2_runs.values(), from_share=0.1))
     ax.set_xlim(left=0.08 * max(load(k).evals["step"].max() for k in exp2_runs.values()))
+    _label_log_log(
+        ax, "step", "loss (nats/token)", f"Experiment 2: dropout under one epoch (seed {seed})"
+    )
+    return _save(fig, path)
+
+
+def _label_log_log(ax, xlabel: str, ylabel: str, title: str) -> None:
+    """Plain-number ticks on both log axes (once their limits are set), labels, grid, legend."""
     _plain_log_ticks(ax)
     _plain_log_ticks(ax, "x")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
-    ax.set_title(f"Experiment 2: dropout under one epoch (seed {seed})")
+    ax.set_title(title)
     ax.legend(fontsize=8)
-    return _save(fig, path)
 
 
 def exp3_fit(run: Run, path: Path, use_first: float) -> Path:
@@ -177,25 +186,22 @@ def exp4_time_to_loss(load: Loader, exp4: list[dict], seed: int, path: Path) -> 
         ax.set_yscale("log")
         lo = min(load(k).evals["val_loss"].min() for k in seen)
         ax.set_ylim(lo * 0.97, target * 1.25)
-        _plain_log_ticks(ax)
-        _plain_log_ticks(ax, "x")
-        ax.set_xlabel("training wall-clock (s)")
-        ax.set_ylabel("validation loss (nats/token)")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.set_title(f"Experiment 4: sizes at {b['fraction']:g}x compute (seed {seed})")
-        ax.legend(fontsize=8)
+        _label_log_log(
+            ax,
+            "training wall-clock (s)",
+            "validation loss (nats/token)",
+            f"Experiment 4: sizes at {b['fraction']:g}x compute (seed {seed})",
+        )
     return _save(fig, path)
 
 
-def speedups(claims: list[dict], exp1: list[dict], path: Path) -> Path:
+def speedups(claims: list[Claim], exp1: list[dict], path: Path) -> Path:
     """Each speedup claim: our seeds (dots), their median (bar) and the paper's range."""
     plt = _pyplot()
     rows = [
         c
         for c in claims
-        if isinstance(c.get("measured"), dict)
-        and "values" in c["measured"]
-        and c["experiment"] in (1, 4, 5)
+        if isinstance(c.measured, dict) and "values" in c.measured and c.experiment in (1, 4, 5)
     ]
     several_e = len(exp1) > 1
     fig, axes = plt.subplots(
@@ -207,15 +213,15 @@ def speedups(claims: list[dict], exp1: list[dict], path: Path) -> Path:
     ax = axes[0][0]
     for i, c in enumerate(rows):
         y = len(rows) - 1 - i
-        if c.get("paper"):
-            lo, hi = c["paper"]
+        if c.paper:
+            lo, hi = c.paper
             ax.add_patch(plt.Rectangle((lo, y - 0.35), hi - lo, 0.7, color="C2", alpha=0.25, lw=0))
-        vals = [v for v in c["measured"]["values"] if v is not None]
+        vals = [v for v in c.measured["values"] if v is not None]
         if vals:
             ax.barh(y, float(np.median(vals)), height=0.18, color="C0", alpha=0.7)
             ax.scatter(vals, [y] * len(vals), color="C0", zorder=5, s=18)
             ax.annotate(
-                f"{np.median(vals):.2f}x  {c['verdict']}",
+                f"{np.median(vals):.2f}x  {c.verdict}",
                 (max(vals), y),
                 textcoords="offset points",
                 xytext=(6, -3),
@@ -228,8 +234,8 @@ def speedups(claims: list[dict], exp1: list[dict], path: Path) -> Path:
     ax.add_patch(plt.Rectangle((0, 0), 0, 0, color="C2", alpha=0.25, label="paper's range"))
     ax.scatter([], [], color="C0", s=18, label="our seeds (bar: median)")
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
-    highs = [c["paper"][1] * 1.05 for c in rows if c.get("paper")]
-    values = [v * 1.35 for c in rows for v in c["measured"]["values"] if v is not None]
+    highs = [c.paper[1] * 1.05 for c in rows if c.paper]
+    values = [v * 1.35 for c in rows for v in c.measured["values"] if v is not None]
     ax.set_xlim(0, max([3.5, *highs, *values]))
     ax.grid(True, axis="x", alpha=0.3)
     ax.set_title("Speedups against the paper's ranges")
@@ -253,8 +259,12 @@ def speedups(claims: list[dict], exp1: list[dict], path: Path) -> Path:
                 capsize=3,
                 label=label,
             )
+        lo, hi = PAPER["one_epoch_10"]
+        e = PAPER_EPOCHS
         ax2.add_patch(
-            plt.Rectangle((9.5, 1.9), 1.0, 1.4, color="C2", alpha=0.25, label="paper, E = 10")
+            plt.Rectangle(
+                (e - 0.5, lo), 1.0, hi - lo, color="C2", alpha=0.25, label=f"paper, E = {e:g}"
+            )
         )
         ax2.set_xscale("log")
         _plain_log_ticks(ax2, "x")
@@ -266,6 +276,6 @@ def speedups(claims: list[dict], exp1: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
-def _short(claim: dict) -> str:
+def _short(claim: Claim) -> str:
     """The claim's short label (each claim has one), never cut mid-word."""
-    return f"exp {claim['experiment']}: {claim.get('label') or claim['claim']}"
+    return f"exp {claim.experiment}: {claim.label or claim.claim}"

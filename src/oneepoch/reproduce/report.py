@@ -9,31 +9,42 @@ import base64
 import html
 from pathlib import Path
 
+from oneepoch.analysis.compare import RATE_TOLERANCE
 from oneepoch.atomic import write_atomic
+from oneepoch.plan.planner import RATIO_TOLERANCE
 from oneepoch.reproduce import law_prediction, plots
-from oneepoch.reproduce.verdicts import FORECAST_FRACTION, ratio_miss
+from oneepoch.reproduce.jobdir import JobDir
+from oneepoch.reproduce.results import JobRuns
+from oneepoch.reproduce.verdicts import (
+    FORECAST_FRACTION,
+    HOLDS_WITHIN,
+    INTERVAL,
+    UNDECIDED,
+    Claim,
+    ratio_miss,
+    speedup_range,
+)
 
 PAPER_REF = "Komatsuzaki, One Epoch Is All You Need, arXiv:1906.06669 (2019)"
 
 
-def write_report(out: Path, results: dict, job: dict) -> dict[str, Path]:
-    figures = _figures(out, results, job)
+def write_report(folder: JobDir, results: dict, job: dict, runs: JobRuns) -> dict[str, Path]:
+    """The report of ``results``; its figures draw seed 0's ``runs`` (as results read them)."""
+    figures = _figures(folder, results, job, runs)
     blocks = _blocks(results, job, figures)
-    md, page = out / "report.md", out / "report.html"
-    write_atomic(md, _markdown(blocks, out).encode())
+    md, page = folder.report_md, folder.report_html
+    write_atomic(md, _markdown(blocks, folder.path).encode())
     write_atomic(page, _html(blocks).encode())
     return {"html": page, "md": md}
 
 
-def _figures(out: Path, results: dict, job: dict) -> dict[str, Path]:
-    from oneepoch.reproduce.results import load_job_run
-
-    fig_dir = out / "figures"
+def _figures(folder: JobDir, results: dict, job: dict, runs: JobRuns) -> dict[str, Path]:
+    fig_dir = folder.figures
     fig_dir.mkdir(exist_ok=True)
     exps, plan = results["experiments"], job["plan"]
 
     def load(key: str):
-        return load_job_run(out, plan, 0, key)
+        return runs[(0, key)]
 
     figs = {
         "exp1": plots.exp1_curves(load, exps["exp1"], 0, fig_dir / "exp1_curves.png"),
@@ -59,7 +70,6 @@ def _blocks(results: dict, job: dict, figs: dict) -> list[tuple]:
     hw = machine.get("hardware") or {}
     peak = machine.get("peak_flops") or {}
     seeds = results["seeds"]
-    sched = results["schedule"]
     b: list[tuple] = [
         ("h1", "One Epoch Is All You Need, reproduced on this corpus and machine"),
         (
@@ -79,6 +89,39 @@ def _blocks(results: dict, job: dict, figs: dict) -> list[tuple]:
         ("img", figs["speedups"], "Wall-clock speedups: our seeds against the paper's ranges."),
         ("h3", "How each verdict is decided"),
         ("list", _rules(claims)),
+        *_setup_blocks(results),
+    ]
+    step_cost = _dropout_cost(exps["exp2"])
+    b += _exp1_blocks(exps["exp1"], figs, step_cost)
+    b += law_prediction.blocks(results.get("law"), exps["exp1"])
+    b += _exp2_blocks(exps["exp2"], figs, step_cost)
+    b += _exp3_blocks(exps["exp3"], figs)
+    b += _exp4_blocks(exps["exp4"], figs, preset)
+    b += _exp5_blocks(exps["exp5"], step_cost)
+    notes = _throughput_notes(exps)
+    b += [
+        ("h2", "Throughput checks"),
+        (
+            "list",
+            notes
+            or [
+                f"Every compared run kept within {RATE_TOLERANCE:.0%} of its median throughput, and runs of the same configuration agreed: the wall-clock comparisons were not bent by load."
+            ],
+        ),
+    ]
+    b += [
+        (
+            "p",
+            "Every number here is in results.json, with per-seed values and the run directory each comes from.",
+        )
+    ]
+    return b
+
+
+def _setup_blocks(results: dict) -> list[tuple]:
+    """The preset, how the runs were scheduled, and a row for each run."""
+    preset, sched = results["preset"], results["schedule"]
+    return [
         ("h2", "Setup"),
         (
             "p",
@@ -126,31 +169,6 @@ def _blocks(results: dict, job: dict, figs: dict) -> list[tuple]:
             _run_rows(results),
         ),
     ]
-    step_cost = _dropout_cost(exps["exp2"])
-    b += _exp1_blocks(exps["exp1"], figs, step_cost)
-    b += law_prediction.blocks(results.get("law"), exps["exp1"])
-    b += _exp2_blocks(exps["exp2"], figs, step_cost)
-    b += _exp3_blocks(exps["exp3"], figs)
-    b += _exp4_blocks(exps["exp4"], figs, preset)
-    b += _exp5_blocks(exps["exp5"], step_cost)
-    notes = _throughput_notes(exps)
-    b += [
-        ("h2", "Throughput checks"),
-        (
-            "list",
-            notes
-            or [
-                "Every compared run kept within 25% of its median throughput, and runs of the same configuration agreed: the wall-clock comparisons were not bent by load."
-            ],
-        ),
-    ]
-    b += [
-        (
-            "p",
-            "Every number here is in results.json, with per-seed values and the run directory each comes from.",
-        )
-    ]
-    return b
 
 
 def _dropout_cost(exp2: dict) -> str:
@@ -333,7 +351,7 @@ def _exp3_blocks(exp3: dict, figs: dict) -> list[tuple]:
         ("h2", "Experiment 3: the power law"),
         (
             "p",
-            f"Experiment 3's own run ({long_runs}) is one epoch of the baseline model, long enough that the range fitted after the warm-up's effect (from twice the warm-up) spans the decades of tokens the claim is about; it is judged. The other one-epoch curves of experiments 1-2 are fitted too, for the forecast and for comparison. Each is fitted with L = E + A t^-alpha (t = tokens) and the other forms of `oneepoch fit`, with 90% bootstrap intervals; the power law holds over the widest stretch of evaluations within 2% of it. The forecast uses only the first {FORECAST_FRACTION:.0%} of each run; its interval width is relative to the forecast.",
+            f"Experiment 3's own run ({long_runs}) is one epoch of the baseline model, long enough that the range fitted after the warm-up's effect (from twice the warm-up) spans the decades of tokens the claim is about; it is judged. The other one-epoch curves of experiments 1-2 are fitted too, for the forecast and for comparison. Each is fitted with L = E + A t^-alpha (t = tokens) and the other forms of `oneepoch fit`, with {INTERVAL:.0%} bootstrap intervals; the power law holds over the widest stretch of evaluations within {HOLDS_WITHIN:.0%} of it. The forecast uses only the first {FORECAST_FRACTION:.0%} of each run; its interval width is relative to the forecast.",
         ),
         *fig,
         (
@@ -341,9 +359,9 @@ def _exp3_blocks(exp3: dict, figs: dict) -> list[tuple]:
             [
                 "seed",
                 "run",
-                "power law: E, A, alpha [90%]",
+                f"power law: E, A, alpha [{INTERVAL:.0%}]",
                 "holds over (decades of tokens)",
-                "forecast of final loss [90%]",
+                f"forecast of final loss [{INTERVAL:.0%}]",
                 "observed (error)",
             ],
             rows,
@@ -408,7 +426,8 @@ def _exp4_blocks(exp4: list[dict], figs: dict, preset: dict) -> list[tuple]:
         ("h2", "Experiment 4: size and iterations for the budget"),
         (
             "p",
-            "At each compute budget (a fraction of experiment 1's), the baseline model trained one epoch for as many steps as the budget pays for, against the sizes the allocation rules choose at the same compute, one epoch each. Each rule's run is the one `oneepoch plan` makes for that compute (the shape and steps that keep a ratio rule's tokens per parameter, with the preset's batch and context; among shapes within 10% of the ratio, the nearest to it), its steps rounded to the evaluation cadence; the table gives the rule's ratio beside the run's. The baseline is experiment 1's model: the size a practitioner would train for many epochs on this data; at one epoch it sees about one token per parameter, far from both rules' ratios, the situation the paper's adjustment addresses. Speedup: the baseline's wall-clock to its final loss over the rule's run's wall-clock to the same loss (below 1: the rule's run is slower, or never got there). The FLOP speedup beside it is what the rules optimise; where it exceeds the wall-clock speedup, the smaller model ran at a lower share of the machine's peak (small matmuls, the output head and per-step overheads weigh more).",
+            "At each compute budget (a fraction of experiment 1's), the baseline model trained one epoch for as many steps as the budget pays for, against the sizes the allocation rules choose at the same compute, one epoch each. Each rule's run is the one `oneepoch plan` makes for that compute (the shape and steps that keep a ratio rule's tokens per parameter, with the preset's batch and context; among shapes within "
+            f"{RATIO_TOLERANCE - 1:.0%} of the ratio, the nearest to it), its steps rounded to the evaluation cadence; the table gives the rule's ratio beside the run's. The baseline is experiment 1's model: the size a practitioner would train for many epochs on this data; at one epoch it sees about one token per parameter, far from both rules' ratios, the situation the paper's adjustment addresses. Speedup: the baseline's wall-clock to its final loss over the rule's run's wall-clock to the same loss (below 1: the rule's run is slower, or never got there). The FLOP speedup beside it is what the rules optimise; where it exceeds the wall-clock speedup, the smaller model ran at a lower share of the machine's peak (small matmuls, the output head and per-step overheads weigh more).",
         ),
         (
             "img",
@@ -486,61 +505,49 @@ def _throughput_notes(exps: dict) -> list[str]:
 # Formatting
 
 
-def claim_lines(claims: list[dict]) -> list[str]:
+def claim_lines(claims: list[Claim]) -> list[str]:
     """The claims table as plain text lines, for the terminal."""
     lines = []
     for c in claims:
         exp, claim, paper, ours, steps, verdict = _claim_row(c)
-        steps = f" ({_compact(c['steps'])} in steps)" if steps else ""
+        steps = f" ({_compact(c.steps)} in steps)" if steps else ""
         lines.append(
             f"[{verdict.strip('*'):>13}] exp {exp}: {claim} | paper {paper} | ours {ours}{steps}"
         )
     return lines
 
 
-def _rules(claims: list[dict]) -> list[str]:
+def _rules(claims: list[Claim]) -> list[str]:
     """Each distinct rule once, with the claims it decides and what qualified them."""
-    by_rule: dict[str, list[dict]] = {}
+    by_rule: dict[str, list[Claim]] = {}
     for c in claims:
-        by_rule.setdefault(c["rule"], []).append(c)
+        by_rule.setdefault(c.rule, []).append(c)
     items = []
     for rule, cs in by_rule.items():
-        exps = ", ".join(dict.fromkeys(str(c["experiment"]) for c in cs))
+        exps = ", ".join(dict.fromkeys(str(c.experiment) for c in cs))
         several = "s" if "," in exps else ""
         names = (
-            f"Experiment {exps}, {cs[0]['claim']}"
-            if len(cs) == 1
-            else f"Experiment{several} {exps}"
+            f"Experiment {exps}, {cs[0].claim}" if len(cs) == 1 else f"Experiment{several} {exps}"
         )
-        why = sorted({w for c in cs for w in c.get("why", [])})
+        why = sorted({w for c in cs for w in c.why})
         items.append(f"**{names}.** {rule}" + (f" Here: {'; '.join(why)}." if why else ""))
     return items
 
 
-def _claim_row(c: dict) -> list[str]:
+def _claim_row(c: Claim) -> list[str]:
     """exp, claim, paper, ours (a sentence, or the speedup's spread), ours in steps, verdict."""
-    m = c["measured"]
-    if c.get("ours"):
-        ours = c["ours"]
+    m = c.measured
+    if c.ours:
+        ours = c.ours
     elif isinstance(m, dict) and "values" in m:
-        ours = _spread(m) + (" at median throughput" if c.get("basis") == "median" else "")
+        ours = _spread(m) + (" at median throughput" if c.basis == "median" else "")
     else:
         ours = str(m)
-    if c["verdict"] == "cannot decide" and c.get("why") and c.get("steps") is not None:
-        ours += f" ({c['why'][0]})"  # a speedup that decides nothing says why beside it
-    steps = _spread(c["steps"]) if c.get("steps") else ""
-    paper = f"{c['paper'][0]:g}-{c['paper'][1]:g}x" if c.get("paper") else "(qualitative)"
-    return [str(c["experiment"]), c["claim"], paper, ours, steps, f"**{c['verdict']}**"]
-
-
-def _short_value(v) -> str:
-    if isinstance(v, dict) and "values" in v:
-        return _spread(v, "{:+.4f}")
-    if isinstance(v, list):
-        return ", ".join("yes" if x is True else "no" if x is False else str(x) for x in v)
-    if isinstance(v, float):
-        return f"{v:.2f}x"
-    return str(v)
+    if c.verdict == UNDECIDED and c.why and c.steps is not None:
+        ours += f" ({c.why[0]})"  # a speedup that decides nothing says why beside it
+    steps = _spread(c.steps) if c.steps else ""
+    paper = speedup_range(c.paper) if c.paper else "(qualitative)"
+    return [str(c.experiment), c.claim, paper, ours, steps, f"**{c.verdict}**"]
 
 
 def _spread(s: dict, fmt: str = "{:.2f}x", over: str = "seeds") -> str:

@@ -19,16 +19,26 @@ from oneepoch.atomic import write_atomic
 from oneepoch.errors import UserError
 from oneepoch.reproduce import law_prediction, verdicts
 from oneepoch.reproduce.experiments import RunSpec
+from oneepoch.reproduce.jobdir import JobDir
 from oneepoch.reproduce.verdicts import FORECAST_FRACTION, HOLDS_WITHIN, TURN_UP
 
 N_BOOT = 100
 
 
-def compute_results(out: Path, job: dict) -> dict:
-    plan, seeds = job["plan"], range(job["seeds"])
-    runs = {
-        (seed, key): load_job_run(out, plan, seed, key) for seed in seeds for key in plan["runs"]
+JobRuns = dict[tuple[int, str], Run]  # every run of the job by (seed, key), read once
+
+
+def load_job_runs(folder: JobDir, job: dict) -> JobRuns:
+    plan = job["plan"]
+    return {
+        (seed, key): load_job_run(folder, plan, seed, key)
+        for seed in range(job["seeds"])
+        for key in plan["runs"]
     }
+
+
+def compute_results(folder: JobDir, job: dict, runs: JobRuns) -> dict:
+    plan, seeds = job["plan"], range(job["seeds"])
     per_seed = [_seed_results(seed, plan, runs) for seed in seeds]
     exps = _summaries(plan, per_seed)
     claims = verdicts.judge(exps, job)
@@ -51,7 +61,7 @@ def compute_results(out: Path, job: dict) -> dict:
             "segments": 1 if job.get("sequential") else job["preset_settings"]["segments"],
         },
         "runs": {
-            f"seed{s}/{k}": _run_summary(out, r) | _prefix_note(plan, k)
+            folder.run_name(s, k): _run_summary(folder.path, r) | _prefix_note(plan, k)
             for (s, k), r in runs.items()
         },
         "experiments": exps,
@@ -60,11 +70,11 @@ def compute_results(out: Path, job: dict) -> dict:
     }
 
 
-def load_job_run(out: Path, plan: dict, seed: int, key: str) -> Run:
+def load_job_run(folder: JobDir, plan: dict, seed: int, key: str) -> Run:
     """A run of the job: its folder, or for a run read from a longer one's beginning, that
     run's metrics up to its last step (and its config with that many steps)."""
     spec = RunSpec(**plan["runs"][key])
-    run = load_run(out / "runs" / f"seed{seed}" / (spec.prefix_of or key))
+    run = load_run(folder.trained_run(seed, key, plan).path)
     return prefix(run, spec.steps) if spec.prefix_of else run
 
 
@@ -366,6 +376,8 @@ def write_results(path: Path, results: dict) -> None:
 
 
 def _jsonable(value):
+    if isinstance(value, verdicts.Claim):
+        return value.to_dict()
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
     if isinstance(value, tuple):

@@ -15,10 +15,43 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import asdict, dataclass, field
 
+from oneepoch.analysis.robust import DEFAULT_LEVEL as INTERVAL
 from oneepoch.plan.planner import RATIO_TOLERANCE
+from oneepoch.reproduce.experiments import PAPER_EPOCHS
 
 SUPPORTS, CONTRADICTS, UNDECIDED = "supports", "contradicts", "cannot decide"
+
+
+@dataclass
+class Claim:
+    """A claim of the paper beside our measurement: what the verdict decided, the report's
+    table and rules, and the speedups figure read; an entry of results.json's "claims"."""
+
+    experiment: int
+    claim: str  # the claim, as the report states it
+    label: str  # a short name (the figure's axis)
+    rule: str  # how the verdict is decided, from the constants below
+    verdict: str  # SUPPORTS, CONTRADICTS or UNDECIDED
+    measured: dict  # a speedup's spread over seeds (its "values"), or the facts judged
+    paper: list[float] | None = None  # the published (low, high) speedup, if any
+    why: list[str] = field(default_factory=list)  # what qualified the verdict
+    ours: str | None = None  # the measurement in a sentence, where it is not a speedup
+    steps: dict | None = None  # the step speedup's spread, beside a wall-clock speedup
+    basis: str | None = None  # "wall-clock", or "median" where load bent the wall-clock
+    fraction: float | None = None  # experiment 4's compute budget
+
+    def __getitem__(self, key: str):  # read as the results.json entry it becomes
+        return getattr(self, key)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None or k == "paper"}
+
+    @classmethod
+    def from_dict(cls, entry: dict) -> Claim:
+        return cls(**entry)
+
 
 # (low, high) speedups as published (Komatsuzaki 2019, abstract).
 PAPER = {
@@ -34,10 +67,13 @@ TURN_UP = 0.005
 # fitted range (from where the warm-up's effect ends) must span WIDE_DECADES of tokens.
 HOLDS_WITHIN = 0.02
 WIDE_DECADES = 1.0
-MISSES_BEYOND = 0.05  # a power law off by more than this nowhere holds for long
+# A law that misses by more than MISSES_BEYOND somewhere and holds over fewer than
+# HOLDS_UNDER decades, on every run, contradicts the claim.
+MISSES_BEYOND = 0.05
+HOLDS_UNDER = 0.5
 # The forecast from the first FORECAST_FRACTION of a run: supports when the median absolute
 # error is within FORECAST_SUPPORTS and at least FORECAST_COVERAGE of the observed losses lie
-# in their 90% intervals (with 90% intervals, 3 of 4 or more); contradicts when the median
+# in their INTERVAL (90%) intervals (3 of 4 or more); contradicts when the median
 # absolute error exceeds FORECAST_CONTRADICTS or no observed loss lies in its interval.
 FORECAST_FRACTION = 0.3
 FORECAST_SUPPORTS = 0.02
@@ -119,23 +155,28 @@ def ratio_miss(rule_run: dict) -> str | None:
     return f"ran {ran:.3g} tokens per parameter, the rule asks {asked:g}"
 
 
-def judge(exps: dict, job: dict) -> list[dict]:
+def judge(exps: dict, job: dict) -> list[Claim]:
     claims = []
     exp1 = exps["exp1"]
     for x in exp1:
         e = x["epochs"]
         for vs, label in (("vs_repeated", "dropout 0"), ("vs_regularized", "dropout 0.1")):
             comps = [r[vs] for r in x["per_seed"]]
-            paper = PAPER["one_epoch_10"] if e == 10 else None
-            entry = {
-                "experiment": 1,
-                "claim": f"one epoch reaches the {e:g}-epoch run's ({label}) best test loss "
-                + ("1.9-3.3x sooner in wall-clock" if paper else "sooner in wall-clock"),
-                "label": f"1 epoch vs {e:g} epochs, {label}",
-                "rule": RANGE_RULE if paper else _FASTER_RULE,
-            }
-            entry.update(judge_range(comps, paper) if paper else _judge_faster(comps))
-            claims.append(entry)
+            paper = PAPER["one_epoch_10"] if e == PAPER_EPOCHS else None
+            claims.append(
+                Claim(
+                    experiment=1,
+                    claim=f"one epoch reaches the {e:g}-epoch run's ({label}) best test loss "
+                    + (
+                        f"{speedup_range(paper)} sooner in wall-clock"
+                        if paper
+                        else "sooner in wall-clock"
+                    ),
+                    label=f"1 epoch vs {e:g} epochs, {label}",
+                    rule=RANGE_RULE if paper else _FASTER_RULE,
+                    **(judge_range(comps, paper) if paper else _judge_faster(comps)),
+                )
+            )
     if len(exp1) > 1:
         claims.append(_larger_e(exp1))
     claims.append(_no_overfitting(exp1))
@@ -145,31 +186,40 @@ def judge(exps: dict, job: dict) -> list[dict]:
     for b in exps["exp4"]:
         if "komatsuzaki" not in b["rules"]:
             continue
-        entry = {
-            "experiment": 4,
-            "claim": f"at {_fraction(b['fraction'])} experiment 1's compute, the size and "
-            "iterations of the paper's heuristic (komatsuzaki) reach the baseline's final loss "
-            "1-2.7x sooner",
-            "label": f"komatsuzaki size at {_fraction(b['fraction'])} compute",
-            "fraction": b["fraction"],
-            "rule": RATIO_RULE,
-        }
+        paper = PAPER["size_adjustment"]
         comps = [r["rules"]["komatsuzaki"] for r in b["per_seed"]]
-        entry.update(_judge_rule(comps, b["rules"]["komatsuzaki"], PAPER["size_adjustment"]))
-        claims.append(entry)
+        claims.append(
+            Claim(
+                experiment=4,
+                claim=f"at {_fraction(b['fraction'])} experiment 1's compute, the size and "
+                "iterations of the paper's heuristic (komatsuzaki) reach the baseline's final "
+                f"loss {speedup_range(paper)} sooner",
+                label=f"komatsuzaki size at {_fraction(b['fraction'])} compute",
+                fraction=b["fraction"],
+                rule=RATIO_RULE,
+                **_judge_rule(comps, b["rules"]["komatsuzaki"], paper),
+            )
+        )
     e5 = exps["exp5"]
     if "komatsuzaki" in e5["adjusted"]:
-        entry = {
-            "experiment": 5,
-            "claim": f"one epoch at the adjusted size reaches the regularized "
-            f"{e5['epochs']:g}-epoch baseline's best loss 3.3-5.1x sooner",
-            "label": f"komatsuzaki size vs {e5['epochs']:g} epochs + dropout",
-            "rule": RATIO_RULE,
-        }
+        paper = PAPER["combined"]
         comps = [s["komatsuzaki"] for s in e5["per_seed"]]
-        entry.update(_judge_rule(comps, e5["rules"]["komatsuzaki"], PAPER["combined"]))
-        claims.append(entry)
+        claims.append(
+            Claim(
+                experiment=5,
+                claim=f"one epoch at the adjusted size reaches the regularized "
+                f"{e5['epochs']:g}-epoch baseline's best loss {speedup_range(paper)} sooner",
+                label=f"komatsuzaki size vs {e5['epochs']:g} epochs + dropout",
+                rule=RATIO_RULE,
+                **_judge_rule(comps, e5["rules"]["komatsuzaki"], paper),
+            )
+        )
     return claims
+
+
+def speedup_range(paper: tuple[float, float]) -> str:
+    """A published speedup range as the claims state it: 1.9-3.3x."""
+    return f"{paper[0]:g}-{paper[1]:g}x"
 
 
 def _judge_rule(comps: list[dict], rule_run: dict, paper: tuple[float, float]) -> dict:
@@ -208,7 +258,7 @@ def _judge_faster(comps: list[dict]) -> dict:
     return {"verdict": verdict, "measured": stats, "steps": steps, "paper": None, "why": []}
 
 
-def _larger_e(exp1: list[dict]) -> dict:
+def _larger_e(exp1: list[dict]) -> Claim:
     medians = [
         (x["epochs"], x["summary"]["vs_regularized"]["wall_clock_speedup"].get("median"))
         for x in exp1
@@ -225,21 +275,19 @@ def _larger_e(exp1: list[dict]) -> dict:
     ours = "; ".join(
         f"{'n/a' if m is None else f'{m:.2f}x'} against {e:g} epochs" for e, m in medians
     )
-    return {
-        "experiment": 1,
-        "claim": "the speedup is larger for more epochs",
-        "label": "speedup grows with epochs",
-        "rule": "supports when the median speedup over the regularized baseline rises with E "
+    return Claim(
+        experiment=1,
+        claim="the speedup is larger for more epochs",
+        label="speedup grows with epochs",
+        rule="supports when the median speedup over the regularized baseline rises with E "
         "at every step, contradicts when it falls at every step, else cannot decide.",
-        "verdict": verdict,
-        "measured": {f"{e:g}": m for e, m in medians},
-        "ours": f"median wall-clock speedup {ours}",
-        "paper": None,
-        "why": [],
-    }
+        verdict=verdict,
+        measured={f"{e:g}": m for e, m in medians},
+        ours=f"median wall-clock speedup {ours}",
+    )
 
 
-def _no_overfitting(exp1: list[dict]) -> dict:
+def _no_overfitting(exp1: list[dict]) -> Claim:
     one = [r["curves"]["one_epoch"]["turns_up"] for x in exp1[:1] for r in x["per_seed"]]
     many = [r["curves"]["repeated"]["turns_up"] for x in exp1 for r in x["per_seed"]]
     if not any(one) and any(many):
@@ -248,20 +296,19 @@ def _no_overfitting(exp1: list[dict]) -> dict:
         verdict = CONTRADICTS
     else:
         verdict = UNDECIDED
-    return {
-        "experiment": 1,
-        "claim": "under one-epoch training there is no overfitting",
-        "label": "no overfitting under one epoch",
-        "rule": f"a curve overfits when its last validation loss is more than {TURN_UP:.1%} "
+    return Claim(
+        experiment=1,
+        claim="under one-epoch training there is no overfitting",
+        label="no overfitting under one epoch",
+        rule=f"a curve overfits when its last validation loss is more than {TURN_UP:.1%} "
         "above its best. Supports when no seed's one-epoch curve overfits while some "
         "multi-epoch curve does (so the test can see overfitting); contradicts when every "
         "seed's one-epoch curve overfits; else cannot decide.",
-        "verdict": verdict,
-        "measured": {"one_epoch_overfits": one, "multi_epoch_overfits": many},
-        "ours": f"{_overfitted(one, 'one-epoch')}; {_overfitted(many, 'multi-epoch (dropout 0)')}",
-        "paper": None,
-        "why": [] if any(many) else ["no multi-epoch run overfitted: the preset is too short"],
-    }
+        verdict=verdict,
+        measured={"one_epoch_overfits": one, "multi_epoch_overfits": many},
+        ours=f"{_overfitted(one, 'one-epoch')}; {_overfitted(many, 'multi-epoch (dropout 0)')}",
+        why=[] if any(many) else ["no multi-epoch run overfitted: the preset is too short"],
+    )
 
 
 def _overfitted(flags: list[bool], what: str) -> str:
@@ -273,7 +320,7 @@ def _overfitted(flags: list[bool], what: str) -> str:
     return f"{which} of {len(flags)} {what} curves overfitted"
 
 
-def _dropout_slows(exp2: dict) -> dict:
+def _dropout_slows(exp2: dict) -> Claim:
     gaps = {p: s["gap"]["values"] for p, s in exp2["summary"].items()}
     flat = [g for values in gaps.values() for g in values]
     if all(g > 0 for g in flat):
@@ -287,22 +334,20 @@ def _dropout_slows(exp2: dict) -> dict:
         g = s["gap"]
         span = f" [{g['min']:+.3f}, {g['max']:+.3f}]" if g["n"] > 1 else ""
         parts.append(f"dropout {p}: final loss {g['median']:+.3f}{span} nats against dropout 0")
-    return {
-        "experiment": 2,
-        "claim": "under one epoch, dropout only slows training down",
-        "label": "dropout slows one epoch",
-        "rule": "supports when every dropout run of every seed ends with a higher validation loss "
+    return Claim(
+        experiment=2,
+        claim="under one epoch, dropout only slows training down",
+        label="dropout slows one epoch",
+        rule="supports when every dropout run of every seed ends with a higher validation loss "
         "than the dropout-0 run; contradicts when some dropout rate ends lower in every seed; "
         "else cannot decide.",
-        "verdict": verdict,
-        "measured": {p: exp2["summary"][p]["gap"] for p in gaps},
-        "ours": "; ".join(parts),
-        "paper": None,
-        "why": [],
-    }
+        verdict=verdict,
+        measured={p: exp2["summary"][p]["gap"] for p in gaps},
+        ours="; ".join(parts),
+    )
 
 
-def _power_law(exp3: dict) -> dict:
+def _power_law(exp3: dict) -> Claim:
     judged = [run for seed in exp3["per_seed"] for run in seed.values() if run.get("judged")]
     holds = [run["holds"] for run in judged if "holds" in run]
     decades = [h["decades"] for h in holds]
@@ -319,7 +364,7 @@ def _power_law(exp3: dict) -> dict:
         )
     elif min(decades) >= WIDE_DECADES:
         verdict = SUPPORTS
-    elif max(h["max_abs_residual"] for h in holds) > MISSES_BEYOND and max(decades) < 0.5:
+    elif max(h["max_abs_residual"] for h in holds) > MISSES_BEYOND and max(decades) < HOLDS_UNDER:
         verdict = CONTRADICTS
     else:
         verdict = UNDECIDED
@@ -332,28 +377,27 @@ def _power_law(exp3: dict) -> dict:
         if holds
         else "no curve"
     )
-    return {
-        "experiment": 3,
-        "claim": "test loss over iterations follows a power law over a wide range",
-        "label": "power law over a decade",
-        "rule": "the power law L = E + A t^-alpha is fitted to experiment 3's run (one epoch, "
+    return Claim(
+        experiment=3,
+        claim="test loss over iterations follows a power law over a wide range",
+        label="power law over a decade",
+        rule="the power law L = E + A t^-alpha is fitted to experiment 3's run (one epoch, "
         "long enough to span the range the claim is about) from where the warm-up's effect "
         f"ends (twice the warm-up) to its end; it holds over the widest stretch of "
         f"evaluations within {HOLDS_WITHIN:.0%} of it. Supports when that stretch spans at "
         f"least {WIDE_DECADES:g} decade of tokens on every seed's run; contradicts when on "
         f"every one the law misses by more than {MISSES_BEYOND:.0%} somewhere and holds over "
-        f"less than half a decade; else cannot decide (also when the fitted range is shorter "
+        f"less than {HOLDS_UNDER:g} decade; else cannot decide (also when the fitted range is shorter "
         f"than {WIDE_DECADES:g} decade: such a run cannot show it). The other one-epoch curves "
         "are fitted and shown, not judged: they are too short.",
-        "verdict": verdict,
-        "measured": stats | {"unit": "decades of tokens"},
-        "ours": ours,
-        "paper": None,
-        "why": why,
-    }
+        verdict=verdict,
+        measured=stats | {"unit": "decades of tokens"},
+        ours=ours,
+        why=why,
+    )
 
 
-def _forecast(exp3: dict) -> dict:
+def _forecast(exp3: dict) -> Claim:
     fc = [
         run["forecast"]
         for seed in exp3["per_seed"]
@@ -363,29 +407,27 @@ def _forecast(exp3: dict) -> dict:
     verdict, facts = judge_forecast(fc)
     ours = (
         f"median error {facts['bias']:+.1%} (absolute {facts['median_abs_error']:.1%}); "
-        f"{facts['covered']} of {facts['n']} inside their 90% intervals, median width "
+        f"{facts['covered']} of {facts['n']} inside their {INTERVAL:.0%} intervals, median width "
         f"{facts['median_width']:.1%} of the forecast"
         if fc
         else "no forecast"
     )
-    return {
-        "experiment": 3,
-        "claim": f"the power law fitted to the first {FORECAST_FRACTION:.0%} of a one-epoch run "
+    return Claim(
+        experiment=3,
+        claim=f"the power law fitted to the first {FORECAST_FRACTION:.0%} of a one-epoch run "
         "forecasts its final loss (oneepoch's use of the claim)",
-        "label": f"forecast from {FORECAST_FRACTION:.0%}",
-        "rule": FORECAST_RULE,
-        "verdict": verdict,
-        "measured": spread([f["error"] for f in fc])
+        label=f"forecast from {FORECAST_FRACTION:.0%}",
+        rule=FORECAST_RULE,
+        verdict=verdict,
+        measured=spread([f["error"] for f in fc])
         | {"unit": "relative error", "covered": [f["covered"] for f in fc], **facts},
-        "ours": ours,
-        "paper": None,
-        "why": [],
-    }
+        ours=ours,
+    )
 
 
 FORECAST_RULE = (
     f"on every one-epoch curve, the forecast of the final loss from the first "
-    f"{FORECAST_FRACTION:.0%} of its evaluations, with its 90% interval. Supports when the "
+    f"{FORECAST_FRACTION:.0%} of its evaluations, with its {INTERVAL:.0%} interval. Supports when the "
     f"median absolute error is at most {FORECAST_SUPPORTS:.0%} and at least {FORECAST_COVERAGE:.0%} "
     f"of the observed final losses lie in their intervals (accurate and honest about it); "
     f"contradicts when the median absolute error exceeds {FORECAST_CONTRADICTS:.0%} or no observed "
