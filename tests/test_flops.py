@@ -1,3 +1,5 @@
+from dataclasses import asdict, fields, replace
+
 import torch
 
 from oneepoch.config import ModelConfig
@@ -18,12 +20,21 @@ def test_flops_per_token_matches_hand_calculation():
 def test_param_counts_match_the_model():
     cfg = ModelConfig(n_layer=3, n_head=4, d_model=48, seq_len=40, vocab_size=333)
     model = GPT(cfg)
-    counts = param_counts(Shape(3, 4, 48, 40, 333))
+    counts = param_counts(cfg.shape())
     assert counts["total"] == sum(p.numel() for p in model.parameters())
     embedding = model.wte.weight.numel() + model.wpe.weight.numel()
     assert counts["non_embedding"] == counts["total"] - embedding
     # Kaplan's approximation 12 * L * d^2 is close for the non-embedding part.
     assert abs(counts["non_embedding"] / (12 * 3 * 48**2) - 1) < 0.05
+
+
+def test_model_config_is_a_shape_and_dropout():
+    """The config's model section and flops.Shape share their fields: one cannot gain a
+    field the other lacks, and each converts to the other unchanged."""
+    cfg = ModelConfig(n_layer=3, n_head=4, d_model=48, seq_len=40, vocab_size=333, dropout=0.1)
+    assert cfg.shape() == Shape(3, 4, 48, 40, 333)
+    assert ModelConfig(**asdict(cfg.shape())) == replace(cfg, dropout=0.0)
+    assert [f.name for f in fields(ModelConfig)] == [f.name for f in fields(Shape)] + ["dropout"]
 
 
 def test_head_is_tied_and_loss_starts_near_uniform():

@@ -1,5 +1,6 @@
 """The package's layers (docs/architecture.md): every module imports only from its own layer
 or the layers below it, no import circle, and no command imports another command or the CLI.
+And no function of the package is longer than MAX_FUNCTION_LINES.
 
 Read from the source (AST), so imports inside functions count as much as those at the top
 of a module: a lazy import defers the cost of a module, not the dependency on it.
@@ -63,6 +64,9 @@ LAYERS: list[tuple[str, list[str]]] = [
 ]
 # Layers whose modules do not import one another: each command stands on the library alone.
 INDEPENDENT = {"commands"}
+# The most lines a function of the package may span, from ``def`` to its last line: a longer
+# one does several things that want names of their own.
+MAX_FUNCTION_LINES = 80
 
 
 def module_files() -> dict[str, Path]:
@@ -194,3 +198,38 @@ def test_the_checks_see_lazy_imports_upward_and_circles(tmp_path):
     assert layer_of("oneepoch.plan.planner") == layer_of("oneepoch.plan")
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert circles({"a": {"b"}, "b": set()}) == []
+
+
+def long_functions(path: Path, limit: int = MAX_FUNCTION_LINES) -> list[tuple[str, int, int]]:
+    """(name, first line, lines) of every function or method in ``path`` longer than ``limit``,
+    in the order they start."""
+    found = [
+        (node.name, node.lineno, node.end_lineno - node.lineno + 1)
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+    ]
+    return sorted((f for f in found if f[2] > limit), key=lambda f: f[1])
+
+
+def test_no_function_over_max_lines():
+    found = [
+        f"{module}.{name} (line {first}): {lines} lines"
+        for module, path in sorted(module_files().items())
+        for name, first, lines in long_functions(path)
+    ]
+    assert not found, f"over {MAX_FUNCTION_LINES} lines: " + "; ".join(found)
+
+
+def test_the_length_check_sees_methods_and_nested_functions(tmp_path):
+    body = "".join(f"        x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES))
+    path = tmp_path / "long.py"
+    path.write_text(
+        f"class A:\n    def method(self):\n{body}\n"
+        f"def outer():\n    def inner():\n{body}    return inner\n"
+        f"def at_the_limit():\n{body[: body.rindex('        x')]}"  # def and one line fewer
+    )
+    assert long_functions(path) == [
+        ("method", 2, MAX_FUNCTION_LINES + 1),
+        ("outer", MAX_FUNCTION_LINES + 4, MAX_FUNCTION_LINES + 3),
+        ("inner", MAX_FUNCTION_LINES + 5, MAX_FUNCTION_LINES + 1),
+    ]

@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent(
     from oneepoch.plan.budget import parse_budget
     from oneepoch.plan.calibrate import point_key
     from oneepoch.plan.estimate import checkpoint_count, estimate_run, evaluation_steps
-    from oneepoch.plan.planfile import run_config, write_plan
+    from oneepoch.plan.planfile import config_of_plan, write_plan
     from oneepoch.plan.planner import Corpus, Planner, Settings
     from oneepoch.plan.rules import PUBLISHED, make_rule
     from oneepoch.schedule import Cadence, lr_at
@@ -41,7 +41,7 @@ SCRIPT = textwrap.dedent(
         plans = planner.plan_all(rules, parse_budget(text), "komatsuzaki")
         assert all(not p.problem for p in plans.values()), text
     chosen = plans["komatsuzaki"]
-    cfg = run_config(chosen, corpus, settings, planner.calib)
+    cfg = config_of_plan(chosen, corpus, settings, planner.calib)
     assert cfg.train.tokens == chosen.tokens and cfg.model.seq_len == 128
     write_plan(out / "plan.toml", plans, "komatsuzaki", parse_budget("3M tokens"), corpus,
                settings, planner.calib)

@@ -285,13 +285,13 @@ def test_plans_spend_the_budget(rule):
 
 
 def test_plan_config_is_a_valid_training_config():
-    from oneepoch.plan.planfile import run_config
+    from oneepoch.plan.planfile import config_of_plan
     from oneepoch.plan.planner import Settings
 
     planner = _planner(train_tokens=2_000_000)
     plan = planner.plan(make_rule("chinchilla"), parse_budget("1e14"))
     assert plan.epochs > 1  # wants more than 2M tokens: repeats
-    cfg = run_config(plan, planner.corpus, Settings(seq_len=128), planner.calib)
+    cfg = config_of_plan(plan, planner.corpus, Settings(seq_len=128), planner.calib)
     again = RunConfig.from_dict(cfg.to_dict())
     validate(again)
     assert again.train.tokens == plan.tokens and again.data.epochs == plan.epochs

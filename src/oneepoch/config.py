@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from oneepoch.errors import UserError
+from oneepoch.flops import Shape
 
 SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("float32", "bfloat16", "auto")
@@ -73,12 +74,22 @@ CONFIG_FLAGS: dict[str, tuple[str, str]] = {
 
 @dataclass
 class ModelConfig:
+    """The model's ``flops.Shape`` (its fields, in its order) with the defaults, and dropout.
+
+    Two types because a shape is an immutable key (of calibrations, of the planner's
+    candidates) and this is a setting that parsing fills in; ``shape()`` and
+    ``ModelConfig(**asdict(shape))`` go between them.
+    """
+
     n_layer: int = 2
     n_head: int = 2
     d_model: int = 128
     seq_len: int = 128
     vocab_size: int = 0  # 0: taken from the dataset
     dropout: float = 0.0  # one-epoch training needs no regularisation (Komatsuzaki 2019)
+
+    def shape(self) -> Shape:
+        return Shape(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Shape)})
 
 
 @dataclass

@@ -144,7 +144,7 @@ def make_sampler(cfg: RunConfig, data: Dataset, steps: int | None):
 
 
 @dataclass
-class Run:
+class TrainingRun:
     """What setup decided, read-only for the rest: the resolved config and its consequences."""
 
     cfg: RunConfig
@@ -229,7 +229,7 @@ def setup(
     resume: bool,
     overrides: dict,
     stack: contextlib.ExitStack | None = None,
-) -> Run:
+) -> TrainingRun:
     """Parse, validate and resolve (device, dtype, vocabulary, steps) once; ``cfg`` itself
     is left as it was. With ``stack``, rank 0 holds ``out`` until the stack closes."""
     auto_kind = "cuda" if torch.cuda.is_available() else "cpu"
@@ -268,7 +268,7 @@ def setup(
         raise UserError(
             f"the validation split has fewer than {m.seq_len + 1} tokens; prepare with a larger validation split."
         )
-    shape = Shape(m.n_layer, m.n_head, m.d_model, m.seq_len, m.vocab_size)
+    shape = m.shape()
     check_memory(cfg, shape, device, micro // ranks.world_size, ranks)
     # Rank 0 decides (on CPU by timing the step, which ranks sharing cores must not do at
     # once; after the memory check, as it builds the model); config.toml records what ran.
@@ -282,7 +282,7 @@ def setup(
         "eval_every": cadence.eval_every,
         "checkpoint_every": cadence.checkpoint_every,
     }
-    return Run(
+    return TrainingRun(
         cfg=cfg,
         out=out,
         ranks=ranks,
@@ -388,7 +388,7 @@ class LossMeter:
         self.acc = state["acc"].to(self.acc.device)
 
 
-def build_model(run: Run):
+def build_model(run: TrainingRun):
     """(model, the model as wrapped for ranks, AdamW), initialised from the seed."""
     t = run.cfg.train
     torch.manual_seed(t.seed)
@@ -404,7 +404,7 @@ class Resumed:
     metrics_bytes: int | None = None  # where metrics.jsonl is cut back to; None: keep it
 
 
-def restore(run: Run, model, optimizer, meter: LossMeter, resume: bool) -> Resumed:
+def restore(run: TrainingRun, model, optimizer, meter: LossMeter, resume: bool) -> Resumed:
     """Load the latest checkpoint (rank 0 reads, every rank loads) when resuming."""
     ckpt_root, tensors = run.dir.checkpoints, [{}, {}]
 
@@ -464,7 +464,9 @@ def restore(run: Run, model, optimizer, meter: LossMeter, resume: bool) -> Resum
     return Resumed(state["step"], state["wall_s"], state["metrics_bytes"])
 
 
-def save_checkpoint(run: Run, model, optimizer, meter: LossMeter, record, step, wall_s) -> None:
+def save_checkpoint(
+    run: TrainingRun, model, optimizer, meter: LossMeter, record, step, wall_s
+) -> None:
     """Every rank takes part (FSDP gathers the shards); rank 0 writes."""
     model_state, optim_state = full_state(model, optimizer)
     loss_state = meter.state_dict(run.ranks)
@@ -491,7 +493,7 @@ def save_checkpoint(run: Run, model, optimizer, meter: LossMeter, record, step, 
 class RunRecord:
     """config.toml, metrics.jsonl and run.json; rank 0 writes, the others only keep count."""
 
-    def __init__(self, run: Run, metrics_bytes: int | None, resumed_step: int = 0):
+    def __init__(self, run: TrainingRun, metrics_bytes: int | None, resumed_step: int = 0):
         self.run = run
         ranks, cfg, data, t = run.ranks, run.cfg, run.data, run.cfg.train
         # Measured by rank 0 alone (the others would compete for the same cores), then shared.
@@ -601,7 +603,7 @@ class Evaluator:
     """Mean loss over the fixed validation windows, shared out over the ranks in chunks of
     the micro-batch."""
 
-    def __init__(self, run: Run):
+    def __init__(self, run: TrainingRun):
         self.run = run
         self.tokens = read_windows(run.data.val, np.arange(run.val_windows), run.cfg.model.seq_len)
 
@@ -626,7 +628,7 @@ class Evaluator:
         return (total[0] / total[1]).item()
 
 
-def warm_up(run: Run, train_model, optimizer, start_step: int) -> None:
+def warm_up(run: TrainingRun, train_model, optimizer, start_step: int) -> None:
     """Untimed: one forward/backward on the first batch (allocations, compilation), gradients
     discarded and the random state re-seeded afterwards, so results don't change."""
     if start_step < run.max_steps:  # not when resuming a finished run
@@ -656,7 +658,9 @@ class StopSignals:
 # The loop
 
 
-def log_line(run: Run, record: RunRecord, meter: LossMeter, step: int, lr: float, wall: float):
+def log_line(
+    run: TrainingRun, record: RunRecord, meter: LossMeter, step: int, lr: float, wall: float
+):
     """The metrics line of ``step`` (without evaluation); raises on a non-finite loss."""
     train_loss = meter.take(run.ranks)
     if not math.isfinite(train_loss):
@@ -671,7 +675,9 @@ def log_line(run: Run, record: RunRecord, meter: LossMeter, step: int, lr: float
     return line
 
 
-def show(progress: Progress, run: Run, record: RunRecord, line: dict, rate: float, final: bool):
+def show(
+    progress: Progress, run: TrainingRun, record: RunRecord, line: dict, rate: float, final: bool
+):
     steps, step, wall = run.steps, line["step"], line["wall_s"]
     left = (steps - step) * run.tokens_per_step / rate if steps and rate else None
     left = run.cfg.train.time_s - wall if steps is None else left
@@ -682,7 +688,7 @@ def show(progress: Progress, run: Run, record: RunRecord, line: dict, rate: floa
     )
 
 
-def start_live_forecast(run: Run, record: RunRecord, progress: Progress) -> LiveForecast:
+def start_live_forecast(run: TrainingRun, record: RunRecord, progress: Progress) -> LiveForecast:
     """The live forecast of the final loss (oneepoch.live_forecast): rank 0's, unless off."""
     f = run.cfg.forecast
     plan = ForecastPlan(
@@ -730,7 +736,7 @@ def train(
             raise disk_full(run) from None
 
 
-def completed_info(run: Run) -> dict | None:
+def completed_info(run: TrainingRun) -> dict | None:
     """run.json of a completed run (saying so on stderr), which resuming leaves as it is."""
     if run.dir.status()[0] != "completed":
         return None
@@ -746,7 +752,7 @@ def completed_info(run: Run) -> dict | None:
     return info
 
 
-def disk_full(run: Run) -> UserError:
+def disk_full(run: TrainingRun) -> UserError:
     last = checkpoint.latest(run.dir.checkpoints)
     kept = (
         f"the previous checkpoint, {last}, is intact" if last else "no checkpoint was written yet"
@@ -758,7 +764,7 @@ def disk_full(run: Run) -> UserError:
     )
 
 
-def _train(run: Run, resume: bool, show_progress: bool, until_step: int | None) -> dict:
+def _train(run: TrainingRun, resume: bool, show_progress: bool, until_step: int | None) -> dict:
     t, ranks, steps = run.cfg.train, run.ranks, run.steps
     model, train_model, optimizer = build_model(run)
     meter = LossMeter(run.device)

@@ -144,7 +144,7 @@ def plan_sweep(args, budgets, sizes, epochs, out: Path) -> tuple[list[dict], lis
     """The grid (each point with its action), notes on it, and the queue of its runs."""
     from oneepoch.config import total_steps
     from oneepoch.plan.calibrate import Calibration
-    from oneepoch.plan.planfile import run_config
+    from oneepoch.plan.planfile import config_of_plan
     from oneepoch.plan.planner import Planner, Settings, corpus_of_dataset
     from oneepoch.plan.sweep import build_grid
 
@@ -166,7 +166,7 @@ def plan_sweep(args, budgets, sizes, epochs, out: Path) -> tuple[list[dict], lis
             point["action"] = "done"
         else:
             point["action"] = "resume" if status != "new" else "train"
-            cfg = run_config(plan, corpus, settings, calib)
+            cfg = config_of_plan(plan, corpus, settings, calib)
             cfg.forecast.live = False  # nobody watches a sweep's runs one by one
             runs.append(
                 QueuedRun(point["name"], run_dir, cfg.to_dict(), total_steps(cfg), plan.flops)

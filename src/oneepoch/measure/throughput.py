@@ -15,6 +15,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -210,13 +211,7 @@ def measure_point(
     from oneepoch.config import ModelConfig
     from oneepoch.measure.harness import Bench
 
-    model = ModelConfig(
-        n_layer=shape.n_layer,
-        n_head=shape.n_head,
-        d_model=shape.d_model,
-        seq_len=shape.seq_len,
-        vocab_size=shape.vocab_size,
-    )
+    model = ModelConfig(**asdict(shape))
     micro = batch // accum
     bench = Bench(model, device, n_windows=4 * micro)
     cap = micro if max_sequences is None else max(1, min(micro, max_sequences))

@@ -13,10 +13,10 @@ opening the dataset; the prediction is compared without its start-up part then.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from oneepoch.errors import UserError
-from oneepoch.flops import Shape
 from oneepoch.plan.calibrate import MEASURE_SECONDS
 
 # Settings that decide the run's cost: a plan whose config differs did not make this run.
@@ -125,13 +125,7 @@ def _rederive(cfg, info: dict, measure: bool, recalibrate: bool, seconds: float)
     dtype = info.get("dtype") or t.dtype
     device = info.get("hardware", {}).get("device") or t.device
     calib = Calibration(device, dtype, measure=measure, recalibrate=recalibrate, seconds=seconds)
-    shape = Shape(
-        m.n_layer,
-        m.n_head,
-        m.d_model,
-        m.seq_len,
-        info.get("data", {}).get("vocab_size") or m.vocab_size,
-    )
+    shape = replace(m.shape(), vocab_size=info.get("data", {}).get("vocab_size") or m.vocab_size)
     steps = total_steps(cfg) or int(info["final"]["step"])
     if measure and not calib.has(shape, t.batch_size):
         try:

@@ -8,10 +8,11 @@ sidecar sits next to it under the same stem.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from oneepoch.config import RunConfig, absolute_path, validate
+from oneepoch.config import ModelConfig, RunConfig, absolute_path, validate
 from oneepoch.errors import UserError
 from oneepoch.plan.budget import Budget
 from oneepoch.plan.calibrate import Calibration
@@ -21,11 +22,12 @@ from oneepoch.plan.planner import Corpus, RulePlan, Settings
 PLAN_FORMAT = "oneepoch-plan"
 
 
-def run_config(plan: RulePlan, corpus: Corpus, settings: Settings, calib: Calibration) -> RunConfig:
+def config_of_plan(
+    plan: RulePlan, corpus: Corpus, settings: Settings, calib: Calibration
+) -> RunConfig:
+    """The trainer's config of ``plan``: what plan.toml holds and `oneepoch sweep` trains."""
     s = plan.shape
-    cfg = RunConfig()
-    cfg.model.n_layer, cfg.model.n_head, cfg.model.d_model = s.n_layer, s.n_head, s.d_model
-    cfg.model.seq_len, cfg.model.vocab_size = s.seq_len, s.vocab_size
+    cfg = RunConfig(model=ModelConfig(**asdict(s)))
     cfg.data.path = absolute_path(corpus.path)  # recorded absolute: runs from any folder
     cfg.data.epochs = plan.epochs
     cfg.optim.lr = float(f"{plan.lr:.3g}")
@@ -56,7 +58,7 @@ def write_plan(
     if path.suffix == ".json":
         raise UserError(f"--out names the TOML plan, e.g. plan.toml, not {path}.")
     plan = plans[chosen]
-    cfg = run_config(plan, corpus, settings, calib)
+    cfg = config_of_plan(plan, corpus, settings, calib)
     data = corpus.path or "DATA_DIR"
     header = [
         f"# oneepoch plan: rule {chosen}, budget {budget.text} ({budget.describe()}).",

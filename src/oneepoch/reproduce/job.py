@@ -72,7 +72,9 @@ def open_job(
 
 
 def run_config(preset: Preset, data: Path, spec: RunSpec, seed: int) -> dict:
-    """The trainer's settings for one run: the preset's baseline with the run's changes.
+    """The trainer's settings for one run, as the sections of config.toml (the dict
+    ``RunConfig.from_dict`` reads and ``QueuedRun.config`` carries): the preset's baseline
+    with the run's changes.
 
     Constant LR after a fixed warm-up, as in the paper: the test loss then follows a power
     law, and a run's first steps do not depend on how long it will be.
