@@ -24,7 +24,8 @@ docs/analysis.md are seeds 0-299 (looked at before the last rule, the warm-up-0 
 chosen) and 300-599 (--seeds 300:600, held out from every choice). Seeds 1000-1999 were
 used later to try interval rules against per-family coverage (none adopted:
 docs/analysis.md). Issue 21's start without a warm-up (need + 3 points) was chosen on
-1000-1199 and checked once on 0-299 and 300-599.
+1000-1199 and checked once on 0-299 and 300-599; its drift rule for the floor-averaged
+form on 1000-1199 and 1000-1999, checked once on 300-599 (and 0-299).
 
 `--oracle-true-form` adds, per synthetic curve, the TRUE generating form (``TrueForm``: the
 power law in the LR area with the run's warm-up, plus the fast drop) fitted the way fit_run

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from oneepoch.analysis.curves import PowerForm, fit_curve
+from oneepoch.analysis.curves import PowerForm, fit_curve, fit_floor_averaged
 from oneepoch.analysis.lr_schedule import LRSchedule
 from oneepoch.analysis.runfit import fit_run
 from oneepoch.analysis.runs import load_run
@@ -285,6 +285,28 @@ def test_backtested_drift_widens_intervals_only_past_the_fitted_range(tmp_path):
     assert np.std(np.log(drifting[:, 1])) > 2 * np.std(np.log(still[:, 1]))
     truth = E + A * run.final_tokens**-ALPHA
     assert abs(rf.predict_at(run.final_tokens)["forms"]["power"]["value"] / truth - 1) < 0.01
+
+
+def test_floor_averaged_replicates_drift_only_by_what_their_spread_lacks():
+    """A floor-averaged fit's replicates already hold the spread over floors, much of what
+    its backtest measures: past the fitted range they drift by the part of the backtested
+    drift beyond their own spread (in variance), not by all of it on top of it."""
+    _, loss = _noisy_power(3)
+    fit = fit_floor_averaged(PowerForm(float(np.exp(np.mean(np.log(T)))), True), T, loss)
+    beyond = [10 * T[-1]]
+    own = np.log(fit.predict_samples(beyond)[:, 0])
+    spread = np.std(own)
+    assert spread > 0
+    fit.with_drift(0.8 * spread / np.log(10), np.random.default_rng(1))  # within their spread
+    np.testing.assert_allclose(np.log(fit.predict_samples(beyond)[:, 0]), own)
+    fit.drift = 5 * spread / np.log(10)  # far beyond it: the drift sets the spread
+    total = np.std(np.log(fit.predict_samples(beyond)[:, 0]))
+    assert total == pytest.approx(5 * spread, rel=0.2)
+    # inside the fitted range nothing drifts
+    inside = [T[len(T) // 2]]
+    before = fit.predict_samples(inside)
+    fit.drift = 0.0
+    np.testing.assert_array_equal(fit.predict_samples(inside), before)
 
 
 def _constant_lr(warmup):

@@ -206,12 +206,18 @@ class CurveFit:
     def predict_samples(self, x) -> np.ndarray:
         """Bootstrap predictions [n_boot, len(x)]. Past the last fitted point each
         replicate also drifts by exp(drift * z * log(x / x_last)), z ~ N(0, 1): the
-        bootstrap only knows the noise, while far out the form itself is the larger error."""
-        samples = np.exp(robust.log_pred(self.form.model(x), self.boot))
+        bootstrap only knows the noise, while far out the form itself is the larger error.
+        A floor-averaged fit's replicates know more: they hold the spread over floors,
+        much of what its backtest measured, so they drift only by what that spread lacks
+        (in variance: (drift * log(x / x_last))^2 less their own; docs/analysis.md)."""
+        log_samples = robust.log_pred(self.form.model(x), self.boot)
         if self.drift > 0 and self.drift_draws is not None:
             past = np.maximum(np.log(np.asarray(x, dtype=float) / self.x[-1]), 0.0)
-            samples = samples * np.exp(self.drift * self.drift_draws[:, None] * past[None])
-        return samples
+            spread = self.drift * past
+            if self.mixture is not None and len(self.boot) > 1:
+                spread = np.sqrt(np.maximum(spread**2 - np.var(log_samples, axis=0), 0.0))
+            log_samples = log_samples + self.drift_draws[:, None] * spread[None]
+        return np.exp(log_samples)
 
     def with_drift(self, drift: float, rng: np.random.Generator) -> CurveFit:
         self.drift = float(drift)
