@@ -89,7 +89,7 @@ def sample_text(
     from oneepoch.rundir import check_same_tokenizer
 
     check_options(max_new_tokens, temperature, top_k, prompt, seed)
-    cfg = RunDir(run_dir).read_config()
+    cfg = _config(run_dir)
     data = Path(data_dir or cfg.data.path)
     manifest = read_manifest(data)
 
@@ -114,3 +114,8 @@ def sample_text(
             break
     ids = idx[0].tolist()
     return tok.decode(ids if prompt else ids[1:])
+
+
+def _config(run_dir: str | Path):
+    """The run's config.toml (the tests replace it with a scripted model's)."""
+    return RunDir(run_dir).read_config()
