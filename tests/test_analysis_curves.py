@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from oneepoch.analysis.curves import PowerForm, fit_curve, fit_floor_averaged
+from oneepoch.analysis.curves import PowerForm, fit_curve
 from oneepoch.analysis.lr_schedule import LRSchedule
 from oneepoch.analysis.runfit import fit_run
 from oneepoch.analysis.runs import load_run
@@ -292,7 +292,7 @@ def test_floor_averaged_replicates_drift_only_by_what_their_spread_lacks():
     its backtest measures: past the fitted range they drift by the part of the backtested
     drift beyond their own spread (in variance), not by all of it on top of it."""
     _, loss = _noisy_power(3)
-    fit = fit_floor_averaged(PowerForm(float(np.exp(np.mean(np.log(T)))), True), T, loss)
+    fit = fit_curve(PowerForm(float(np.exp(np.mean(np.log(T)))), True), T, loss, floor="averaged")
     beyond = [10 * T[-1]]
     own = np.log(fit.predict_samples(beyond)[:, 0])
     spread = np.std(own)

@@ -194,6 +194,19 @@ def print_json(data) -> int:
     return emit(json_text(data))
 
 
+def add_output_flags(
+    parser, prints: str, progress: str | None = None, dry_run: str | None = None
+) -> None:
+    """--json (print ``prints`` as JSON instead of text); for commands that show progress,
+    --quiet (``progress`` says what it silences); for commands that train many runs,
+    --dry-run (``dry_run`` says what it prints instead)."""
+    if dry_run:
+        parser.add_argument("--dry-run", "--plan", action="store_true", help=dry_run)
+    if progress:
+        parser.add_argument("--quiet", action="store_true", help=f"no {progress}")
+    parser.add_argument("--json", action="store_true", help=f"print {prints} as JSON")
+
+
 def add_launch_flags(parser: argparse.ArgumentParser, devices: bool = False) -> None:
     """Where the runs of `sweep` and `reproduce` train (oneepoch.launch): --nproc-per-node
     and the node options of torchrun, and for runs whose wall-clock is not compared,

@@ -27,7 +27,7 @@ _ALPHA = (1e-4, 4.0)
 # The schedule form fits its annealing coefficient C only when the LR fell by at least
 # this fraction of its peak within the fitted range.
 MIN_DECAY_TO_FIT_C = 0.3
-# A floor-averaged fit holds the floor at this many values (``fit_floor_averaged``); the
+# A floor-averaged fit holds the floor at this many values (``fit_curve(..., floor="averaged")``); the
 # floor is every form's first parameter.
 FLOOR_GRID = 40
 # A form without a floor holds log E (or log L0) at the bottom of the box: E ~ 1e-6 nats.
@@ -150,13 +150,10 @@ class ScheduleForm:
 
     def params(self, theta: np.ndarray) -> dict[str, np.ndarray]:
         theta = np.atleast_2d(theta)
-        alpha = theta[:, 2]
-        out = {
-            "L0": np.exp(theta[:, 0]),
-            "A": np.exp(theta[:, 1] + alpha * np.log(self.s1_ref)),
-            "alpha": alpha,
-            "C": theta[:, 3] / self.s2_ref,
-        }
+        # the power part is PowerForm's in S1, its floor named L0 here
+        power = PowerForm(self.s1_ref, floor=True).params(theta[:, :3])
+        out = {"L0": power["E"], "A": power["A"], "alpha": power["alpha"]}
+        out["C"] = theta[:, 3] / self.s2_ref
         return {k: out[k] for k in self.param_names}
 
 
@@ -192,7 +189,7 @@ class CurveFit:
     # log-distance past its last point, measured by backtests (``with_drift``); 0 until set.
     drift: float = 0.0
     drift_draws: np.ndarray | None = None  # one standard normal per bootstrap replicate
-    # A floor-averaged fit (``fit_floor_averaged``): the fits with the floor held at each
+    # A floor-averaged fit (``fit_curve(..., floor="averaged")``): the fits with the floor held at each
     # value of a grid [K, p] and how much each counts [K]; its prediction is their weighted
     # geometric mean. None for a plain fit (``theta`` alone).
     mixture: tuple[np.ndarray, np.ndarray] | None = None
@@ -295,7 +292,7 @@ class CurveFit:
     @property
     def interval_df(self) -> int | None:
         """The df by which intervals from the replicates are widened; None where the
-        replicates are widened already (a floor-averaged fit's, ``fit_floor_averaged``)."""
+        replicates are widened already (a floor-averaged fit's, ``fit_curve(..., floor="averaged")``)."""
         return None if self.mixture is not None else self.df
 
     def goodness(self) -> dict:
@@ -360,15 +357,22 @@ def fit_curve(
     level: float = robust.DEFAULT_LEVEL,
     rng: np.random.Generator | None = None,
     delta: float | str = "auto",
+    floor: str = "fitted",
 ) -> CurveFit:
     """Huber fit in log space from a grid of starts, then a residual bootstrap.
 
     ``delta="auto"`` first fits with Hoffmann et al.'s delta = 1e-3, then refits with
     Huber's classic 1.345 * sigma, sigma the robust (MAD) spread of those residuals: close
     to least squares on well-behaved curves, while a spike still cannot pull the fit.
+    ``floor="averaged"``: a floored form's floor averaged over the values the curve allows
+    (``_fit_floor_averaged``) instead of fitted.
     """
     rng = np.random.default_rng(0) if rng is None else rng
     x, loss = np.asarray(x, dtype=float), np.asarray(loss, dtype=float)
+    if floor == "averaged":
+        return _fit_floor_averaged(form, x, loss, n_boot, level, rng)
+    if floor != "fitted":
+        raise ValueError(f"floor must be 'fitted' or 'averaged', not {floor!r}")
     model, logy = form.model(x), np.log(loss)
     first_delta = 1e-3 if delta == "auto" else float(delta)
     theta, obj = robust.fit_multistart(model, logy, form.starts(x, loss), first_delta)
@@ -381,15 +385,7 @@ def fit_curve(
     return CurveFit(form, x, loss, theta, boot, float(delta), obj, level)
 
 
-def fit_floor_averaged(
-    form: PowerForm | ScheduleForm,
-    x: np.ndarray,
-    loss: np.ndarray,
-    *,
-    n_boot: int = 200,
-    level: float = robust.DEFAULT_LEVEL,
-    rng: np.random.Generator | None = None,
-) -> CurveFit:
+def _fit_floor_averaged(form, x: np.ndarray, loss: np.ndarray, n_boot: int, level: float, rng):
     """A floored form with its floor averaged over the values the curve allows.
 
     From the first part of a run the floor (E, L0) is barely identified: fits with very
@@ -406,8 +402,6 @@ def fit_floor_averaged(
     widening (``robust.estimate``) of the noise, not of the spread over floors, which is
     the average's own.
     """
-    rng = np.random.default_rng(0) if rng is None else rng
-    x, loss = np.asarray(x, dtype=float), np.asarray(loss, dtype=float)
     best = fit_curve(form, x, loss, n_boot=0, level=level)
     model, logy = form.model(x), np.log(loss)
     floors = np.log((np.arange(FLOOR_GRID) + 0.5) / FLOOR_GRID * loss.min())

@@ -14,7 +14,6 @@ from oneepoch.analysis.curves import (
     PowerForm,
     ScheduleForm,
     fit_curve,
-    fit_floor_averaged,
     param_names,
 )
 from oneepoch.analysis.lr_schedule import DEFAULT_DECAY, LRSchedule
@@ -34,7 +33,7 @@ FORM_SPECS = {
     "schedule-avgfloor": (ScheduleForm, True),
 }
 # The floored forms with their floor averaged over the values the curve allows
-# (``curves.fit_floor_averaged``): what the forecast rests on past the fitted range.
+# (``curves.fit_curve(..., floor="averaged")``): what the forecast rests on past the fitted range.
 FLOOR_AVERAGED = {"power-avgfloor", "schedule-avgfloor"}
 FORMS = tuple(FORM_SPECS)
 N_PARAMS = {
@@ -337,11 +336,15 @@ def _fit_forms(built: dict, x_fit, loss_fit, n_boot: int, level: float, seed: in
     rng = np.random.default_rng(seed)
     averaged_rng = np.random.default_rng((seed, 1))  # leaves the other forms' draws as they were
     fits = {
-        name: fit_floor_averaged(
-            form, x_fit, loss_fit, n_boot=n_boot, level=level, rng=averaged_rng
+        name: fit_curve(
+            form,
+            x_fit,
+            loss_fit,
+            n_boot=n_boot,
+            level=level,
+            rng=averaged_rng if name in FLOOR_AVERAGED else rng,
+            floor="averaged" if name in FLOOR_AVERAGED else "fitted",
         )
-        if name in FLOOR_AVERAGED
-        else fit_curve(form, x_fit, loss_fit, n_boot=n_boot, level=level, rng=rng)
         for name, form in built.items()
     }
     backtest = {name: _backtest(fit) for name, fit in fits.items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from oneepoch.analysis.format import format_estimate, format_number
 from oneepoch.cliflags import (
+    add_output_flags,
     add_uncertainty_flags,
     check_positive,
     check_uncertainty_flags,
@@ -22,7 +23,7 @@ def add_arguments(p) -> None:
     p.add_argument("run_a", metavar="RUN_A")
     p.add_argument("run_b", metavar="RUN_B")
     p.add_argument("--target-loss", type=float, metavar="X", help="loss both runs must reach")
-    p.add_argument("--json", action="store_true", help="print results as JSON")
+    add_output_flags(p, "the results")
     add_uncertainty_flags(p)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from oneepoch.cliflags import emit, needs_subcommand, print_json
+from oneepoch.cliflags import add_output_flags, emit, needs_subcommand, print_json
 
 HELP = "look at prepared datasets"
 DESCRIPTION = None
@@ -13,7 +13,7 @@ def add_arguments(d) -> None:
     i = dsub.add_parser("inspect", help="documents, tokens and sources of a dataset")
     i.add_argument("data_dir", metavar="DATA_DIR")
     i.add_argument("--verify", action="store_true", help="also re-hash every shard")
-    i.add_argument("--json", action="store_true", help="print as JSON")
+    add_output_flags(i, "the summary")
     i.set_defaults(func=run_inspect)
     needs_subcommand(d)
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from oneepoch.cliflags import print_json
+from oneepoch.cliflags import add_output_flags, print_json
 
 HELP = "write a run's latest checkpoint as a Hugging Face transformers model folder"
 DESCRIPTION = """\
@@ -20,7 +20,7 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--data", default=None, help="dataset directory, if it moved since training (its tokenizer)"
     )
-    p.add_argument("--json", action="store_true", help="print what was written as JSON")
+    add_output_flags(p, "what was written")
 
 
 def run(args) -> int:

@@ -12,6 +12,7 @@ import sys
 
 from oneepoch.analysis.format import format_estimate, format_number, format_param
 from oneepoch.cliflags import (
+    add_output_flags,
     add_uncertainty_flags,
     check_output_files,
     check_positive,
@@ -43,7 +44,7 @@ for a prediction.
 
 def add_arguments(p) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--json", action="store_true", help="print results as JSON")
+    add_output_flags(p, "the results")
     p.add_argument("--plot", metavar="FILE.png", help="write loss vs tokens and wall-clock")
     p.add_argument(
         "--x", choices=("tokens", "steps"), default="tokens", help="what t counts (default tokens)"

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import sys
 
-from oneepoch.cliflags import add_config_flags, add_option, check_positive, print_json
+from oneepoch.cliflags import (
+    add_config_flags,
+    add_option,
+    add_output_flags,
+    check_positive,
+    print_json,
+)
 from oneepoch.errors import UserError
 from oneepoch.plan.calibrate import MAX_CALIBRATION_S, MEASURE_SECONDS
 from oneepoch.plan.rules import TOKENS_PER_PARAM
@@ -58,7 +64,7 @@ def add_arguments(p) -> None:
         "`oneepoch scaling sweep-csv` and `oneepoch sweep` write)",
     )
     p.add_argument("--out", metavar="plan.toml", help="write the chosen plan (+ plan.json)")
-    p.add_argument("--json", action="store_true", help="print the plans as JSON")
+    add_output_flags(p, "the plans")
     cal = p.add_argument_group("calibration")
     cal.add_argument(
         "--no-calibrate", action="store_true", help="measure nothing; use cached or estimated rates"

@@ -6,7 +6,7 @@ import argparse
 import math
 import sys
 
-from oneepoch.cliflags import emit, print_json
+from oneepoch.cliflags import add_output_flags, emit, print_json
 from oneepoch.data.defaults import (
     DEFAULT_MAX_DOC_CHARS,
     DEFAULT_SAMPLE_CHARS,
@@ -68,8 +68,7 @@ def add_arguments(p) -> None:
         default=DEFAULT_SAMPLE_CHARS / 2**20,
         help="at most this many MiB of text train the BPE (default %(default)g)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    add_output_flags(p, "the manifest", progress="progress lines on stderr")
 
 
 def _say(message: str) -> None:

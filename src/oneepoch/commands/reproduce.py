@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from oneepoch.cliflags import add_launch_flags, print_json
+from oneepoch.cliflags import add_launch_flags, add_output_flags, print_json
 from oneepoch.errors import UserError
 
 BUILTIN = "data/builtin"
@@ -55,16 +55,14 @@ def add_arguments(p) -> None:
         "on the load at each run's time)",
     )
     add_launch_flags(p)
-    p.add_argument(
-        "--dry-run",
-        "--plan",
-        action="store_true",
-        help="print every run of the job (shape, parameters, tokens, tokens per parameter, "
+    add_output_flags(
+        p,
+        "the results (results.json) at the end",
+        progress="progress display",
+        dry_run="print every run of the job (shape, parameters, tokens, tokens per parameter, "
         "steps, the time this machine's measured throughput predicts, what is left of it) and "
         "where the runs will go, then exit without training",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress display")
-    p.add_argument("--json", action="store_true", help="print results.json at the end")
 
 
 def run(args) -> int:

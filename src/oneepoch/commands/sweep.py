@@ -9,6 +9,7 @@ from pathlib import Path
 from oneepoch.cliflags import (
     add_config_flags,
     add_launch_flags,
+    add_output_flags,
     add_sweep_csv_flags,
     check_positive,
     print_json,
@@ -58,12 +59,13 @@ def add_arguments(s) -> None:
     add_config_flags(s, ["--seq-len", "--dtype", "--device", "--eval-tokens"])
     add_sweep_csv_flags(s, loss_default=None)
     add_launch_flags(s, devices=True)
-    s.add_argument(
-        "--dry-run", action="store_true", help="print the grid and its placement, train nothing"
-    )
     s.add_argument("--no-calibrate", action="store_true", help="measure no throughput")
-    s.add_argument("--quiet", action="store_true", help="no training progress display")
-    s.add_argument("--json", action="store_true", help="print the grid and results as JSON")
+    add_output_flags(
+        s,
+        "the grid and results",
+        progress="training progress display",
+        dry_run="print the grid and its placement, train nothing",
+    )
 
 
 def _split(values: list[str]) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from oneepoch.cliflags import print_json
+from oneepoch.cliflags import add_output_flags, print_json
 from oneepoch.errors import UserError
 
 HELP = "write runs' metrics as TensorBoard event files (train/val loss, lr, tokens/s, MFU)"
@@ -19,7 +19,7 @@ earlier conversion.
 def add_arguments(p) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
     p.add_argument("--logdir", required=True, help="TensorBoard log directory")
-    p.add_argument("--json", action="store_true", help="print what was written as JSON")
+    add_output_flags(p, "what was written")
 
 
 def run(args) -> int:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import os
 import sys
 
-from oneepoch.cliflags import CONFIG_FLAGS, add_config_flags, flag_help, print_json
+from oneepoch.cliflags import (
+    CONFIG_FLAGS,
+    add_config_flags,
+    add_output_flags,
+    flag_help,
+    print_json,
+)
 from oneepoch.errors import UserError
 
 # (flag, section, key, help) of every setting train takes; flags override --config, which
@@ -76,8 +82,7 @@ def add_arguments(p) -> None:
         "schedule the forecast then includes the loss drop the decay still brings (`oneepoch "
         "fit --with`); without it the forecast says it leaves the decay out",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress display")
-    p.add_argument("--json", action="store_true", help="print run.json at the end")
+    add_output_flags(p, "the run record (run.json) at the end", progress="progress display")
 
 
 def overrides_from_args(args) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from oneepoch.cliflags import print_json
+from oneepoch.cliflags import add_output_flags, print_json
 
 HELP = "convert checkpoints written by older versions (state.pt) into the current data format"
 DESCRIPTION = """\
@@ -21,7 +21,7 @@ left as they are.
 
 def add_arguments(p) -> None:
     p.add_argument("folders", nargs="+", metavar="FOLDER", help="run directories or job folders")
-    p.add_argument("--json", action="store_true", help="print what was converted as JSON")
+    add_output_flags(p, "what was converted")
 
 
 def run(args) -> int:

@@ -14,6 +14,15 @@ from oneepoch.errors import UserError
 from oneepoch.safefs import inside, is_plain_name
 
 MANIFEST = "manifest.json"
+# What `prepare` set aside or changed, as its manifest counts it: the tally behind each
+# count, the count's key in the manifest's "stats", and what it is in words.
+SET_ASIDE = (
+    ("empty_documents", "empty_documents_skipped", "empty documents skipped"),
+    ("binary_files_skipped", "binary_files_skipped", "binary files skipped"),
+    ("files_ignored", "files_ignored", "other files ignored"),
+    ("invalid_utf8_bytes", "invalid_utf8_bytes_replaced", "invalid UTF-8 bytes replaced"),
+    ("documents_split", "documents_split", "long documents split"),
+)
 
 
 class Split:

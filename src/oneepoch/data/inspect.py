@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from oneepoch.data.dataset import open_dataset
+from oneepoch.data.dataset import SET_ASIDE, open_dataset
 
 
 def summarize(data_dir: str | Path, verify: bool = False) -> dict:
@@ -55,18 +55,9 @@ def format_summary(s: dict) -> str:
         f"chars/token {s['chars_per_token']}, duplicates removed {s['duplicates_removed']:,}, "
         f"bad records skipped {s['bad_records']:,}"
     )
-    extra = [
-        f"{label} {st[key]:,}"
-        for key, label in (
-            ("empty_documents_skipped", "empty documents skipped"),
-            ("binary_files_skipped", "binary files skipped"),
-            ("files_ignored", "other files ignored"),
-            ("invalid_utf8_bytes_replaced", "invalid UTF-8 bytes replaced"),
-            ("documents_split", "long documents split"),
-            ("val_documents_in_train", "validation documents found in train"),
-        )
-        if st.get(key)
-    ]
+    extra = [f"{words} {st[key]:,}" for _, key, words in SET_ASIDE if st.get(key)]
+    if st.get("val_documents_in_train"):
+        extra.append(f"validation documents found in train {st['val_documents_in_train']:,}")
     if extra:
         lines.append(", ".join(extra))
     lines.append("sources:")

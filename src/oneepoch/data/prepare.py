@@ -36,7 +36,7 @@ import numpy as np
 from oneepoch import __version__
 from oneepoch.atomic import fsync_dir, write_atomic
 from oneepoch.config import check_seed
-from oneepoch.data.dataset import MANIFEST
+from oneepoch.data.dataset import MANIFEST, SET_ASIDE
 from oneepoch.data.defaults import (
     DEFAULT_MAX_DOC_CHARS,
     DEFAULT_SAMPLE_CHARS,
@@ -670,17 +670,17 @@ def _report(say, chars_read: int, writers: dict, started: float) -> None:
     )
 
 
+# What kept every document out, in the words of the message that says no text was found.
+_NO_TEXT_WORDS = {
+    "bad_records": "bad records",
+    "binary_files_skipped": "binary files skipped",
+    "empty_documents": "empty documents",
+    "files_ignored": "files of other types ignored",
+}
+
+
 def _no_documents_message(sources: list[Source], tally: Tally) -> str:
-    skipped = [
-        f"{tally.total(field)} {label}"
-        for field, label in (
-            ("bad_records", "bad records"),
-            ("binary_files_skipped", "binary files skipped"),
-            ("empty_documents", "empty documents"),
-            ("files_ignored", "files of other types ignored"),
-        )
-        if tally.total(field)
-    ]
+    skipped = [f"{tally.total(t)} {words}" for t, words in _NO_TEXT_WORDS.items() if tally.total(t)]
     example = next((e for found in tally.examples.values() for e in found), None)
     detail = ", ".join(skipped) + (f"; {example}" if example else "")
     detail = f" ({detail})" if detail else ""
@@ -739,11 +739,7 @@ def _manifest(tok_info, dtype, splits, sources, tally, written, overlap, sample_
             "bad_records": tally.total("bad_records"),
             # end-of-text tokens are not text, so they are left out of this ratio
             "chars_per_token": round(chars / max(1, tokens - docs), 4),
-            "empty_documents_skipped": tally.total("empty_documents"),
-            "binary_files_skipped": tally.total("binary_files_skipped"),
-            "files_ignored": tally.total("files_ignored"),
-            "invalid_utf8_bytes_replaced": tally.total("invalid_utf8_bytes"),
-            "documents_split": tally.total("documents_split"),
+            **{key: tally.total(t) for t, key, _ in SET_ASIDE},
             "val_documents_in_train": overlap,
             "tokenizer_training_chars": sample_chars,
         },

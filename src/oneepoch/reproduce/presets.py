@@ -9,13 +9,16 @@ They were chosen so that the effects the paper reports can show at all:
   speedups are measured, not extrapolated;
 - the smaller models the allocation rules choose must exist in the shape grid (the output
   head of a small vocabulary is most of a tiny model's parameters and FLOPs).
-Torch-free: the analysis side reads presets to describe a job.
+The table itself is presets.toml beside this module. Torch-free: the analysis side reads
+presets to describe a job.
 """
 
 from __future__ import annotations
 
 import math
+import tomllib
 from dataclasses import asdict, dataclass
+from importlib.resources import files
 
 from oneepoch.errors import UserError
 
@@ -75,71 +78,18 @@ class Preset:
         return asdict(self)
 
 
-PRESETS = {
-    "micro": Preset(
-        name="micro",
-        purpose="continuous integration: every experiment end to end in about a minute",
-        n_layer=1,
-        n_head=2,
-        d_model=64,
-        seq_len=64,
-        batch_size=8,
-        steps=240,
-        lr=3e-3,
-        warmup_steps=20,
-        segments=3,
-        eval_every=20,
-        eval_tokens=4096,
-        power_law_steps=480,
-        why="far too small to show the paper's effects reliably; it exercises every step of "
-        "the job (interleaving, resume, fits, report) in CI time",
-    ),
-    "tiny": Preset(
-        name="tiny",
-        purpose="a 2-core CPU: the whole job in about 10 minutes",
-        n_layer=2,
-        n_head=2,
-        d_model=128,
-        seq_len=128,
-        batch_size=16,
-        steps=500,
-        lr=2e-3,
-        warmup_steps=20,
-        segments=5,
-        eval_every=25,
-        eval_tokens=16384,
-        power_law_steps=1000,
-        why="0.94M parameters (0.40M non-embedding) against 1.0M tokens: ten epochs over "
-        "102k tokens overfit within a few epochs, and one epoch over 1.0M tokens passes the "
-        "multi-epoch runs' best losses well before its last step; experiment 3 continues "
-        "the one-epoch run to 1,000 steps, 1.3 decades of tokens after twice its warm-up",
-    ),
-    "small": Preset(
-        name="small",
-        purpose="one GPU: the whole job in under an hour",
-        n_layer=6,
-        n_head=6,
-        d_model=384,
-        seq_len=256,
-        batch_size=64,
-        steps=3000,
-        lr=1e-3,
-        warmup_steps=150,
-        epochs=(4.0, 10.0, 30.0),
-        budget_fractions=(0.0625, 0.25, 1.0),
-        segments=8,
-        eval_every=100,
-        eval_tokens=65536,
-        log_every=10,
-        power_law_steps=8000,
-        power_law_batch=16,
-        power_law_warmup=30,
-        why="10.6M non-embedding parameters against 49M tokens, the paper's regime of a "
-        "model too large for its data when repeated; needs a corpus of at least 50M tokens; "
-        "experiment 3's run takes batches of 16 after a 30-step warm-up, so that 8,000 steps "
-        "(33M tokens) span 2.1 decades after twice its warm-up",
-    ),
-}
+def _load_presets() -> dict[str, Preset]:
+    tables = tomllib.loads((files("oneepoch.reproduce") / "presets.toml").read_text("utf-8"))
+    return {
+        name: Preset(
+            name=name,
+            **{key: tuple(v) if isinstance(v, list) else v for key, v in table.items()},
+        )
+        for name, table in tables.items()
+    }
+
+
+PRESETS = _load_presets()
 
 
 def get_preset(name: str) -> Preset:
