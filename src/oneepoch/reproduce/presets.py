@@ -36,15 +36,16 @@ class Preset:
     steps: int  # iterations of experiment 1's runs
     lr: float
     warmup_steps: int
+    # how the job trains and measures every run
+    segments: int = 5  # each run trains in this many interleaved segments
+    eval_every: int = 25
+    eval_tokens: int = 16384
+    log_every: int = 5
     epochs: tuple[float, ...] = (10.0,)  # experiment 1's multi-epoch baselines
     dropouts: tuple[float, ...] = (0.1, 0.2)  # experiment 2, beside dropout 0
     multi_epoch_dropout: float = 0.1  # the regularised multi-epoch practice (1c)
     budget_fractions: tuple[float, ...] = (0.25, 1.0)  # experiment 4, of experiment 1's compute
     rules: tuple[str, ...] = ("komatsuzaki", "chinchilla")
-    segments: int = 5  # each run trains in this many interleaved segments
-    eval_every: int = 25
-    eval_tokens: int = 16384
-    log_every: int = 5
     # Experiment 3's run: one epoch of the baseline model, long enough that its fit (from
     # twice the warm-up, where the warm-up's effect ends) spans the decades the claim
     # needs; batch and warm-up None: the preset's (then experiment 1's one-epoch run is its
