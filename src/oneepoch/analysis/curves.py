@@ -27,8 +27,8 @@ _ALPHA = (1e-4, 4.0)
 # The schedule form fits its annealing coefficient C only when the LR fell by at least
 # this fraction of its peak within the fitted range.
 MIN_DECAY_TO_FIT_C = 0.3
-# A floor-averaged fit holds the floor at this many values (``fit_curve(..., floor="averaged")``); the
-# floor is every form's first parameter.
+# A floor-averaged fit (``fit_curve(..., floor="averaged")``) holds the floor at this many
+# values; the floor is every form's first parameter.
 FLOOR_GRID = 40
 # A form without a floor holds log E (or log L0) at the bottom of the box: E ~ 1e-6 nats.
 _NO_FLOOR = float(np.exp(_LOG_LEVEL[0]))
@@ -189,9 +189,9 @@ class CurveFit:
     # log-distance past its last point, measured by backtests (``with_drift``); 0 until set.
     drift: float = 0.0
     drift_draws: np.ndarray | None = None  # one standard normal per bootstrap replicate
-    # A floor-averaged fit (``fit_curve(..., floor="averaged")``): the fits with the floor held at each
-    # value of a grid [K, p] and how much each counts [K]; its prediction is their weighted
-    # geometric mean. None for a plain fit (``theta`` alone).
+    # A floor-averaged fit (``fit_curve(..., floor="averaged")``): the fits with the floor
+    # held at each value of a grid [K, p] and how much each counts [K]; its prediction is
+    # their weighted geometric mean. None for a plain fit (``theta`` alone).
     mixture: tuple[np.ndarray, np.ndarray] | None = None
 
     def predict(self, x) -> np.ndarray:
@@ -292,7 +292,7 @@ class CurveFit:
     @property
     def interval_df(self) -> int | None:
         """The df by which intervals from the replicates are widened; None where the
-        replicates are widened already (a floor-averaged fit's, ``fit_curve(..., floor="averaged")``)."""
+        replicates are widened already (a floor-averaged fit's)."""
         return None if self.mixture is not None else self.df
 
     def goodness(self) -> dict:
