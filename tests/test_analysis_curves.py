@@ -5,7 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from oneepoch.analysis.curves import PowerForm, fit_curve
+from oneepoch.analysis.curves import (
+    MIN_DECAY_TO_FIT_C,
+    MIN_SHARE_OF_FALL_TO_FIT_C,
+    PowerForm,
+    ScheduleForm,
+    fit_curve,
+)
 from oneepoch.analysis.lr_schedule import LRSchedule
 from oneepoch.analysis.runfit import fit_run
 from oneepoch.analysis.runs import load_run
@@ -159,19 +165,39 @@ def test_schedule_form_recovers_law_and_wins_on_the_tail(tmp_path):
     assert rf.fits["power"].valid_range()["n_points"] < rf.settings["n_fit_points"]
 
 
+@pytest.mark.parametrize("min_ratio", [0.1, 0.0, 0.5])
+def test_c_is_fitted_once_two_thirds_of_the_planned_fall_are_seen(min_ratio):
+    """C fitted on the start of a decay and extrapolated over the rest forecast real runs
+    far too low (docs/analysis.md): the fitted range must have seen two thirds of the fall
+    the schedule plans, and 30% of the peak at least."""
+    total, warmup = 1000, 50
+    steps = np.arange(1, total + 1)
+    lr = cosine_lr(steps, 1e-3, warmup, total, min_ratio=min_ratio)
+    form = ScheduleForm(LRSchedule(steps, lr), lambda x: np.asarray(x, float), steps, True)
+    need = max(MIN_DECAY_TO_FIT_C, MIN_SHARE_OF_FALL_TO_FIT_C * (1 - min_ratio))
+    fall = np.where(steps > np.argmax(lr) + 1, 1 - lr / lr.max(), 0.0)  # after the peak
+    first = int(steps[np.argmax(fall >= need)])  # the first step whose fall is enough
+    assert not form.measures_c(np.arange(2 * warmup, first))
+    assert form.measures_c(np.arange(2 * warmup, first + 1))
+    assert form.measures_c(steps[2 * warmup :])  # the whole run always shows enough
+
+
 def test_extrapolation_from_first_part_of_a_run(tmp_path):
     _schedule_run(tmp_path / "run")
     run = load_run(tmp_path / "run")
-    rf = fit_run(run, use_first=0.6, n_boot=150)
+    # past two thirds of the planned fall, where C is fitted (MIN_SHARE_OF_FALL_TO_FIT_C)
+    rf = fit_run(run, use_first=0.7, n_boot=150)
     assert rf.settings["n_fit_points"] < rf.settings["n_eval_points"]
     final_tokens = run.final_tokens
     pred = rf.predict_at(final_tokens)
     observed = pred["observed_loss"]
     sched = pred["forms"]["schedule"]
     assert sched["ci_low"] <= observed <= sched["ci_high"]
-    # the plain power law cannot see the cosine decay coming; the schedule form can
+    # the plain power law cannot see the cosine decay coming; the schedule form can (from
+    # 70%, past the two thirds of the fall that C needs, less of the decay is left to see
+    # than from 60%, where this was 3x before C needed them)
     power = pred["forms"]["power"]["value"]
-    assert abs(power / observed - 1) > 3 * abs(sched["value"] / observed - 1)
+    assert abs(power / observed - 1) > 2 * abs(sched["value"] / observed - 1)
     # the decay is inside the fitted range (C measured): the forecast weighs the schedule
     # form with its floor averaged and the floor-free one by their backtests
     forecast = pred["forecast"]
@@ -181,12 +207,20 @@ def test_extrapolation_from_first_part_of_a_run(tmp_path):
     assert abs(forecast["value"] / observed - 1) < 0.03
     # its backtest refits only prefixes that show enough decay to measure C, as it does
     assert 0 < rf.settings["backtest"]["schedule"]["origins"] <= 8
+    # from 60% (a fall of 63% of the planned 90%) C is not fitted yet: the forecast says it
+    # leaves the annealing out, and its interval, from both families, still holds the truth
+    early = fit_run(run, use_first=0.6, n_boot=150).predict_at(final_tokens)["forecast"]
+    assert set(early["central"]) >= {"power-avgfloor", "schedule-avgfloor"}
+    assert any("annealing" in note for note in early["notes"])
+    assert early["ci_low"] <= observed <= early["ci_high"]
 
     target = rf.time_to_target(2.3)
     reach = target["forms"]["schedule"]
     obs = target["observed"]
-    assert reach["reached"] and reach["p_reach"] >= 0.9
-    assert reach["tokens"]["ci_low"] <= obs["tokens"] <= reach["tokens"]["ci_high"]
+    assert reach["reached"] and reach["p_reach"] >= 0.85  # 2.3 is near the final 2.27
+    # (an upper bound of None: some replicates never reach it, the interval is open above)
+    high = reach["tokens"]["ci_high"]
+    assert reach["tokens"]["ci_low"] <= obs["tokens"] <= (np.inf if high is None else high)
     # wall-clock follows from the run's own throughput (0.05 s per 8192-token step)
     assert reach["wall_s"]["value"] == pytest.approx(reach["tokens"]["value"] / 8192 * 0.05)
     assert reach["steps"]["value"] == pytest.approx(reach["tokens"]["value"] / 8192)
@@ -250,7 +284,7 @@ def test_annealing_term_waits_until_the_fitted_range_holds_lr_decay(tmp_path):
     assert forecast["value"] == pytest.approx(np.exp(log_mean), rel=1e-3)  # weights rounded
     assert forecast["ci_low"] <= prediction["observed_loss"] <= forecast["ci_high"]
     assert "leaves out the loss drop of the LR decay" in forecast["notes"][0]
-    late = fit_run(run, use_first=0.6, n_boot=0)
+    late = fit_run(run, use_first=0.7, n_boot=0)  # past two thirds of the planned fall
     assert late.fits["schedule"].params()["C"]["value"] > 0
     assert late.fits["schedule"].to_json()["notes"] == []
 

@@ -25,8 +25,12 @@ from oneepoch.analysis.lr_schedule import LRSchedule
 _LOG_LEVEL = (-14.0, 7.0)  # log of E, L0 or A_ref (loss units: nats)
 _ALPHA = (1e-4, 4.0)
 # The schedule form fits its annealing coefficient C only when the LR fell by at least
-# this fraction of its peak within the fitted range.
+# this fraction of its peak within the fitted range, and by at least MIN_SHARE_OF_FALL_TO_FIT_C
+# of the whole fall its schedule plans: fitted on the first part of a decay, C
+# extrapolated over the rest forecast losses 2-36% too low on real cosine and linear runs
+# (docs/analysis.md, "The live forecast under a decaying LR").
 MIN_DECAY_TO_FIT_C = 0.3
+MIN_SHARE_OF_FALL_TO_FIT_C = 2 / 3
 # A floor-averaged fit (``fit_curve(..., floor="averaged")``) holds the floor at this many
 # values; the floor is every form's first parameter.
 FLOOR_GRID = 40
@@ -121,7 +125,8 @@ class ScheduleForm:
         if self.c_fixed:
             self.c_note = (
                 f"C fixed at 0: the LR fell only to {lowest:.0%} of its peak in the fitted "
-                f"range (C needs a fall of {MIN_DECAY_TO_FIT_C:.0%} or more), so any later "
+                f"range (C needs a fall of {MIN_DECAY_TO_FIT_C:.0%} of the peak and "
+                f"{MIN_SHARE_OF_FALL_TO_FIT_C:.0%} of the planned fall), so any later "
                 "annealing bonus is left out of its predictions"
                 if s2.max() > 0
                 else "C fixed at 0: no LR decay in the fitted range"
@@ -130,12 +135,14 @@ class ScheduleForm:
         self.bounds = np.array([_level_box(floor), _LOG_LEVEL, _ALPHA, c_box])
 
     def measures_c(self, fit_x) -> bool:
-        """Whether a fit to ``fit_x`` sees enough LR decay to fit C (MIN_DECAY_TO_FIT_C)."""
+        """Whether a fit to ``fit_x`` sees enough LR decay to fit C: a fall of
+        MIN_DECAY_TO_FIT_C of the peak, and MIN_SHARE_OF_FALL_TO_FIT_C of the planned fall."""
         steps = self.x_to_steps(np.asarray(fit_x, dtype=float))
         if steps.size == 0 or self.schedule.areas(steps.max())[1] <= 0:
             return False
-        lowest = self.schedule.lowest_fraction(steps.min(), steps.max())
-        return 1.0 - lowest >= MIN_DECAY_TO_FIT_C
+        fall = 1.0 - self.schedule.lowest_fraction(steps.min(), steps.max())
+        planned = 1.0 - self.schedule.lowest_fraction(0.0, np.inf)
+        return fall >= max(MIN_DECAY_TO_FIT_C, MIN_SHARE_OF_FALL_TO_FIT_C * planned)
 
     def model(self, x) -> _ScheduleModel:
         s1, s2 = self.schedule.areas(self.x_to_steps(x))
