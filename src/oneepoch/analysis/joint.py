@@ -6,7 +6,7 @@ measure C; a run of the same model and data whose LR decayed can. Here the four
 parameters are shared by every run: each run contributes its evaluations (the target
 within its --use-first part, the others whole) under its own LR areas S1, S2, and the
 target's final loss is predicted under its planned schedule (config.toml). When no run's
-fitted range shows enough decay (``curves.MIN_DECAY_TO_FIT_C``), C is held at 0 and the
+fitted range shows enough decay (``ScheduleForm.measures_c``), C is held at 0 and the
 forecast says that it leaves the decay out.
 """
 
