@@ -697,15 +697,8 @@ def _no_documents_message(sources: list[Source], tally: Tally) -> str:
     return f"the sources ({names}) hold no text{detail}; point --source at non-empty text."
 
 
-_EXTRA_COUNTS = (
-    "duplicates_removed",
-    "empty_documents",
-    "binary_files_skipped",
-    "files_ignored",
-    "invalid_utf8_bytes",
-    "documents_split",
-    "files",
-)
+# A source's counts its manifest entry holds when not zero (bad records always).
+_EXTRA_COUNTS = ("duplicates_removed", *(tally for tally, _, _ in SET_ASIDE), "files")
 
 
 def _manifest(tok_info, dtype, splits, sources, tally, written, overlap, sample_chars, options):
