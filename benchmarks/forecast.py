@@ -231,8 +231,10 @@ def measure(
     seconds = time.perf_counter() - start
     forecast = pred["forecast"]
     extra = {} if curve is None else oracle(curve, final, use_first, n_boot, rf)
-    low = -np.inf if forecast["ci_low"] is None else forecast["ci_low"]
-    high = np.inf if forecast["ci_high"] is None else forecast["ci_high"]
+    # a run's own last evaluation is one noisy evaluation: its interval counts the scatter
+    interval = forecast if truth is not None else forecast["evaluation"]
+    low = -np.inf if interval["ci_low"] is None else interval["ci_low"]
+    high = np.inf if interval["ci_high"] is None else interval["ci_high"]
     return {
         "run": str(run_dir),
         "error": forecast["value"] / final - 1,

@@ -524,3 +524,40 @@ def test_forecast_benchmark_oracle_recovers_its_generating_form(tmp_path, seed):
     wrong = {**curve, "warmup_steps": curve["warmup_steps"] + 500}
     rf = fit_run(load_run(run_dir), use_first=0.3, n_boot=20)
     assert abs(bench.oracle(wrong, truth, 0.3, 20, rf)["oracle_error"]) > 1e-3
+
+
+def test_evaluation_scatter_is_the_noise_of_single_evaluations():
+    """The scatter of the evaluations around the curve, measured without a model: the noise
+    the curve was drawn with, over the noise levels of a fixed validation set, and unmoved by
+    the curve's own bend; None where too few points are left to measure it."""
+    from oneepoch.analysis.runfit import evaluation_scatter
+
+    steps = np.arange(100, 5001, 50, dtype=float)
+    for noise in (0.002, 0.005, 0.02):
+        measured = []
+        for seed in range(8):
+            rng = np.random.default_rng(seed)
+            loss = (2.0 + 30.0 * steps**-0.4) * np.exp(rng.normal(0.0, noise, steps.size))
+            measured.append(evaluation_scatter(steps, loss))
+        assert 0.8 < np.median(measured) / noise < 1.2, (noise, measured)
+    smooth = evaluation_scatter(steps, 2.0 + 30.0 * steps**-0.4)
+    assert smooth < 1e-4  # the curve alone, without noise: next to nothing
+    assert evaluation_scatter(steps[:6], 2.0 + 30.0 * steps[:6] ** -0.4) is None
+
+
+def test_the_final_evaluation_falls_in_its_interval_where_the_curves_is_too_narrow(tmp_path):
+    """Late in a run the fit pins the curve down better than one evaluation can: the
+    curve's interval misses most fresh draws of the final evaluation, the evaluation's
+    interval (the curve's, widened by the measured scatter) holds about 90% of them."""
+    noise = 0.01
+    write_run(tmp_path / "run", power_law(2.0, 300.0, 0.3), noise=noise, eval_every=20)
+    run = load_run(tmp_path / "run")
+    forecast = fit_run(run, use_first=0.9, n_boot=100).predict_at(run.final_tokens)["forecast"]
+    evaluation = forecast["evaluation"]
+    truth = power_law(2.0, 300.0, 0.3)(run.final_tokens, None)
+    draws = truth * np.exp(np.random.default_rng(1).normal(0.0, noise, 2000))
+    in_curve = np.mean((forecast["ci_low"] <= draws) & (draws <= forecast["ci_high"]))
+    in_evaluation = np.mean((evaluation["ci_low"] <= draws) & (draws <= evaluation["ci_high"]))
+    assert in_curve < 0.6 and 0.8 < in_evaluation < 0.98, (in_curve, in_evaluation)
+    assert evaluation["ci_low"] < forecast["ci_low"] < forecast["ci_high"] < evaluation["ci_high"]
+    assert 0.7 < evaluation["scatter"] / noise < 1.3

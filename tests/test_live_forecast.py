@@ -37,8 +37,8 @@ def test_forecast_records_start_at_a_share_of_the_run_and_hold_an_interval(live_
     assert min(r["step"] for r in records) >= MIN_SHARE * 160
     for r in records:
         assert r["step"] in evals and r["at_step"] == 160 and r["step"] < 160
-        low, high = r["interval"]
-        assert low < r["forecast"] < high
+        low, high = r["interval"]  # the final evaluation's: the curve's, and its scatter
+        assert low <= r["curve_interval"][0] < r["forecast"] < r["curve_interval"][1] <= high
         assert r["form"] in r["weights"] and isinstance(r["warnings"], list)
         assert r["target"]["loss"] == 2.6
     # the progress line (forced at the last step) shows a forecast and the target's ETA
@@ -66,7 +66,11 @@ def test_live_forecast_equals_fit_on_the_same_points(live_run, tmp_path):
     fitted = json.loads(res.stdout)["runs"][0]
     forecast = fitted["predict_at"]["forecast"]
     assert forecast["value"] == pytest.approx(record["forecast"], rel=1e-12)
-    assert [forecast["ci_low"], forecast["ci_high"]] == pytest.approx(record["interval"], 1e-12)
+    assert [forecast["ci_low"], forecast["ci_high"]] == pytest.approx(
+        record["curve_interval"], 1e-12
+    )
+    evaluation = forecast["evaluation"]
+    assert [evaluation["ci_low"], evaluation["ci_high"]] == pytest.approx(record["interval"], 1e-12)
     assert forecast["form"] == record["form"] and forecast["weights"] == record["weights"]
     assert fitted["n_fit_points"] == record["n_points"]
     steps = fitted["target"]["forecast"]["steps"]

@@ -101,7 +101,9 @@ def forecast_record(
         "at_step": int(round(final_step)),
         "at_tokens": at_tokens,
         "forecast": forecast["value"],
-        "interval": [forecast["ci_low"], forecast["ci_high"]],
+        # the final loss is one evaluation: its interval counts the evaluations' own scatter
+        "interval": [forecast["evaluation"]["ci_low"], forecast["evaluation"]["ci_high"]],
+        "curve_interval": [forecast["ci_low"], forecast["ci_high"]],
         "form": forecast["form"],
         "weights": forecast["weights"],
         "warnings": forecast["warnings"],
@@ -133,7 +135,8 @@ def _schedule_aware(record: dict, rf, companion: str, at_tokens: float, n_boot: 
     fc = joint["forecast"]
     record.update(
         forecast=fc["value"],
-        interval=[fc["ci_low"], fc["ci_high"]],
+        interval=[fc["evaluation"]["ci_low"], fc["evaluation"]["ci_high"]],
+        curve_interval=[fc["ci_low"], fc["ci_high"]],
         form="schedule (joint with the companion run)",
         weights={"schedule": 1.0},
         notes=list(joint["notes"]),

@@ -36,7 +36,7 @@ def fit_joint(
     """The joint fit and the target's forecast at ``predict_at`` (default: its planned
     final step, in ``x`` units), as a JSON-ready dict. ``min_steps`` maps each run's path
     to the step its fit starts after (default: that run's own default start)."""
-    from oneepoch.analysis.runfit import fit_run
+    from oneepoch.analysis.runfit import evaluation_interval, evaluation_scatter, fit_run
 
     runs = [target, *others]
     parts = []
@@ -73,6 +73,7 @@ def fit_joint(
             "the forecast leaves out the loss drop of the LR decay: no run's fitted range "
             "shows enough decay to measure the annealing term C, so it is held at 0"
         )
+    estimate = robust.estimate(point, samples, level, fit.df)
     observed = eval_curve(target, x)
     at_end = observed["x"].size and abs(observed["x"][-1] / predict_at - 1) < 1e-9
     return {
@@ -84,7 +85,8 @@ def fit_joint(
         "goodness": fit.goodness(),
         "forecast": {
             "x": float(predict_at),
-            **robust.estimate(point, samples, level, fit.df),
+            **estimate,
+            "evaluation": evaluation_interval(estimate, evaluation_scatter(*parts[0][2:]), level),
             "observed_loss": float(observed["loss"][-1]) if at_end else None,
         },
         "notes": notes,

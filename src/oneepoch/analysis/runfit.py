@@ -5,6 +5,7 @@ and extrapolate: loss at a later t, and the tokens and wall-clock to reach a tar
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
 import numpy as np
 
@@ -95,6 +96,9 @@ class RunFit:
             points, samples, extrapolating=x > EXTRAPOLATION_RATIO * self.x_fit_end
         )
         out["forecast"] = _forecast_entry(mix, {"loss": lambda v: v})["loss"] | _forecast_info(mix)
+        out["forecast"]["evaluation"] = evaluation_interval(
+            out["forecast"], self.settings["evaluation_scatter"], self.settings["level"]
+        )
         observed = _observed_loss_at(self.run, self.x_name, x)
         out["observed_loss"] = observed
         self.predictions["predict_at"] = out
@@ -307,6 +311,7 @@ def fit_run(
         "level": level,
         "lr_decay_factor": decay if any(FORM_SPECS[n][0] is ScheduleForm for n in built) else None,
         "backtest": backtest,
+        "evaluation_scatter": evaluation_scatter(x_fit, loss_fit),
     }
     tail = _tail_check(fits, tail_fraction)
     return RunFit(run, x, fits, settings, tail, run.wall_rate(max_tokens=cutoff))
@@ -456,6 +461,42 @@ def _build_form(name: str, run: Run, x_name: str, fit_x: np.ndarray, decay: floa
         )
     to_steps = _identity if x_name == "steps" else run.tokens_to_steps
     return ScheduleForm(LRSchedule(*log, decay=decay), to_steps, fit_x, floor)
+
+
+def evaluation_scatter(x: np.ndarray, loss: np.ndarray) -> float | None:
+    """How far single evaluations scatter around the smooth curve (SD of log loss), from the
+    later half of the fitted points: each point's residual against the straight line (in
+    log t, log loss) through its two neighbours, scaled for the neighbours' own scatter,
+    and their median absolute value as a robust SD. None with fewer than 3 such points."""
+    log_x, log_loss = np.log(x), np.log(loss)
+    first = max(1, x.size // 2)
+    if x.size - 1 - first < 3:
+        return None
+    i = np.arange(first, x.size - 1)
+    share = (log_x[i + 1] - log_x[i]) / (log_x[i + 1] - log_x[i - 1])
+    line = share * log_loss[i - 1] + (1 - share) * log_loss[i + 1]
+    scaled = (log_loss[i] - line) / np.sqrt(1 + share**2 + (1 - share) ** 2)
+    return float(1.4826 * np.median(np.abs(scaled)))
+
+
+def evaluation_interval(forecast: dict, scatter: float | None, level: float) -> dict:
+    """The interval one evaluation at t should fall in: the curve's interval widened on each
+    side, in log loss and in quadrature, by the evaluations' own scatter around the curve.
+    A run's final loss is such an evaluation; the curve's interval alone is too narrow for
+    it late in a run, where the fit pins the curve down better than one evaluation does
+    (docs/analysis.md, "The interval of the final evaluation")."""
+    value, low, high = forecast["value"], forecast["ci_low"], forecast["ci_high"]
+    if scatter is None or value is None:
+        return {"ci_low": low, "ci_high": high, "scatter": scatter}
+    spread = NormalDist().inv_cdf((1 + level) / 2) * scatter
+    out = {"scatter": scatter}
+    for key, bound, sign in (("ci_low", low, -1), ("ci_high", high, 1)):
+        if bound is None:
+            out[key] = None
+            continue
+        side = max(sign * np.log(bound / value), 0.0)  # 0 when the bound lies across the value
+        out[key] = float(value * np.exp(sign * np.hypot(side, spread)))
+    return out
 
 
 def _identity(x) -> np.ndarray:

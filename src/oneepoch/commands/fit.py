@@ -279,11 +279,22 @@ def _print_prediction(pa: dict) -> None:
     for name, est in pa["forms"].items():
         print(f"  loss at t = {pa['x']:.4g} ({name}): {format_estimate(est)}")
     print(f"  forecast: loss at t = {pa['x']:.4g}: {format_estimate(pa['forecast'])}{_how(pa)}")
+    _print_evaluation(pa["forecast"])
     _print_forecast_lines(pa["forecast"])
     if pa["observed_loss"] is not None:
         print(
             f"  observed loss at t = {pa['x']:.4g}: {pa['observed_loss']:.4f}"
             + _error(pa["forecast"])
+        )
+
+
+def _print_evaluation(forecast: dict) -> None:
+    """The interval one evaluation there falls in, when the scatter was measured."""
+    evaluation = forecast["evaluation"]
+    if evaluation["scatter"] is not None:
+        print(
+            f"  one evaluation there: {format_estimate(forecast | evaluation)} (the curve's "
+            f"interval widened by the evaluations' scatter, {evaluation['scatter']:.2%})"
         )
 
 
@@ -296,6 +307,7 @@ def _print_joint(jt: dict) -> None:
     print(
         f"  forecast under the planned schedule: loss at t = {fc['x']:.4g}: {format_estimate(fc)}"
     )
+    _print_evaluation(fc)
     if fc["observed_loss"] is not None:
         print(f"  observed loss at t = {fc['x']:.4g}: {fc['observed_loss']:.4f}" + _error(fc))
     for note in jt["notes"]:
