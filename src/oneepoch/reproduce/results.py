@@ -245,20 +245,23 @@ def _power_law(run: Run) -> dict:
         out["forecast"] = {"error": str(exc)}
         return out
     fc, observed = pred["forecast"], pred.get("observed_loss")
+    # what is checked is one evaluation, the last: its interval counts the evaluations' scatter
+    low, high = fc["evaluation"]["ci_low"], fc["evaluation"]["ci_high"]
     out["forecast"] = {
         "use_first": FORECAST_FRACTION,
         "at_tokens": final_tokens,
         "form": fc.get("form"),
         "value": fc.get("value"),
-        "ci_low": fc.get("ci_low"),
-        "ci_high": fc.get("ci_high"),
+        "ci_low": low,
+        "ci_high": high,
+        "curve_ci": [fc.get("ci_low"), fc.get("ci_high")],
         "observed": observed,
         "error": (fc["value"] / observed - 1) if fc.get("value") and observed else None,
         "covered": bool(
             observed is not None
-            and fc.get("ci_low") is not None
-            and fc.get("ci_high") is not None
-            and fc["ci_low"] <= observed <= fc["ci_high"]
+            and low is not None
+            and high is not None
+            and low <= observed <= high
         ),
         "warnings": fc.get("warnings", []),
     }
