@@ -548,7 +548,8 @@ def test_evaluation_scatter_is_the_noise_of_single_evaluations():
 def test_the_final_evaluation_falls_in_its_interval_where_the_curves_is_too_narrow(tmp_path):
     """Late in a run the fit pins the curve down better than one evaluation can: the
     curve's interval misses most fresh draws of the final evaluation, the evaluation's
-    interval (the curve's, widened by the measured scatter) holds about 90% of them."""
+    interval (the curve's, widened by the scatter or the form's held-out error) holds about
+    90% of them."""
     noise = 0.01
     write_run(tmp_path / "run", power_law(2.0, 300.0, 0.3), noise=noise, eval_every=20)
     run = load_run(tmp_path / "run")
@@ -561,3 +562,28 @@ def test_the_final_evaluation_falls_in_its_interval_where_the_curves_is_too_narr
     assert in_curve < 0.6 and 0.8 < in_evaluation < 0.98, (in_curve, in_evaluation)
     assert evaluation["ci_low"] < forecast["ci_low"] < forecast["ci_high"] < evaluation["ci_high"]
     assert 0.7 < evaluation["scatter"] / noise < 1.3
+
+
+def test_near_the_fitted_range_the_interval_takes_the_forms_held_out_error_when_larger(tmp_path):
+    """Within EXTRAPOLATION_RATIO of the fitted range the forecast is the tail check's winner,
+    and one evaluation there may miss it by what that form missed its held-out tail by; far
+    past the range the forms' backtested drift already widens the curve's interval."""
+    from oneepoch.analysis.runfit import evaluation_interval
+
+    forecast = {"value": 3.0, "ci_low": 2.99, "ci_high": 3.01}
+    plain = evaluation_interval(forecast, None, 0.9)
+    assert (plain["ci_low"], plain["ci_high"]) == (2.99, 3.01)
+    by_scatter = evaluation_interval(forecast, 0.002, 0.9)
+    by_tail = evaluation_interval(forecast, 0.002, 0.9, tail_error=0.01)
+    assert by_tail["ci_low"] < by_scatter["ci_low"] < 2.99
+    assert 3.01 < by_scatter["ci_high"] < by_tail["ci_high"]
+    half = np.hypot(np.log(3.01 / 3.0), 1.6449 * 0.01)  # in quadrature, in log loss
+    assert np.log(by_tail["ci_high"] / 3.0) == pytest.approx(half, rel=1e-3)
+
+    write_run(tmp_path / "run", power_law(2.0, 300.0, 0.3), noise=0.01, eval_every=20)
+    run = load_run(tmp_path / "run")
+    rf = fit_run(run, use_first=0.9, n_boot=50)
+    near = rf.predict_at(run.final_tokens)["forecast"]
+    assert near["evaluation"]["tail_error"] == rf.tail_check["rmse_log"][near["form"]]
+    far = rf.predict_at(10 * run.final_tokens)["forecast"]
+    assert far["evaluation"]["tail_error"] is None

@@ -92,12 +92,14 @@ class RunFit:
         for name, fit in self.fits.items():
             out["forms"][name] = extrapolate.predict_loss(fit, x)
             points[name], samples[name] = fit.predict([x])[0], fit.predict_samples([x])[:, 0]
-        mix = self._forecast(
-            points, samples, extrapolating=x > EXTRAPOLATION_RATIO * self.x_fit_end
-        )
+        extrapolating = x > EXTRAPOLATION_RATIO * self.x_fit_end
+        mix = self._forecast(points, samples, extrapolating)
         out["forecast"] = _forecast_entry(mix, {"loss": lambda v: v})["loss"] | _forecast_info(mix)
+        # near the range the forecast is the tail check's winner: its error on held-out
+        # points just past a fitted range is what one evaluation just past this one may show
+        tail_error = None if extrapolating else self.tail_check.get("rmse_log", {}).get(mix["form"])
         out["forecast"]["evaluation"] = evaluation_interval(
-            out["forecast"], self.settings["evaluation_scatter"], self.settings["level"]
+            out["forecast"], self.settings["evaluation_scatter"], self.settings["level"], tail_error
         )
         observed = _observed_loss_at(self.run, self.x_name, x)
         out["observed_loss"] = observed
@@ -479,23 +481,26 @@ def evaluation_scatter(x: np.ndarray, loss: np.ndarray) -> float | None:
     return float(1.4826 * np.median(np.abs(scaled)))
 
 
-def evaluation_interval(forecast: dict, scatter: float | None, level: float) -> dict:
+def evaluation_interval(
+    forecast: dict, scatter: float | None, level: float, tail_error: float | None = None
+) -> dict:
     """The interval one evaluation at t should fall in: the curve's interval widened on each
-    side, in log loss and in quadrature, by the evaluations' own scatter around the curve.
-    A run's final loss is such an evaluation; the curve's interval alone is too narrow for
-    it late in a run, where the fit pins the curve down better than one evaluation does
+    side, in log loss and in quadrature, by the evaluations' own scatter around the curve, or
+    by ``tail_error`` (the form's RMS log error on held-out points just past a fitted range,
+    which holds that scatter and the form's misfit) where that is larger. A run's final loss
+    is such an evaluation; the curve's interval alone is too narrow for it late in a run,
+    where the fit pins the curve down better than the form describes what comes next
     (docs/analysis.md, "The interval of the final evaluation")."""
     value, low, high = forecast["value"], forecast["ci_low"], forecast["ci_high"]
-    if scatter is None or value is None:
-        return {"ci_low": low, "ci_high": high, "scatter": scatter}
-    spread = NormalDist().inv_cdf((1 + level) / 2) * scatter
-    out = {"scatter": scatter}
+    sd = max(scatter or 0.0, tail_error or 0.0)
+    out = {"ci_low": low, "ci_high": high, "scatter": scatter, "tail_error": tail_error}
+    if sd == 0.0 or value is None:
+        return out
+    spread = NormalDist().inv_cdf((1 + level) / 2) * sd
     for key, bound, sign in (("ci_low", low, -1), ("ci_high", high, 1)):
-        if bound is None:
-            out[key] = None
-            continue
-        side = max(sign * np.log(bound / value), 0.0)  # 0 when the bound lies across the value
-        out[key] = float(value * np.exp(sign * np.hypot(side, spread)))
+        if bound is not None:
+            side = max(sign * np.log(bound / value), 0.0)  # 0: the bound lies across the value
+            out[key] = float(value * np.exp(sign * np.hypot(side, spread)))
     return out
 
 

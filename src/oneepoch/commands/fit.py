@@ -289,12 +289,18 @@ def _print_prediction(pa: dict) -> None:
 
 
 def _print_evaluation(forecast: dict) -> None:
-    """The interval one evaluation there falls in, when the scatter was measured."""
+    """The interval one evaluation there falls in, and what widened the curve's."""
     evaluation = forecast["evaluation"]
-    if evaluation["scatter"] is not None:
+    scatter, tail = evaluation["scatter"] or 0.0, evaluation.get("tail_error") or 0.0
+    if scatter or tail:
+        why = (
+            f"the form's error on its held-out tail, {tail:.2%}"
+            if tail > scatter
+            else f"the evaluations' scatter, {scatter:.2%}"
+        )
         print(
             f"  one evaluation there: {format_estimate(forecast | evaluation)} (the curve's "
-            f"interval widened by the evaluations' scatter, {evaluation['scatter']:.2%})"
+            f"interval widened by {why})"
         )
 
 
