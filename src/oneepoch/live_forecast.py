@@ -101,9 +101,7 @@ def forecast_record(
         "at_step": int(round(final_step)),
         "at_tokens": at_tokens,
         "forecast": forecast["value"],
-        # the final loss is one evaluation: its interval counts the evaluations' own scatter
-        "interval": [forecast["evaluation"]["ci_low"], forecast["evaluation"]["ci_high"]],
-        "curve_interval": [forecast["ci_low"], forecast["ci_high"]],
+        **_intervals(forecast),
         "form": forecast["form"],
         "weights": forecast["weights"],
         "warnings": forecast["warnings"],
@@ -135,12 +133,21 @@ def _schedule_aware(record: dict, rf, companion: str, at_tokens: float, n_boot: 
     fc = joint["forecast"]
     record.update(
         forecast=fc["value"],
-        interval=[fc["evaluation"]["ci_low"], fc["evaluation"]["ci_high"]],
-        curve_interval=[fc["ci_low"], fc["ci_high"]],
+        **_intervals(fc),
         form="schedule (joint with the companion run)",
         weights={"schedule": 1.0},
         notes=list(joint["notes"]),
     )
+
+
+def _intervals(forecast: dict) -> dict:
+    """A record's intervals: ``interval``, the final evaluation's (the final loss is one
+    evaluation: the curve's interval widened by the evaluations' scatter), and the curve's."""
+    evaluation = forecast["evaluation"]
+    return {
+        "interval": [evaluation["ci_low"], evaluation["ci_high"]],
+        "curve_interval": [forecast["ci_low"], forecast["ci_high"]],
+    }
 
 
 def _target(rf, target: float, final: list) -> dict:
