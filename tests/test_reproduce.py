@@ -52,28 +52,17 @@ def job(bpe_dataset, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("job") / "out"
     args = ["reproduce", "--preset", "micro", "--data", str(bpe_dataset), "--out", str(out)]
     proc = launch(args)
-    deadline = time.time() + 600
-    while not (out / "job.json").is_file():
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
-        time.sleep(0.05)
+    wait_for(lambda: (out / "job.json").is_file(), proc, "the job's plan")
     plan = json.loads((out / "job.json").read_text())["plan"]
     trained = [k for k, v in plan["runs"].items() if not v["prefix_of"]]
     # Runs finish in the last round: wait for the first to complete, then kill mid-job.
-    done = out / "runs" / "seed0" / trained[0] / "run.json"
-    while not (
-        done.is_file() and json.loads(done.read_text() or "{}").get("status") == "completed"
-    ):
-        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
-        time.sleep(0.05)
+    first = out / "runs" / "seed0" / trained[0]
+    wait_for(lambda: run_status(first) == "completed", proc, "the first run")
     time.sleep(0.3)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    metrics = out / "runs" / "seed0" / trained[0] / "metrics.jsonl"
-    statuses = {
-        k: json.loads(info.read_text() or "{}").get("status") if info.is_file() else None
-        for k in trained
-        for info in [out / "runs" / "seed0" / k / "run.json"]
-    }
+    metrics = first / "metrics.jsonl"
+    statuses = {k: run_status(out / "runs" / "seed0" / k) for k in trained}
     KILLED.update(
         first=trained[0],
         statuses=statuses,
@@ -349,21 +338,9 @@ def test_two_ranks_match_one_process_and_a_kill_then_rerun_completes(job, bpe_da
     runs = {k: plan["runs"][k] for k in trained(plan)}  # the others: their first steps
     first = list(runs)[0]
     proc = launch(args)
-    done = out / "runs" / "seed0" / first / "run.json"
-    deadline = time.time() + 600
-    while not (
-        done.is_file() and json.loads(done.read_text() or "{}").get("status") == "completed"
-    ):
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        assert time.time() < deadline, "the first run did not complete in time"
-        time.sleep(0.05)
+    wait_for(lambda: run_status(out / "runs" / "seed0" / first) == "completed", proc, first)
     kill_tree(proc)
-    unfinished = [
-        k
-        for k in runs
-        if not (out / "runs" / "seed0" / k / "run.json").is_file()
-        or "completed" not in (out / "runs" / "seed0" / k / "run.json").read_text()
-    ]
+    unfinished = [k for k in runs if run_status(out / "runs" / "seed0" / k) != "completed"]
     assert unfinished  # killed mid-job
 
     res = run_cli(*args, timeout=900)
@@ -386,3 +363,18 @@ def test_two_ranks_match_one_process_and_a_kill_then_rerun_completes(job, bpe_da
         else:
             assert a[-1]["val_loss"] == pytest.approx(b[-1]["val_loss"], rel=0.03), key
     assert set(results(out)["runs"]) == set(results(job)["runs"])
+
+
+def run_status(run: Path) -> str | None:
+    """A run's status as its run.json says (None before it is written)."""
+    info = run / "run.json"
+    return json.loads(info.read_text() or "{}").get("status") if info.is_file() else None
+
+
+def wait_for(ready, proc, what: str, timeout: float = 600) -> None:
+    """Poll ``ready()`` while the launched job runs; fail with its stderr if it ends first."""
+    deadline = time.time() + timeout
+    while not ready():
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() < deadline, f"{what} did not complete in time"
+        time.sleep(0.05)
