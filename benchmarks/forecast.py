@@ -310,7 +310,8 @@ def targets_table(rows: list[dict], real: list[dict], oracle: bool) -> str:
     head = f"{'family':<18}"
     if oracle:
         head += f" {'rule/oracle, <= 1.25x':<28}"
-    lines.append(head + f" {'median signed, +-0.5%':<31} {'coverage, 85-95%'}")
+    if rows:
+        lines.append(head + f" {'median signed, +-0.5%':<31} {'coverage, 85-95%'}")
     verdicts: dict[str, list[str]] = {}
     groups = [
         (f"{name}={level}", [r for r in rows if r[name] == level])
