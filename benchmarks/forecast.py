@@ -382,8 +382,8 @@ def main(argv=None) -> int:
         rows = [r for r in saved if "seed" in r]
         real = [r for r in saved if "seed" not in r]
         args.oracle_true_form = any("oracle_error" in r for r in rows)
-        seeds = sorted(r["seed"] for r in rows) or [0]
-        first, last = seeds[0], seeds[-1] + 1
+        seeds = sorted(r["seed"] for r in rows)
+        first, last = (seeds[0], seeds[-1] + 1) if seeds else (0, 0)
     else:
         rows = []
         with tempfile.TemporaryDirectory() as tmp:
@@ -400,8 +400,9 @@ def main(argv=None) -> int:
             runs += train_tiny(args.tiny, args.data, range(tiny_first, tiny_last))
         real = [measure(run, None, args.use_first, args.bootstrap) for run in runs]
 
+    curves = f"seeds {first}-{last - 1}" if last > first else "no synthetic curves"
     print(
-        f"final loss forecast from the first {args.use_first:.0%}: seeds {first}-{last - 1}, "
+        f"final loss forecast from the first {args.use_first:.0%}: {curves}, "
         f"{args.bootstrap} bootstrap replicates"
     )
     header = f"{'family':<18} {'n':>4} {'med|err|':>8} {'p90|err|':>8} {'med err':>9} "
@@ -419,6 +420,14 @@ def main(argv=None) -> int:
         print(f"{'overall':<18} {summary(rows, args.oracle_true_form)}")
     if real:
         print(f"{'project runs':<18} {summary(real)}")
+        # runs of the same setup across seeds (their folder name): a bias of one setup
+        # that the pooled median hides
+        setups: dict[str, list[dict]] = {}
+        for r in (r for r in real if "error" in r):
+            setups.setdefault(Path(r["run"]).name, []).append(r)
+        if len(setups) > 1 and all(len(group) > 1 for group in setups.values()):
+            for name, group in setups.items():
+                print(f"{'  ' + name:<18} {summary(group)}")
         width = np.median([r["width"] for r in real if "width" in r])
         print(f"{'':<18} median width of the 90% interval {width:.2%} of the final loss")
         for r in (r for r in real if "error" in r):
