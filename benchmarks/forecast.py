@@ -27,12 +27,21 @@ docs/analysis.md). Issue 21's start without a warm-up (need + 3 points) was chos
 1000-1199 and checked once on 0-299 and 300-599; its drift rule for the floor-averaged
 form on 1000-1199 and 1000-1999, checked once on 300-599 (and 0-299).
 
+After the tables, issue 21's targets (per family: median |error| at most 1.25x the
+oracle's, median signed error within +-0.5%, coverage 85-95%; overall median |error| at
+most 1.2%; on the project runs: median signed error within +-1%, median |error| at most
+1.5%, median half-width at most 3x the median |error|), each with its 90% interval over the
+curves and a verdict that says whether these curves can tell (forecast_targets.py). Seeds
+2000-2999 were run once, with the rule as of 2026-12-03, as a larger held-out set. `--table
+FILE` prints the tables and targets of a `--json` file again without fitting anything.
+
 `--oracle-true-form` adds, per synthetic curve, the TRUE generating form (``TrueForm``: the
 power law in the LR area with the run's warm-up, plus the fast drop) fitted the way fit_run
 fits its forms, on the same points and on all of the first 30%: what any rule choosing
 among forms could at best reach on these curves.
 
     python benchmarks/forecast.py [--seeds 0:300] [--oracle-true-form] [RUN_DIR ...] [--json OUT]
+    python benchmarks/forecast.py --table OUT
 """
 
 from __future__ import annotations
