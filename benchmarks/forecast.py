@@ -254,6 +254,8 @@ def measure(
         "warnings": forecast["warnings"],
         "errors_by_form": {n: est["value"] / final - 1 for n, est in pred["forms"].items()},
         "n_fit_points": rf.settings["n_fit_points"],
+        "use_first": use_first,
+        "bootstrap": n_boot,
         "seconds": seconds,
         **extra,
     }
@@ -391,6 +393,9 @@ def main(argv=None) -> int:
         rows = [r for r in saved if "seed" in r]
         real = [r for r in saved if "seed" not in r]
         args.oracle_true_form = any("oracle_error" in r for r in rows)
+        measured = next((r for r in saved if "use_first" in r), {})
+        args.use_first = measured.get("use_first", args.use_first)
+        args.bootstrap = measured.get("bootstrap", args.bootstrap)
         seeds = sorted(r["seed"] for r in rows)
         first, last = (seeds[0], seeds[-1] + 1) if seeds else (0, 0)
     else:
