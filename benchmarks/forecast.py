@@ -345,15 +345,29 @@ def targets_table(rows: list[dict], real: list[dict], oracle: bool) -> str:
     if real:
         errors, widths = [r["error"] for r in real], [r["width"] for r in real]
         judged += [("project runs", j) for j in runs_targets(errors, widths)]
+        for name, group in _setups(real).items():
+            errors, widths = [r["error"] for r in group], [r["width"] for r in group]
+            judged += [(f"  {name}", j) for j in runs_targets(errors, widths)]
     for label, j in judged:
         lines.append(f"{label:<18} {j.target}: {j}")
-        verdicts.setdefault(j.verdict, []).append(f"{label} {j.target}")
+        verdicts.setdefault(j.verdict, []).append(f"{label.strip()} {j.target}")
     total = sum(len(v) for v in verdicts.values())
     lines.append(f"of {total} targets: {len(verdicts.get('met', []))} met")
     for verdict in ("noise", "MISSED"):
         if verdicts.get(verdict):
             lines.append(f"  {verdict}: " + "; ".join(verdicts[verdict]))
     return "\n".join(lines)
+
+
+def _setups(real: list[dict]) -> dict[str, list[dict]]:
+    """The project runs by setup (their folder name) across seeds, when there are several
+    setups of three runs or more: a bias of one setup that the pooled median hides."""
+    setups: dict[str, list[dict]] = {}
+    for r in (r for r in real if "error" in r):
+        setups.setdefault(Path(r["run"]).name, []).append(r)
+    if len(setups) > 1 and all(len(group) >= 3 for group in setups.values()):
+        return setups
+    return {}
 
 
 def main(argv=None) -> int:
@@ -434,14 +448,8 @@ def main(argv=None) -> int:
         print(f"{'overall':<18} {summary(rows, args.oracle_true_form)}")
     if real:
         print(f"{'project runs':<18} {summary(real)}")
-        # runs of the same setup across seeds (their folder name): a bias of one setup
-        # that the pooled median hides
-        setups: dict[str, list[dict]] = {}
-        for r in (r for r in real if "error" in r):
-            setups.setdefault(Path(r["run"]).name, []).append(r)
-        if len(setups) > 1 and all(len(group) > 1 for group in setups.values()):
-            for name, group in setups.items():
-                print(f"{'  ' + name:<18} {summary(group)}")
+        for name, group in _setups(real).items():
+            print(f"{'  ' + name:<18} {summary(group)}")
         width = np.median([r["width"] for r in real if "width" in r])
         print(f"{'':<18} median width of the 90% interval {width:.2%} of the final loss")
         for r in (r for r in real if "error" in r):

@@ -63,3 +63,20 @@ def test_the_table_of_a_saved_run_is_the_table_the_run_printed(tmp_path):
     assert again.returncode == 0, again.stderr
     assert again.stdout == first.stdout
     assert "targets (issue 21)" in first.stdout and "synthetic, all" in first.stdout
+
+
+def test_a_setup_biased_across_seeds_is_missed_though_the_pooled_runs_meet_their_targets():
+    from forecast import targets_table
+
+    def row(setup, seed, error):  # intervals +-2.5x the setup's typical error
+        width = 0.3 if setup == "drop" else 0.02
+        return {"run": f"runs/seed{seed}/{setup}", "error": error, "width": width}
+
+    real = [row("plain", s, e) for s, e in enumerate([-0.004, 0.003, -0.006, 0.005])]
+    real += [row("drop", s, e) for s, e in enumerate([0.05, 0.06, 0.07, 0.065])]
+    real += [row("other", s, e) for s, e in enumerate([0.002, -0.003, 0.004, -0.005])]
+    table = targets_table([], real, oracle=False)
+    pooled = next(line for line in table.splitlines() if line.startswith("project runs  "))
+    assert "signed" in pooled and pooled.endswith("met")
+    missed = next(line for line in table.splitlines() if line.startswith("  MISSED: "))
+    assert "drop signed" in missed and "plain" not in missed and "other" not in missed
