@@ -1,9 +1,10 @@
 """Issue 21's forecast targets, each judged against the sampling noise of its estimate.
 
-A family of the synthetic benchmark holds 50-120 curves, and the tiny preset gives 9: a
-family's median |error|, median signed error and coverage are estimates of the rule's, from
-a sample whose spread is as large as the margins the targets leave (the ratio of two
-medians over 70 curves moves by +-30-40% between draws of curves). So each is reported
+A family of the synthetic benchmark holds 50-120 of 300 curves, and a setup of the tiny
+runs one per seed: a family's median |error|, median signed error and coverage are
+estimates of the rule's, from a sample whose spread is as large as the margins the targets
+leave (the ratio of two medians over 75 curves lies anywhere from a third below to a half
+above its value from one draw of curves to the next). So each is reported
 with its 90% interval over the curves (a bootstrap of the curves, the rule and the oracle
 resampled together; Wilson's interval for a coverage) and judged three ways:
 
