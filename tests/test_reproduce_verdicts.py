@@ -152,6 +152,26 @@ def test_forecast_verdicts_follow_their_stated_bounds():
     assert judge_forecast([])[0] == UNDECIDED
 
 
+def test_a_run_forecast_off_on_every_seed_keeps_the_pooled_verdict_from_supports():
+    """The tiny runs of 2026-12-03: dropout 0.2 +5 to +8% on every seed, the others within 1%:
+    the pooled median (0.8%) and coverage (9 of 12) alone would support."""
+    errors = {
+        "one-epoch-long": (0.003, -0.002, 0.001),
+        "one-epoch": (-0.005, -0.001, -0.01),
+        "dropout0.1": (-0.012, 0.01, -0.008),
+        "dropout0.2": (0.052, 0.073, 0.061),
+    }
+    runs = [key for key, seeds in errors.items() for _ in seeds]
+    fc = [forecast(e, 0.05 if e < 0.05 else 0.02) for seeds in errors.values() for e in seeds]
+    verdict, facts = judge_forecast(fc, runs)
+    assert facts["median_abs_error"] <= 0.02 and facts["coverage"] >= 0.75
+    assert verdict == UNDECIDED and facts["biased_runs"] == ["dropout0.2"]
+    assert facts["by_run"]["dropout0.2"] == pytest.approx(0.061)
+    # the same errors, one seed each: one curve off is not a run biased on every seed
+    one_seed = [errors[key][0] for key in errors]
+    assert judge_forecast([forecast(e, 0.12) for e in one_seed], list(errors))[0] == SUPPORTS
+
+
 def test_the_forecast_rule_is_written_from_its_constants():
     from oneepoch.reproduce import verdicts
 

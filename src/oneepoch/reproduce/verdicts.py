@@ -398,20 +398,26 @@ def _power_law(exp3: dict) -> Claim:
 
 
 def _forecast(exp3: dict) -> Claim:
-    fc = [
-        run["forecast"]
+    runs = [
+        (key, run["forecast"])
         for seed in exp3["per_seed"]
-        for run in seed.values()
+        for key, run in seed.items()
         if run.get("forecast", {}).get("error") is not None
     ]
-    verdict, facts = judge_forecast(fc)
+    fc = [f for _, f in runs]
+    verdict, facts = judge_forecast(fc, [key for key, _ in runs])
     ours = (
         f"median error {facts['bias']:+.1%} (absolute {facts['median_abs_error']:.1%}); "
         f"{facts['covered']} of {facts['n']} inside their {INTERVAL:.0%} intervals, median width "
-        f"{facts['median_width']:.1%} of the forecast"
+        f"{facts['median_width']:.1%} of the forecast; by run, median error over seeds: "
+        + ", ".join(f"{key} {error:+.1%}" for key, error in facts["by_run"].items())
         if fc
         else "no forecast"
     )
+    why = [
+        f"{key} was forecast more than {FORECAST_SUPPORTS:.0%} off on the same side on every seed"
+        for key in facts.get("biased_runs", [])
+    ]
     return Claim(
         experiment=3,
         claim=f"the power law fitted to the first {FORECAST_FRACTION:.0%} of a one-epoch run "
@@ -421,6 +427,7 @@ def _forecast(exp3: dict) -> Claim:
         verdict=verdict,
         measured=spread([f["error"] for f in fc])
         | {"unit": "relative error", "covered": [f["covered"] for f in fc], **facts},
+        why=why,
         ours=ours,
     )
 
@@ -432,13 +439,18 @@ FORECAST_RULE = (
     f"of the observed final losses lie in their intervals (accurate and honest about it); "
     f"contradicts when the median absolute error exceeds {FORECAST_CONTRADICTS:.0%} or no observed "
     f"loss lies in its interval; else cannot decide. A wide interval alone cannot earn "
-    "supports: the bias (median signed error) and the median interval width are shown."
+    "supports: the bias (median signed error) and the median interval width are shown. "
+    f"Nor can a pooled median that hides one run: a run (the same run over seeds) forecast "
+    f"more than {FORECAST_SUPPORTS:.0%} off on the same side on every seed, two seeds or more, "
+    "keeps the verdict from supports."
 )
 
 
-def judge_forecast(forecasts: list[dict]) -> tuple[str, dict]:
-    """The forecast rule on forecasts {error, covered, value, ci_low, ci_high}: the verdict,
-    and the facts it rests on (bias, median absolute error, coverage, median interval width)."""
+def judge_forecast(forecasts: list[dict], runs: list[str] | None = None) -> tuple[str, dict]:
+    """The forecast rule on forecasts {error, covered, value, ci_low, ci_high}, ``runs``
+    naming the run of each (the same run over seeds): the verdict, and the facts it rests
+    on (bias, median absolute error, coverage, median interval width, each run's median
+    error and the runs biased on every seed)."""
     if not forecasts:
         return UNDECIDED, {"n": 0}
     errors = [f["error"] for f in forecasts]
@@ -456,7 +468,18 @@ def judge_forecast(forecasts: list[dict]) -> tuple[str, dict]:
         "coverage": covered / len(forecasts),
         "median_width": statistics.median(widths) if widths else float("nan"),
     }
-    if facts["median_abs_error"] <= FORECAST_SUPPORTS and facts["coverage"] >= FORECAST_COVERAGE:
+    by_run: dict[str, list[float]] = {}
+    for key, error in zip(runs or [], errors):
+        by_run.setdefault(key, []).append(error)
+    facts["by_run"] = {key: statistics.median(e) for key, e in by_run.items()}
+    facts["biased_runs"] = [
+        key
+        for key, e in by_run.items()
+        if len(e) >= 2
+        and (all(x > FORECAST_SUPPORTS for x in e) or all(x < -FORECAST_SUPPORTS for x in e))
+    ]
+    accurate = facts["median_abs_error"] <= FORECAST_SUPPORTS
+    if accurate and facts["coverage"] >= FORECAST_COVERAGE and not facts["biased_runs"]:
         return SUPPORTS, facts
     if facts["median_abs_error"] > FORECAST_CONTRADICTS or covered == 0:
         return CONTRADICTS, facts
