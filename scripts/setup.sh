@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv (if needed) and install oneepoch with what it needs; `setup.sh dev` adds the
-# test tools (pytest, ruff, transformers and tensorboard for the export and event tests).
+# test tools (pytest and pytest-xdist, ruff, transformers and tensorboard for the export and
+# event tests).
 # torch==2.13.0 goes in first: a looser torch requirement with no torch installed makes pip
 # fetch a multi-GB CUDA build. The built-in corpus's source packages come with the install.
 set -euo pipefail

@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
 .venv/bin/ruff check src tests benchmarks
 .venv/bin/ruff format --check src tests benchmarks
-.venv/bin/python -m pytest -q "$@"
+# one worker per core, each file on one worker (its module fixtures run once)
+.venv/bin/python -m pytest -q --numprocesses auto --dist loadfile "$@"
