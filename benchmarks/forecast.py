@@ -343,11 +343,10 @@ def targets_table(rows: list[dict], real: list[dict], oracle: bool) -> str:
     if rows:
         judged.append(("synthetic, all", overall_target([r["error"] for r in rows])))
     if real:
-        errors, widths = [r["error"] for r in real], [r["width"] for r in real]
-        judged += [("project runs", j) for j in runs_targets(errors, widths)]
-        for name, group in _setups(real).items():
+        setups = [("project runs", real)] + [(f"  {n}", g) for n, g in _setups(real).items()]
+        for label, group in setups:
             errors, widths = [r["error"] for r in group], [r["width"] for r in group]
-            judged += [(f"  {name}", j) for j in runs_targets(errors, widths)]
+            judged += [(label, j) for j in runs_targets(errors, widths)]
     for label, j in judged:
         lines.append(f"{label:<18} {j.target}: {j}")
         verdicts.setdefault(j.verdict, []).append(f"{label.strip()} {j.target}")
