@@ -40,6 +40,19 @@ FORECASTING = list(TINY)
 TINY = [*FORECASTING, "--no-forecast"]
 
 
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """benchmarks/NAME.py as a module. The benchmarks are scripts that import each other as
+    siblings, so their folder goes on sys.path, as running one puts it there."""
+    import importlib
+
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module(name)
+
+
 def stdlib_text(n_bytes: int) -> bytes:
     """Real text present on every machine: the standard library's sources."""
     out = bytearray()

@@ -2,14 +2,13 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
+from helpers import BENCHMARKS, load_benchmark
 
-from forecast_targets import family_targets, runs_targets  # noqa: E402
+targets = load_benchmark("forecast_targets")
+family_targets, runs_targets = targets.family_targets, targets.runs_targets
 
 
 def _verdicts(judged):
