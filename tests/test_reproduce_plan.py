@@ -11,7 +11,7 @@ import pytest
 from oneepoch.plan.budget import Budget
 from oneepoch.plan.planner import RATIO_TOLERANCE, Corpus, Planner, Settings, UniformRate
 from oneepoch.plan.rules import make_rule
-from oneepoch.reproduce.experiments import RunSpec, plan_job, trained
+from oneepoch.reproduce.experiments import RunSpec, one_epoch_curves, plan_job, trained
 from oneepoch.reproduce.presets import PRESETS
 from oneepoch.reproduce.verdicts import WIDE_DECADES, ratio_miss
 
@@ -95,3 +95,20 @@ def test_experiment_3_s_run_spans_the_decades_its_claim_needs(name, decades):
     cadence = Cadence(spec.steps, preset.eval_every)
     first = min(s for s in range(2 * warmup + 1, spec.steps) if cadence.evaluates(s))
     assert math.log10(spec.steps / first) >= decades
+
+
+@pytest.mark.parametrize("name", ["tiny", "small"])
+def test_the_forecast_claim_covers_every_one_epoch_run_of_the_job(name):
+    """Experiment 3 fits and forecasts every one-epoch curve (experiment 4's rule runs and
+    baselines too), each once, and no run that repeats its data."""
+    job = plan_job(PRESETS[name], CORPUS[name], 4096)
+    curves = one_epoch_curves(job)
+    assert len(curves) == len(set(curves))
+    assert curves[: 1 + len(job["exp2"])] == [*job["exp3"]["power_law"], *job["exp2"].values()]
+    rule_runs = {r["run"] for b in job["exp4"] for r in b["rules"].values()}
+    one_epoch_rule_runs = {k for k in rule_runs if job["runs"][k]["epochs"] == 1.0}
+    assert one_epoch_rule_runs and one_epoch_rule_runs <= set(curves)
+    assert {b["baseline"] for b in job["exp4"]} <= set(curves)
+    repeated = {x[k] for x in job["exp1"] for k in ("repeated", "regularized")}
+    assert not repeated & set(curves)
+    assert {k for k, spec in job["runs"].items() if spec["epochs"] == 1.0} == set(curves)

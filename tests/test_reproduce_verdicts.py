@@ -172,6 +172,21 @@ def test_a_run_forecast_off_on_every_seed_keeps_the_pooled_verdict_from_supports
     assert judge_forecast([forecast(e, 0.12) for e in one_seed], list(errors))[0] == SUPPORTS
 
 
+def test_a_run_too_short_to_forecast_is_left_out_of_the_forecast_claim():
+    """A short curve of experiment 4 (its first 30% holds one evaluation) keeps its reason
+    where the relative error goes; the claim judges the others."""
+    from oneepoch.reproduce.verdicts import _forecast
+
+    short = {"forecast": {"error": "baseline-C0.25 has 1 evaluations after step 20"}}
+    per_seed = [
+        {"one-epoch": {"forecast": forecast(e, 0.02)}, "baseline-C0.25": short}
+        for e in (-0.004, 0.006, -0.01)
+    ]
+    claim = _forecast({"per_seed": per_seed})
+    assert claim.verdict == SUPPORTS
+    assert claim.measured["n"] == 3 and list(claim.measured["by_run"]) == ["one-epoch"]
+
+
 def test_the_forecast_rule_is_written_from_its_constants():
     from oneepoch.reproduce import verdicts
 

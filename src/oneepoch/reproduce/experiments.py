@@ -249,3 +249,13 @@ def trained(plan: dict) -> dict[str, RunSpec]:
     """The runs that are trained (the others are read from their first steps)."""
     specs = {k: RunSpec(**v) for k, v in plan["runs"].items()}
     return {k: s for k, s in specs.items() if s.prefix_of is None}
+
+
+def one_epoch_curves(plan: dict) -> list[str]:
+    """Every one-epoch run of the plan, trained or read from a longer run's first steps:
+    experiment 3's own first, then experiment 2's, then the rest (experiment 4's baselines
+    and allocation rules' runs) in the plan's order. Experiment 3 fits and forecasts them
+    all, so its forecast claim is about every one-epoch curve the job has, not a chosen few."""
+    first = [*plan["exp3"]["power_law"], *plan["exp3"]["curves"]]
+    rest = [k for k, spec in plan["runs"].items() if spec["epochs"] == 1.0 and k not in first]
+    return [*dict.fromkeys(first), *rest]

@@ -351,7 +351,7 @@ def _exp3_blocks(exp3: dict, figs: dict) -> list[tuple]:
         ("h2", "Experiment 3: the power law"),
         (
             "p",
-            f"Experiment 3's own run ({long_runs}) is one epoch of the baseline model, long enough that the range fitted after the warm-up's effect (from twice the warm-up) spans the decades of tokens the claim is about; it is judged. The other one-epoch curves of experiments 1-2 are fitted too, for the forecast and for comparison. Each is fitted with L = E + A t^-alpha (t = tokens) and the other forms of `oneepoch fit`, with {INTERVAL:.0%} bootstrap intervals; the power law holds over the widest stretch of evaluations within {HOLDS_WITHIN:.0%} of it. The forecast uses only the first {FORECAST_FRACTION:.0%} of each run; its interval width is relative to the forecast.",
+            f"Experiment 3's own run ({long_runs}) is one epoch of the baseline model, long enough that the range fitted after the warm-up's effect (from twice the warm-up) spans the decades of tokens the claim is about; it is judged. The job's other one-epoch curves (experiments 1, 2 and 4) are fitted too, for the forecast and for comparison. Each is fitted with L = E + A t^-alpha (t = tokens) and the other forms of `oneepoch fit`, with {INTERVAL:.0%} bootstrap intervals; the power law holds over the widest stretch of evaluations within {HOLDS_WITHIN:.0%} of it. The forecast uses only the first {FORECAST_FRACTION:.0%} of each run; its interval width is relative to the forecast.",
         ),
         *fig,
         (

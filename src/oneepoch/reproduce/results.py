@@ -18,7 +18,7 @@ from oneepoch.analysis.runs import Run, load_run
 from oneepoch.atomic import write_atomic
 from oneepoch.errors import UserError
 from oneepoch.reproduce import law_prediction, verdicts
-from oneepoch.reproduce.experiments import RunSpec
+from oneepoch.reproduce.experiments import RunSpec, one_epoch_curves
 from oneepoch.reproduce.jobdir import JobDir
 from oneepoch.reproduce.verdicts import FORECAST_FRACTION, HOLDS_WITHIN, TURN_UP
 
@@ -130,7 +130,7 @@ def _seed_results(seed: int, plan: dict, runs: dict) -> dict:
     exp2_zero = {"final_loss": _final(zero)}
     exp3 = {
         key: _power_law(run(key)) | {"judged": key in plan["exp3"]["power_law"]}
-        for key in (*plan["exp3"]["power_law"], *plan["exp3"]["curves"])
+        for key in one_epoch_curves(plan)
     }
     exp4 = []
     for b in plan["exp4"]:

@@ -402,7 +402,8 @@ def _forecast(exp3: dict) -> Claim:
         (key, run["forecast"])
         for seed in exp3["per_seed"]
         for key, run in seed.items()
-        if run.get("forecast", {}).get("error") is not None
+        # a forecast that could not be made holds its reason as a string, not an error
+        if isinstance(run.get("forecast", {}).get("error"), float)
     ]
     fc = [f for _, f in runs]
     verdict, facts = judge_forecast(fc, [key for key, _ in runs])
@@ -433,7 +434,8 @@ def _forecast(exp3: dict) -> Claim:
 
 
 FORECAST_RULE = (
-    f"on every one-epoch curve, the forecast of the final loss from the first "
+    f"on every one-epoch curve of the job (experiments 1-4's, read from a longer run's first "
+    f"steps where they are one), the forecast of the final loss from the first "
     f"{FORECAST_FRACTION:.0%} of its evaluations, with its {INTERVAL:.0%} interval. Supports when the "
     f"median absolute error is at most {FORECAST_SUPPORTS:.0%} and at least {FORECAST_COVERAGE:.0%} "
     f"of the observed final losses lie in their intervals (accurate and honest about it); "
