@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from helpers import load_benchmark
 from oneepoch.analysis.curves import (
     MIN_DECAY_TO_FIT_C,
     MIN_SHARE_OF_FALL_TO_FIT_C,
@@ -433,6 +434,35 @@ def test_forecast_warns_when_its_form_fails_its_checks_or_no_lr_is_logged(tmp_pa
     assert rf.predict_at(run.final_tokens)["forecast"]["warnings"] == []
 
 
+def test_forecast_warns_near_an_n_gram_plateau_and_on_repeated_data(tmp_path):
+    """Said from what the run recorded: the data's n-gram losses in run.json (the range
+    fitted ending within 10% of one, on either side) and its epochs in config.toml."""
+    law = power_law(E, A, ALPHA)
+
+    def warnings(path, **levels):
+        if levels:
+            info = json.loads((path / "run.json").read_text())
+            info["data"] = {f"{name}_loss": value for name, value in levels.items()}
+            (path / "run.json").write_text(json.dumps(info))
+        run = load_run(path)
+        rf = fit_run(run, use_first=0.3, n_boot=20)
+        end = float(next(iter(rf.fits.values())).loss[-1])
+        return end, rf.predict_at(run.final_tokens)["forecast"]["warnings"]
+
+    end, said = warnings(write_run(tmp_path / "plain", law, noise=0.002))
+    assert not any("gram loss" in w or "times" in w for w in said), said
+    for name, levels, near in (
+        ("unigram-above", {"unigram": 1.05 * end, "bigram": 0.5 * end}, "unigram"),
+        ("bigram-below", {"unigram": 2.0 * end, "bigram": 0.95 * end}, "bigram"),
+        ("between", {"unigram": 1.2 * end, "bigram": 0.8 * end}, None),
+    ):
+        _, said = warnings(write_run(tmp_path / name, law, noise=0.002), **levels)
+        named = [level for level in levels if any(f"data's {level} loss" in w for w in said)]
+        assert named == ([near] if near else []), said
+    _, said = warnings(write_run(tmp_path / "repeated", law, noise=0.002, epochs=4.0))
+    assert any("goes over its data 4 times" in w for w in said), said
+
+
 def test_without_warmup_the_fit_skips_the_fast_initial_drop(tmp_path):
     """Warm-up 0: the run's backtests move the start past a transient that no form
     describes, while a clean power law is fitted from its first point."""
@@ -495,25 +525,13 @@ def test_without_warmup_the_start_holds_to_the_form_on_sparse_evaluations(tmp_pa
     assert abs(value / truth - 1) < 0.2 * abs(kept["forecast"]["value"] / truth - 1)
 
 
-def _forecast_benchmark():
-    """benchmarks/forecast.py as a module (the benchmarks are scripts, not a package)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "forecast.py"
-    spec = importlib.util.spec_from_file_location("forecast_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("seed", [4, 9])
 def test_forecast_benchmark_oracle_recovers_its_generating_form(tmp_path, seed):
     """The oracle of benchmarks/forecast.py (--oracle-true-form) fits each synthetic
     curve's own generating form: without noise it must land on the true final loss from
     the first 30%, on fit_run's points and on all of them (warm-up and fast drop included),
     while the forms fit_run fits need not."""
-    bench = _forecast_benchmark()
+    bench = load_benchmark("forecast")
     curve = {**bench.draw_curve(seed), "noise": 0.0}
     run_dir = bench.write_curve(curve, tmp_path / "run")
     truth = float(bench.true_loss(curve, [bench.STEPS])[0])

@@ -42,8 +42,15 @@ def test_forecast_records_start_at_a_share_of_the_run_and_hold_an_interval(live_
         assert r["form"] in r["weights"] and isinstance(r["warnings"], list)
         assert r["target"]["loss"] == 2.6
     # the progress line (forced at the last step) shows a forecast and the target's ETA
+    # (marked unsure while the fitted range ends near the data's unigram or bigram loss)
     shown = [
-        f"final {r['forecast']:.3f} [{r['interval'][0]:.3f}, {r['interval'][1]:.3f}], 2.6 "
+        f"final {r['forecast']:.3f} [{r['interval'][0]:.3f}, {r['interval'][1]:.3f}]"
+        + (
+            f" (unsure: near the {r['near_ngram_levels'][0]} plateau)"
+            if r["near_ngram_levels"]
+            else ""
+        )
+        + ", 2.6 "
         for r in records
     ]
     assert any(text in live_run[1] for text in shown), live_run[1][-2000:]
@@ -72,6 +79,7 @@ def test_live_forecast_equals_fit_on_the_same_points(live_run, tmp_path):
     evaluation = forecast["evaluation"]
     assert [evaluation["ci_low"], evaluation["ci_high"]] == pytest.approx(record["interval"], 1e-12)
     assert forecast["form"] == record["form"] and forecast["weights"] == record["weights"]
+    assert forecast["near_ngram_levels"] == record["near_ngram_levels"]
     assert fitted["n_fit_points"] == record["n_points"]
     steps = fitted["target"]["forecast"]["steps"]
     assert [steps["value"], steps["ci_low"], steps["ci_high"]] == record["target"]["steps"]

@@ -185,6 +185,13 @@ def test_a_run_too_short_to_forecast_is_left_out_of_the_forecast_claim():
     claim = _forecast({"per_seed": per_seed})
     assert claim.verdict == SUPPORTS
     assert claim.measured["n"] == 3 and list(claim.measured["by_run"]) == ["one-epoch"]
+    assert claim.measured["near_plateau"]["n"] == 0 and "warned" not in claim.ours
+    # forecasts that warned of an n-gram plateau are counted apart, with their errors
+    per_seed[0]["small"] = {"forecast": forecast(0.09, 0.05) | {"near_ngram_levels": ["unigram"]}}
+    claim = _forecast({"per_seed": per_seed})
+    assert claim.measured["near_plateau"]["n"] == 1
+    assert "1 of 4 warned that their fitted range ends near the data's unigram" in claim.ours
+    assert "(errors +9.0%)" in claim.ours
 
 
 def test_the_forecast_rule_is_written_from_its_constants():

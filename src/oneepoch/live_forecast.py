@@ -105,6 +105,7 @@ def forecast_record(
         "form": forecast["form"],
         "weights": forecast["weights"],
         "warnings": forecast["warnings"],
+        "near_ngram_levels": forecast["near_ngram_levels"],
         "notes": forecast["notes"],
         "n_points": rf.settings["n_fit_points"],
         "wall_s": float(run.lines["wall_s"][-1]),  # the training clock at ``step``
@@ -291,6 +292,8 @@ def progress_note(record: dict | None, wall_s: float) -> str:
     text = f"final {record['forecast']:.3f}"
     if low is not None and high is not None:
         text += f" [{low:.3f}, {high:.3f}]"
+    if record.get("near_ngram_levels"):  # the warning in the record says why
+        text += f" (unsure: near the {record['near_ngram_levels'][0]} plateau)"
     target = record.get("target")
     if not target:
         return text

@@ -32,6 +32,7 @@ import torch
 from oneepoch import __version__, checkpoint
 from oneepoch.config import RunConfig, load_toml, total_steps, validate
 from oneepoch.data.dataset import Dataset, open_dataset
+from oneepoch.data.ngram import ngram_losses
 from oneepoch.distributed import Ranks, full_state, init_distributed, load_full_state, parallelize
 from oneepoch.errors import UserError
 from oneepoch.flops import Shape, activation_bytes, param_counts, train_flops_per_token
@@ -535,6 +536,12 @@ class RunRecord:
                 "vocab_size": data.vocab_size,
                 "train_tokens": data.train.num_tokens,
                 "val_tokens_evaluated": run.val_windows * cfg.model.seq_len,
+                # the levels the forecast compares an early curve with (data/ngram.py)
+                **(
+                    ngram_losses(data.train, data.val, run.val_windows, cfg.model.seq_len)
+                    if ranks.is_main
+                    else {}
+                ),
             },
             "resolved": run.resolved,
         }

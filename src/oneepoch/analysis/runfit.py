@@ -58,6 +58,11 @@ BACKTEST_RATIOS = (1.5, 10.0)
 MIN_VALID_DECADES = 0.3
 MAX_RESIDUAL_LAG1 = 0.5
 MIN_FIT_POINTS = 8
+# ... and when the fitted range ends within this share of the data's unigram or bigram loss
+# (data/ngram.py): models sit near those levels for a while and then fall faster, which no
+# form fitted before that foresees (docs/analysis.md, "Plateaus at the n-gram levels").
+NGRAM_PLATEAU_MARGIN = 0.1
+NGRAM_CONTEXT = {"unigram": "no context", "bigram": "only the previous token"}
 
 
 @dataclass
@@ -195,11 +200,13 @@ class RunFit:
             "level": fit.level,
             "df": fit.interval_df,
             "warnings": self._forecast_warnings(names[0]) if extrapolating else [],
+            "near_ngram_levels": self._near_ngram_levels(names[0]) if extrapolating else [],
             "notes": self._forecast_notes(extrapolating),
         }
 
     def _forecast_warnings(self, name: str) -> list[str]:
-        """One line per check that the form the forecast rests on fails."""
+        """One line per check the forecast fails: of the form it rests on, and of the run
+        (near a plateau at an n-gram level, or going over its data more than once)."""
         fit = self.fits[name]
         out = []
         decades = fit.valid_range()["decades"]
@@ -224,7 +231,31 @@ class RunFit:
             out.append(
                 f"{self.run.path} logs no learning rate: the forecast assumes it was constant"
             )
+        fitted_end = float(fit.predict([fit.x[-1]])[0])
+        for level_name in self._near_ngram_levels(name):
+            level = self.run.ngram_losses[level_name]
+            out.append(
+                f"the fitted range ends at a loss of {fitted_end:.3f}, within "
+                f"{NGRAM_PLATEAU_MARGIN:.0%} of the data's {level_name} loss {level:.3f} (a "
+                f"model that sees {NGRAM_CONTEXT[level_name]}): models often sit near that "
+                "level for a while and then fall faster, and when is not in the curve so far, "
+                "so the forecast may be far off; fit a later part of the run"
+            )
+        if self.run.epochs > 1:
+            out.append(
+                f"{self.run.path} goes over its data {self.run.epochs:g} times: the forms assume "
+                "every token is new, but repeated tokens are worth less and the validation "
+                "loss may turn up, so past the fitted range the forecast is likely too low"
+            )
         return out
+
+    def _near_ngram_levels(self, name: str) -> list[str]:
+        """The data's n-gram levels (run.json) within NGRAM_PLATEAU_MARGIN of the loss the
+        form ``name`` fits at the end of its range."""
+        fit = self.fits[name]
+        end = float(fit.predict([fit.x[-1]])[0])
+        levels = self.run.ngram_losses.items()
+        return [n for n, level in levels if abs(end / level - 1) < NGRAM_PLATEAU_MARGIN]
 
     def _forecast_notes(self, extrapolating: bool) -> list[str]:
         schedule = next((f.form for n, f in self.fits.items() if n.startswith("schedule")), None)
@@ -446,7 +477,7 @@ def _forecast_entry(mix: dict, converters: dict) -> dict:
 
 
 def _forecast_info(mix: dict) -> dict:
-    keys = ("form", "central", "weights", "warnings", "notes")
+    keys = ("form", "central", "weights", "warnings", "near_ngram_levels", "notes")
     return {k: mix[k] for k in keys}
 
 

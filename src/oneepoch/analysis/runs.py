@@ -63,6 +63,31 @@ class Run:
             return float(self.lines["flops"][ok][-1] / self.lines["tokens"][ok][-1])
         return None
 
+    @property
+    def ngram_losses(self) -> dict[str, float]:
+        """The data's unigram and bigram losses (data/ngram.py) as the trainer recorded them
+        in run.json, {"unigram": ..., "bigram": ...}; empty for runs without them (older
+        versions, other tools)."""
+        data = self.info.get("data")
+        data = data if isinstance(data, dict) else {}
+        out = {}
+        for name in ("unigram", "bigram"):
+            value = _number(data.get(f"{name}_loss"))
+            if value is not None and math.isfinite(value) and value > 0:
+                out[name] = value
+        return out
+
+    @property
+    def epochs(self) -> float:
+        """How many times the run goes over its data: config.toml's data.epochs, else the
+        last logged epoch count, else 1."""
+        data = self.config.get("data")
+        planned = _number(data.get("epochs")) if isinstance(data, dict) else None
+        if planned is not None and planned > 0:
+            return planned
+        logged = self.lines["epoch"][np.isfinite(self.lines["epoch"])]
+        return float(max(logged[-1], 1.0)) if logged.size else 1.0
+
     def steps_to_tokens(self, steps) -> np.ndarray:
         return _interp_extrapolate(steps, *self._step_token_table())
 

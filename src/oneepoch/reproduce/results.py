@@ -264,6 +264,7 @@ def _power_law(run: Run) -> dict:
             and low <= observed <= high
         ),
         "warnings": fc.get("warnings", []),
+        "near_ngram_levels": fc.get("near_ngram_levels", []),
     }
     return out
 
