@@ -12,7 +12,7 @@ from pathlib import Path
 
 from oneepoch.errors import UserError
 
-HELP = "the paper's experiments on the built-in corpus, with a report (11-20 min on 2 CPU cores)"
+HELP = "the paper's experiments on the built-in corpus, with a report (11-22 min on 2 CPU cores)"
 DESCRIPTION = """\
 Prepare the built-in corpus (when absent), run `oneepoch reproduce --preset tiny` on it, and
 print the report's path and a sample of the one-epoch model's text.
