@@ -146,6 +146,12 @@ def test_training_in_segments_with_until_step_equals_one_uninterrupted_run(
     assert res.returncode == 0, res.stderr
     assert json.loads((run / "run.json").read_text())["status"] == "completed"
     assert comparable(run) == comparable(uninterrupted), cuts
+    # the n-gram losses the resumed segments kept from run.json are the ones counted once
+    levels = ("unigram_loss", "bigram_loss")
+    data, reference = (
+        json.loads((r / "run.json").read_text())["data"] for r in (run, uninterrupted)
+    )
+    assert [data[k] for k in levels] == [reference[k] for k in levels]
 
 
 def test_sigterm_checkpoints_and_says_how_to_resume(byte_dataset, uninterrupted, tmp_path):

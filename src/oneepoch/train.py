@@ -537,11 +537,7 @@ class RunRecord:
                 "train_tokens": data.train.num_tokens,
                 "val_tokens_evaluated": run.val_windows * cfg.model.seq_len,
                 # the levels the forecast compares an early curve with (data/ngram.py)
-                **(
-                    ngram_losses(data.train, data.val, run.val_windows, cfg.model.seq_len)
-                    if ranks.is_main
-                    else {}
-                ),
+                **(recorded_or_counted_ngram_losses(run, resumed_step) if ranks.is_main else {}),
             },
             "resolved": run.resolved,
         }
@@ -741,6 +737,17 @@ def train(
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             raise disk_full(run) from None
+
+
+def recorded_or_counted_ngram_losses(run: TrainingRun, resumed_step: int) -> dict:
+    """The data's n-gram losses: a resumed run keeps those its run.json holds for the same
+    data (counting again would cost every segment of an interleaved job up to a second)."""
+    if resumed_step:
+        before = run.dir.read_info().get("data") or {}
+        kept = {k: before.get(k) for k in ("unigram_loss", "bigram_loss")}
+        if before.get("fingerprint") == run.data.fingerprint and None not in kept.values():
+            return kept
+    return ngram_losses(run.data.train, run.data.val, run.val_windows, run.cfg.model.seq_len)
 
 
 def completed_info(run: TrainingRun) -> dict | None:

@@ -200,7 +200,7 @@ class RunFit:
             "level": fit.level,
             "df": fit.interval_df,
             "warnings": self._forecast_warnings(names[0]) if extrapolating else [],
-            "near_ngram_levels": self._near_ngram_levels(names[0]) if extrapolating else [],
+            "near_ngram_levels": self._near_ngram_levels(names[0])[1] if extrapolating else [],
             "notes": self._forecast_notes(extrapolating),
         }
 
@@ -231,8 +231,8 @@ class RunFit:
             out.append(
                 f"{self.run.path} logs no learning rate: the forecast assumes it was constant"
             )
-        fitted_end = float(fit.predict([fit.x[-1]])[0])
-        for level_name in self._near_ngram_levels(name):
+        fitted_end, near = self._near_ngram_levels(name)
+        for level_name in near:
             level = self.run.ngram_losses[level_name]
             out.append(
                 f"the fitted range ends at a loss of {fitted_end:.3f}, within "
@@ -249,13 +249,13 @@ class RunFit:
             )
         return out
 
-    def _near_ngram_levels(self, name: str) -> list[str]:
-        """The data's n-gram levels (run.json) within NGRAM_PLATEAU_MARGIN of the loss the
-        form ``name`` fits at the end of its range."""
+    def _near_ngram_levels(self, name: str) -> tuple[float, list[str]]:
+        """(the loss the form ``name`` fits at the end of its range, the data's n-gram
+        levels (run.json) within NGRAM_PLATEAU_MARGIN of it)."""
         fit = self.fits[name]
         end = float(fit.predict([fit.x[-1]])[0])
         levels = self.run.ngram_losses.items()
-        return [n for n, level in levels if abs(end / level - 1) < NGRAM_PLATEAU_MARGIN]
+        return end, [n for n, level in levels if abs(end / level - 1) < NGRAM_PLATEAU_MARGIN]
 
     def _forecast_notes(self, extrapolating: bool) -> list[str]:
         schedule = next((f.form for n, f in self.fits.items() if n.startswith("schedule")), None)

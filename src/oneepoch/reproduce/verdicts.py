@@ -408,17 +408,17 @@ def _forecast(exp3: dict) -> Claim:
     fc = [f for _, f in runs]
     verdict, facts = judge_forecast(fc, [key for key, _ in runs])
     # the forecasts that warned their fitted range ends near an n-gram plateau, apart
-    near = [f["error"] for f in fc if f.get("near_ngram_levels")]
-    facts["near_plateau"] = {"n": len(near), "errors": spread(near)}
+    near = spread([f["error"] for f in fc if f.get("near_ngram_levels")])
+    facts["near_plateau"] = {"n": near["n"], "errors": near}
     ours = (
         f"median error {facts['bias']:+.1%} (absolute {facts['median_abs_error']:.1%}); "
         f"{facts['covered']} of {facts['n']} inside their {INTERVAL:.0%} intervals, median width "
         f"{facts['median_width']:.1%} of the forecast; by run, median error over seeds: "
         + ", ".join(f"{key} {error:+.1%}" for key, error in facts["by_run"].items())
         + (
-            f"; {len(near)} of {facts['n']} warned that their fitted range ends near the "
-            f"data's unigram or bigram loss (errors {_values(spread(near), '{:+.1%}')})"
-            if near
+            f"; {near['n']} of {facts['n']} warned that their fitted range ends near the "
+            f"data's unigram or bigram loss (errors {_values(near, '{:+.1%}')})"
+            if near["n"]
             else ""
         )
         if fc
