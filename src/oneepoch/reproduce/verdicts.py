@@ -458,9 +458,8 @@ FORECAST_RULE = (
     f"loss lies in its interval; else cannot decide. A wide interval alone cannot earn "
     "supports: the bias (median signed error) and the median interval width are shown. "
     f"Nor can a pooled median that hides one run: a run (the same run over seeds) forecast "
-    f"more than {FORECAST_SUPPORTS:.0%} off on the same side on every seed, two seeds or more, "
-    f"or more than {FORECAST_CONTRADICTS:.0%} off on every seed, one seed included, keeps the "
-    "verdict from supports."
+    f"more than {FORECAST_SUPPORTS:.0%} off on the same side on every seed, two seeds or more "
+    f"(more than {FORECAST_CONTRADICTS:.0%} off with one seed), keeps the verdict from supports."
 )
 
 
@@ -495,11 +494,8 @@ def judge_forecast(forecasts: list[dict], runs: list[str] | None = None) -> tupl
     facts["biased_runs"] = [
         key
         for key, e in by_run.items()
-        if any(
-            all(side * x > bound for x in e)
-            for side in (1, -1)
-            for bound in ((FORECAST_SUPPORTS,) if len(e) >= 2 else ()) + (FORECAST_CONTRADICTS,)
-        )
+        for bound in [FORECAST_SUPPORTS if len(e) >= 2 else FORECAST_CONTRADICTS]
+        if all(x > bound for x in e) or all(x < -bound for x in e)
     ]
     accurate = facts["median_abs_error"] <= FORECAST_SUPPORTS
     if accurate and facts["coverage"] >= FORECAST_COVERAGE and not facts["biased_runs"]:
