@@ -424,12 +424,11 @@ def _forecast(exp3: dict) -> Claim:
         if fc
         else "no forecast"
     )
-    seeds = {key: sum(k == key for k, _ in runs) for key, _ in runs}
     why = [
         f"{key} was forecast {facts['by_run'][key]:+.1%} off"
         + (
             f" on its one seed, more than {FORECAST_CONTRADICTS:.0%}"
-            if seeds[key] == 1
+            if facts["seeds_by_run"][key] == 1
             else f" (median), more than {FORECAST_SUPPORTS:.0%} on the same side on every seed"
         )
         for key in facts.get("biased_runs", [])
@@ -489,6 +488,7 @@ def judge_forecast(forecasts: list[dict], runs: list[str] | None = None) -> tupl
     for key, error in zip(runs or [], errors):
         by_run.setdefault(key, []).append(error)
     facts["by_run"] = {key: statistics.median(e) for key, e in by_run.items()}
+    facts["seeds_by_run"] = {key: len(e) for key, e in by_run.items()}
     # a run off on the same side on every seed is biased; one seed cannot show that for a
     # small miss, but a miss beyond FORECAST_CONTRADICTS is no noise of an accurate forecast
     facts["biased_runs"] = [
